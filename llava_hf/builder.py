@@ -1,0 +1,253 @@
+"""The `datasets` builder: one config per catalog entry, one schema, Arrow files with embedded images.
+
+Wiring only: inputs come from `sources`, rows from `convert`, the schema from `features`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+import datasets
+from datasets.builder import Key
+
+from .catalog import SOURCES, Source, get_source
+from .convert import ShardSpec, SkipLog, convert_shard
+from .features import FEATURES
+from .sources import BATCH_ROWS, Inputs, first_mismatch, index_json_array, plan_shards, resolve_inputs
+
+logger = logging.getLogger("llava_hf")
+
+# The schema version: bump it when the rows a config produces change shape.
+VERSION = datasets.Version("1.0.0")
+REPORT_FILENAME = "llava_hf_report.json"
+_SKIP_DIR = ".llava_hf_skips"
+
+OnBadImage = Literal["raise", "skip"]
+
+
+def _path_option(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path, got {value!r}")
+    # Absolute, so that the same folder reached from two working directories is one cache entry.
+    return os.path.abspath(os.path.expanduser(os.fspath(value)))
+
+
+@dataclass
+class LlavaConfig(datasets.BuilderConfig):
+    """Options of one LLaVA config. Every value is checked when it is set.
+
+    image_dir: folder or .zip of images; None = the repo's images.zip for pretrain configs.
+    embed_images: store the image bytes (True) or absolute paths (False).
+    on_bad_image: "raise" on a missing/empty/non-image file, or "skip" the row and count it.
+    sample: read the embedded sample instead of real data.
+    revision: Hub revision of the source repo when data_dir is None (default: "main").
+    """
+
+    image_dir: str | None = None
+    embed_images: bool = True
+    on_bad_image: OnBadImage = "raise"
+    sample: bool = False
+    revision: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # datasets applies user options with setattr on a copy of a predefined config, bypassing
+        # __init__; validating here refuses a bad value however it arrives.
+        if name in ("data_dir", "image_dir"):
+            value = _path_option(name, value)
+        elif name == "on_bad_image" and value not in get_args(OnBadImage):
+            raise ValueError(f"on_bad_image must be one of {get_args(OnBadImage)}, got {value!r}")
+        elif name in ("embed_images", "sample") and not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+        elif name == "revision" and value is not None and not isinstance(value, str):
+            raise ValueError(f"revision must be a branch, tag or commit string, got {value!r}")
+        super().__setattr__(name, value)
+
+    def create_config_id(self, config_kwargs: dict, custom_features: datasets.Features | None = None) -> str:
+        # Options equal to their defaults, and equivalent spellings of a path or of the default revision,
+        # must not give a different cache entry: llava_hf.load_dataset and datasets.load_dataset("llava_hf")
+        # pass different sets of keywords for the same dataset.
+        defaults = {f.name: f.default for f in fields(LlavaConfig)}
+        kept = {}
+        for key, value in config_kwargs.items():
+            if key in ("data_dir", "image_dir"):
+                value = _path_option(key, value)
+            if key == "revision" and value == "main":
+                value = None
+            if key in defaults and value == defaults[key]:
+                continue
+            kept[key] = value
+        return super().create_config_id(kept, custom_features=custom_features)
+
+
+class LlavaBuilder(datasets.ArrowBasedBuilder):
+    """Builds one LLaVA source file (plus its images) into Arrow tables with the shared schema."""
+
+    BUILDER_CONFIG_CLASS = LlavaConfig
+    BUILDER_CONFIGS = [LlavaConfig(name=s.name, version=VERSION, description=s.description) for s in SOURCES]
+    DEFAULT_WRITER_BATCH_SIZE = BATCH_ROWS
+
+    config: LlavaConfig
+
+    def __init__(self, *args, **kwargs):
+        if kwargs.get("data_files") is not None:
+            raise ValueError("llava_hf configs take data_dir (the folder of the source files), not data_files")
+        super().__init__(*args, **kwargs)
+        # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
+        self.name = self.info.builder_name = "llava_hf"
+        self._source: Source = get_source(self.config.name)
+        self._check_inputs()
+        self._inputs: Inputs | None = None
+        self._facts: dict[str, Any] = {}
+        self._skip_dir: str | None = None
+
+    def _check_inputs(self) -> None:
+        config, source = self.config, self._source
+        if config.sample and (config.data_dir or config.image_dir):
+            raise ValueError(f"{source.name}: sample=True reads the embedded sample; drop data_dir and image_dir")
+        if not config.sample and config.image_dir is None and source.image_archive is None:
+            raise ValueError(
+                f"{source.name} needs image_dir: the folder of its images ({source.image_layout}); "
+                "or pass sample=True for the embedded sample"
+            )
+
+    def _info(self) -> datasets.DatasetInfo:
+        source = get_source(self.config.name)
+        return datasets.DatasetInfo(
+            description=source.description,
+            features=FEATURES,
+            homepage=source.homepage,
+            citation=source.citation,
+            license=source.license,
+        )
+
+    def _split_generators(self, dl_manager):
+        source, config = self._source, self.config
+        inputs = resolve_inputs(
+            source,
+            data_dir=config.data_dir,
+            image_dir=config.image_dir,
+            sample=config.sample,
+            revision=config.revision,
+            token=self.token,
+        )
+        chat = index_json_array(inputs.json_path, source.filename)
+        metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
+        if metadata is not None and metadata.num_records != chat.num_records:
+            raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
+        shards = plan_shards(chat, metadata)
+        images = inputs.image_location or "none"
+        logger.info(
+            "%s: found %s (%s records, %.1f MB)%s; images from %s; %d shards",
+            source.name,
+            inputs.json_path,
+            f"{chat.num_records:,}",
+            chat.size / 1e6,
+            f" and {metadata.path}" if metadata else "",
+            images,
+            len(shards),
+        )
+        if inputs.origin != "sample" and chat.num_records != source.num_records:
+            logger.warning(
+                "%s: %s has %s records; the published file has %s",
+                source.name,
+                source.filename,
+                f"{chat.num_records:,}",
+                f"{source.num_records:,}",
+            )
+        self._inputs = inputs
+        self._facts = {
+            "records": chat.num_records,
+            "files": {
+                role: {"file": os.path.basename(index.path), "bytes": index.size, "sha256": index.sha256}
+                for role, index in (("chat", chat), ("metadata", metadata))
+                if index is not None
+            },
+        }
+        spec = ShardSpec(
+            config=source.name,
+            json_path=inputs.json_path,
+            json_label=source.filename,
+            metadata_path=inputs.metadata_path,
+            metadata_label=source.metadata_filename,
+            image_location=inputs.image_location,
+            image_aliases=source.image_aliases,
+            source_from=source.source_from,
+            embed_images=config.embed_images,
+            on_bad_image=config.on_bad_image,
+        )
+        generator = datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shards": shards, "spec": spec})
+        generator.split_info.num_examples = chat.num_records  # the progress bar's total
+        return [generator]
+
+    def _generate_tables(self, shards, spec: ShardSpec):
+        images = spec.open_images()
+        skips = SkipLog()
+        for local_index, shard in enumerate(shards):
+            for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
+                yield Key(local_index, table_index), table
+        if self._skip_dir is not None and shards:
+            skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
+        elif self._skip_dir is None and skips.total():
+            logger.warning(
+                "%s: skipped %s rows with bad images (%s)", spec.config, f"{skips.total():,}", skips.summary()
+            )
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        # Runs under datasets' lock, writing into "<cache>.incomplete". A killed run leaves that folder
+        # behind and datasets would reuse it, moving its stale shards into the final folder: empty it.
+        if self._output_dir.endswith(".incomplete"):
+            for entry in os.listdir(self._output_dir):
+                path = os.path.join(self._output_dir, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        self._skip_dir = os.path.join(self._output_dir, _SKIP_DIR)
+        os.makedirs(self._skip_dir)
+        try:
+            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+            self._write_report()
+        finally:
+            shutil.rmtree(self._skip_dir, ignore_errors=True)
+            self._skip_dir = None
+
+    def _write_report(self) -> None:
+        parts = []
+        for path in sorted(glob.glob(os.path.join(self._skip_dir, "*.json"))):
+            with open(path, encoding="utf-8") as f:
+                parts.append(json.load(f))
+        skips = SkipLog.merge(parts)
+        rows = self.info.splits["train"].num_examples
+        records = self._facts["records"]
+        if rows + skips.total() != records:
+            raise RuntimeError(f"{self.config.name}: {records} records but {rows} rows + {skips.total()} skipped")
+        if skips.total():
+            logger.warning(
+                "%s: skipped %s of %s records with bad images (%s); listed in %s",
+                self.config.name,
+                f"{skips.total():,}",
+                f"{records:,}",
+                skips.summary(),
+                REPORT_FILENAME,
+            )
+        inputs = self._inputs
+        report = {
+            "config": self.config.name,
+            "records": records,
+            "rows": rows,
+            "skipped": skips.to_dict(),
+            "source": {
+                "repo_id": self._source.repo_id,
+                "origin": inputs.origin,
+                "revision": inputs.revision,
+                **self._facts["files"],
+            },
+            "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
+        }
+        with open(os.path.join(self._output_dir, REPORT_FILENAME), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)

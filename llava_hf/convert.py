@@ -1,0 +1,153 @@
+"""One shard in, Arrow tables out: parse its records, read its images, count what is skipped.
+
+This is the loop the builder's `_generate_tables` runs in every worker; it holds one batch of
+`sources.BATCH_ROWS` records (and their image bytes) at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from .errors import BadImage, SourceError
+from .features import rows_to_table
+from .images import BAD_IMAGE_REASONS, ImageRoot, open_root
+from .records import parse_record
+from .sources import Shard, read_batches
+
+logger = logging.getLogger("llava_hf")
+
+# A table is cut early when its images reach this size (Arrow binary arrays hold at most 2 GB).
+MAX_TABLE_BYTES = 512 << 20
+# How many skipped records per reason the report lists by name.
+SKIP_EXAMPLES = 20
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything a worker needs besides its shards; small, so it pickles cheaply to every job."""
+
+    config: str
+    json_path: str
+    json_label: str
+    metadata_path: str | None
+    metadata_label: str | None
+    image_location: str | None
+    image_aliases: tuple[tuple[str, str], ...]
+    source_from: Literal["config", "image_collection"]
+    embed_images: bool
+    on_bad_image: Literal["raise", "skip"]
+
+    def open_images(self) -> ImageRoot | None:
+        return open_root(self.image_location, self.image_aliases) if self.image_location else None
+
+
+@dataclass
+class SkipLog:
+    """Rows dropped with on_bad_image="skip": counts per reason and the first few records by name."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, reason: str, index: int, record_id: str, image: str, detail: str) -> None:
+        self.counts[reason] += 1
+        listed = self.examples.setdefault(reason, [])
+        if len(listed) < SKIP_EXAMPLES:
+            listed.append({"index": index, "id": record_id, "image": image, "detail": detail})
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        order = {reason: i for i, reason in enumerate(BAD_IMAGE_REASONS)}
+        reasons = sorted(self.counts, key=lambda r: order.get(r, len(order)))
+        return {
+            "counts": {r: self.counts[r] for r in reasons},
+            "examples": {r: sorted(self.examples[r], key=lambda e: e["index"]) for r in reasons},
+        }
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def merge(cls, parts: list[dict[str, Any]]) -> SkipLog:
+        log = cls()
+        for part in parts:
+            log.counts.update(part["counts"])
+            for reason, listed in part["examples"].items():
+                log.examples.setdefault(reason, []).extend(listed)
+        for listed in log.examples.values():
+            listed.sort(key=lambda e: e["index"])
+            del listed[SKIP_EXAMPLES:]
+        return log
+
+    def summary(self) -> str:
+        return ", ".join(f"{reason}: {count:,}" for reason, count in self.to_dict()["counts"].items())
+
+
+def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips: SkipLog) -> Iterator[pa.Table]:
+    """Arrow tables of the rows of `shard`, in source order, without the rows skipped for bad images.
+
+    Raises SourceError (file, record index, id, problem) for a bad record, and for a bad image unless
+    `spec.on_bad_image == "skip"`, in which case the row is counted in `skips` instead.
+    """
+    chat_batches = read_batches(spec.json_path, shard.chat, shard.start, shard.stop, spec.json_label)
+    if spec.metadata_path is not None and shard.metadata is not None:
+        meta_batches = read_batches(spec.metadata_path, shard.metadata, shard.start, shard.stop, spec.metadata_label)
+    else:
+        meta_batches = repeat(None)
+    index = shard.start
+    for chat, meta in zip(chat_batches, meta_batches):
+        if meta is not None and len(meta) != len(chat):
+            raise SourceError(spec.json_label, f"{spec.metadata_label} is not parallel to it", index)
+        rows, pictures, size = [], [], 0
+        for k, raw in enumerate(chat):
+            row = parse_record(
+                raw,
+                file=spec.json_label,
+                index=index,
+                config=spec.config,
+                source_from=spec.source_from,
+                metadata=meta[k] if meta is not None else None,
+                metadata_file=spec.metadata_label,
+            )
+            picture = None
+            if row.image is not None:
+                try:
+                    picture = _image(row.image, images, spec.embed_images)
+                except BadImage as bad:
+                    if spec.on_bad_image == "raise":
+                        raise SourceError(spec.json_label, str(bad), index, row.id, reason=bad.reason) from None
+                    skips.add(bad.reason, index, row.id, row.image, str(bad))
+                    index += 1
+                    continue
+            rows.append(row)
+            pictures.append(picture)
+            size += len(picture[0]) if picture and picture[0] else 0
+            index += 1
+            if size >= MAX_TABLE_BYTES:
+                yield rows_to_table(rows, pictures)
+                rows, pictures, size = [], [], 0
+        if rows:
+            yield rows_to_table(rows, pictures)
+
+
+def _image(name: str, images: ImageRoot | None, embed: bool) -> tuple[bytes | None, str]:
+    if images is None:
+        raise BadImage("missing", f"image {name!r} has no image root (pass image_dir)")
+    if embed:
+        # The bytes go in as they are; `path` keeps the name the source uses, so the cache is portable.
+        _, data = images.read(name)
+        return data, name
+    return None, images.locate(name)

@@ -1,0 +1,78 @@
+"""The one schema shared by every config, and how validated rows become Arrow tables.
+
+One raw record and the row it becomes (cc3m_595k, with its metadata record joined):
+
+    {"id": "GCC_train_002582585", "image": "GCC_train_002582585.jpg",
+     "conversations": [{"from": "human", "value": "Provide a brief description of the given image.\\n<image>"},
+                       {"from": "gpt", "value": "olive oil is a healthy ingredient used liberally ."}]}
+    -> id="GCC_train_002582585", image={bytes: <the JPEG file>, path: "GCC_train_002582585.jpg"},
+       conversations=[{from: "human", value: ...}, {from: "gpt", value: ...}], source="cc3m_595k",
+       caption="olive oil is a healthy ingredient used liberally .", blip_caption="...", url="http://...",
+       extra=null
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+from datasets import Features, Image, List, Value
+
+from .records import Row
+
+FEATURES = Features(
+    {
+        "id": Value("string"),
+        # Null for text-only rows. The bytes are the image file as-is; `path` is its name in the source.
+        "image": Image(),
+        "conversations": List({"from": Value("string"), "value": Value("string")}),
+        # The config name; for mix665k the image collection (coco, gqa, ...) or `text_only`.
+        "source": Value("string"),
+        # Pretrain metadata (null elsewhere): original alt-text (CC3M), BLIP caption, image URL.
+        "caption": Value("string"),
+        "blip_caption": Value("string"),
+        "url": Value("string"),
+        # JSON of everything the source record had beyond these columns (see records.py); null when none.
+        "extra": Value("string"),
+    }
+)
+
+SCHEMA = FEATURES.arrow_schema
+IMAGE_TYPE = SCHEMA.field("image").type
+TURN_TYPE = SCHEMA.field("conversations").type.value_type
+
+
+def image_array(images: Sequence[tuple[bytes | None, str] | None]) -> pa.StructArray:
+    """The `image` column: one (bytes, path) pair per row, None for text-only rows."""
+    mask = pa.array([image is None for image in images], pa.bool_())
+    data = pa.array([image[0] if image else None for image in images], pa.binary())
+    paths = pa.array([image[1] if image else None for image in images], pa.string())
+    return pa.StructArray.from_arrays([data, paths], fields=list(IMAGE_TYPE), mask=mask)
+
+
+def conversations_array(rows: Sequence[Row]) -> pa.ListArray:
+    offsets = [0]
+    roles: list[str] = []
+    values: list[str] = []
+    for row in rows:
+        for role, value in row.conversations:
+            roles.append(role)
+            values.append(value)
+        offsets.append(len(roles))
+    turns = pa.StructArray.from_arrays(
+        [pa.array(roles, pa.string()), pa.array(values, pa.string())], fields=list(TURN_TYPE)
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), turns)
+
+
+def rows_to_table(rows: Sequence[Row], images: Sequence[tuple[bytes | None, str] | None]) -> pa.Table:
+    """An Arrow table in `SCHEMA` from validated rows and their images (same length, same order)."""
+    if len(rows) != len(images):
+        raise ValueError(f"{len(rows)} rows but {len(images)} images")
+    columns = [
+        pa.array([row.id for row in rows], pa.string()),
+        image_array(images),
+        conversations_array(rows),
+        *(pa.array([getattr(row, name) for row in rows], pa.string()) for name in SCHEMA.names[3:]),
+    ]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)

@@ -1,0 +1,92 @@
+"""Makes `datasets.load_dataset("llava_hf", name, ...)` build with `LlavaBuilder`.
+
+datasets 5.x has no loading scripts, and registering a packaged module would glob and stat every file
+under `data_dir` into the cache key (minutes for a 600K-image folder). Instead the module factory is
+wrapped: for the name "llava_hf" it returns our builder module directly, touching no data file; every
+other name goes to datasets untouched. This relies on `datasets.load.dataset_module_factory`, so it is
+installed only on the datasets versions it was tested with.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import warnings
+from functools import wraps
+from importlib import resources
+
+import datasets
+import datasets.inspect
+import datasets.load
+from datasets.load import DatasetModule
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+NAME = "llava_hf"
+BUILDER_MODULE = "llava_hf.builder"
+TESTED_DATASETS = SpecifierSet(">=5.1,<5.3")
+
+# Every module whose code decides what a prepared dataset contains. The cache key hashes their code
+# (not their comments or docstrings), so a change in any of them gives a new cache entry.
+_CONTENT_MODULES = ("builder", "catalog", "convert", "errors", "features", "images", "records", "sources")
+
+
+def _code_only(source: str) -> str:
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def module_hash() -> str:
+    """Hash of the code that shapes prepared data; part of every cache path."""
+    digest = hashlib.sha256()
+    package = resources.files("llava_hf")
+    for name in _CONTENT_MODULES:
+        digest.update(name.encode())
+        digest.update(_code_only(package.joinpath(f"{name}.py").read_text(encoding="utf-8")).encode())
+    return digest.hexdigest()
+
+
+MODULE_HASH = module_hash()
+
+
+def dataset_module(revision: str | Version | None = None) -> DatasetModule:
+    """The module datasets builds "llava_hf" with; a `revision` selects the source repo's revision."""
+    importlib.import_module(BUILDER_MODULE)
+    builder_kwargs = {"dataset_name": NAME}
+    if revision is not None:
+        builder_kwargs["revision"] = str(revision)
+    return DatasetModule(BUILDER_MODULE, MODULE_HASH, builder_kwargs)
+
+
+def install() -> bool:
+    """Install the hook; False (with a warning) on a datasets version outside `TESTED_DATASETS`."""
+    original = datasets.load.dataset_module_factory
+    if getattr(original, "__llava_hf__", False):
+        return True
+    if Version(datasets.__version__) not in TESTED_DATASETS:
+        warnings.warn(
+            f"llava_hf: datasets {datasets.__version__} is outside the tested range {TESTED_DATASETS}, so the "
+            f'datasets.load_dataset("llava_hf", ...) hook was not installed. llava_hf.load_dataset(...) works '
+            "as usual.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+
+    @wraps(original)
+    def dataset_module_factory(path, *args, **kwargs):
+        if path == NAME:
+            revision = kwargs.get("revision", args[0] if args else None)
+            return dataset_module(revision)
+        return original(path, *args, **kwargs)
+
+    dataset_module_factory.__llava_hf__ = True
+    datasets.load.dataset_module_factory = dataset_module_factory
+    datasets.inspect.dataset_module_factory = dataset_module_factory
+    return True

@@ -1,0 +1,113 @@
+"""`llava_hf.load_dataset`: the same builder and cache as `datasets.load_dataset("llava_hf", ...)`."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import datasets
+
+from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
+from .catalog import get_source
+from .hook import MODULE_HASH, NAME
+
+
+def load_builder(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    embed_images: bool = True,
+    on_bad_image: OnBadImage = "raise",
+    sample: bool = False,
+    revision: str | None = None,
+    token: bool | str | None = None,
+) -> LlavaBuilder:
+    """The builder of config `name`, with the cache path `datasets.load_dataset("llava_hf", name)` uses.
+
+    Raises ValueError for an unknown config (listing the valid ones) or a bad option value.
+    """
+    get_source(name)
+    return LlavaBuilder(
+        cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        dataset_name=NAME,
+        config_name=name,
+        hash=MODULE_HASH,
+        data_dir=data_dir,
+        token=token,
+        image_dir=image_dir,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+        sample=sample,
+        revision=revision,
+    )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    split: str | None = "train",
+    num_proc: int | None = None,
+    streaming: bool = False,
+    embed_images: bool = True,
+    on_bad_image: OnBadImage = "raise",
+    sample: bool = False,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    download_mode: datasets.DownloadMode | str | None = None,
+) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
+    """Prepare (once) and load one LLaVA config as a `datasets.Dataset`.
+
+    data_dir: folder with the raw JSON files; None downloads them from the catalog's Hub repo
+        (through the Hugging Face cache; `revision` picks the repo revision, default "main").
+    image_dir: folder or .zip of images; None uses the repo's images.zip for the pretrain configs.
+    split: "train" (the only split) gives a Dataset; None gives a DatasetDict.
+    num_proc: worker processes for preparing; each takes a contiguous range of rows.
+    streaming: return an IterableDataset read straight from the sources, caching nothing.
+    embed_images: embed the image bytes (default) or store absolute paths.
+    on_bad_image: "raise" (default) or "skip": drop rows whose image is missing, empty, not an image or
+        outside the image root, counted per reason in `prepare_report(ds)`.
+    sample: use the small sample shipped inside the package.
+
+    Raises `llava_hf.SourceError` naming the file, record index and id for bad source data, ValueError
+    for bad options, FileNotFoundError when a source file is not in `data_dir`.
+    """
+    builder = load_builder(
+        name,
+        data_dir=data_dir,
+        image_dir=image_dir,
+        cache_dir=cache_dir,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+        sample=sample,
+        revision=revision,
+        token=token,
+    )
+    if streaming:
+        if num_proc is not None:
+            raise ValueError("streaming reads in the consuming process; use DataLoader workers, not num_proc")
+        return builder.as_streaming_dataset(split=split)
+    builder.download_and_prepare(num_proc=num_proc, download_mode=download_mode)
+    return builder.as_dataset(split=split)
+
+
+def prepare_report(dataset: datasets.Dataset | LlavaBuilder) -> dict[str, Any]:
+    """What preparing a dataset found: records, rows, skipped rows per reason (with examples), source files.
+
+    Takes a prepared `Dataset` (from either load_dataset) or a builder after `download_and_prepare`.
+    """
+    if isinstance(dataset, LlavaBuilder):
+        folder = dataset.cache_dir
+    else:
+        if not dataset.cache_files:
+            raise ValueError("this dataset is not backed by prepared files, so it has no prepare report")
+        folder = os.path.dirname(dataset.cache_files[0]["filename"])
+    path = os.path.join(folder, REPORT_FILENAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {REPORT_FILENAME} in {folder}: not a dataset prepared by llava_hf")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,225 @@
+"""Pure functions from a raw LLaVA JSON record to a validated row, and back. No I/O.
+
+A raw record (all files share this shape):
+
+    {"id": "000000033471", "image": "000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat are the colors of the bus in the image?"},
+                       {"from": "gpt", "value": "The bus in the image is white and red."}]}
+
+Anything a record carries beyond the schema's fields is kept, as JSON, in the row's `extra` column:
+the record's own extra keys under their names, and under reserved keys starting with "@": `@id` (an id
+that was not a string), `@image` (an explicit null image), `@turns` (extra keys of each turn, aligned
+with the turns) and `@metadata` (extra keys of the pretrain metadata record).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import SourceError
+
+RECORD_KEYS = ("id", "image", "conversations")
+TURN_KEYS = ("from", "value")
+METADATA_FIELDS = ("caption", "blip_caption", "url")
+TEXT_ONLY = "text_only"
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One validated record, in the column order of `features.FEATURES`."""
+
+    id: str
+    image: str | None
+    conversations: tuple[tuple[str, str], ...]
+    source: str
+    caption: str | None = None
+    blip_caption: str | None = None
+    url: str | None = None
+    extra: str | None = None
+
+
+def record_id(raw: Any) -> object:
+    """The id of a raw record for error messages, whatever the record looks like."""
+    return raw.get("id") if isinstance(raw, dict) else None
+
+
+def _normalise_id(value: Any, *, file: str, index: int) -> tuple[str, bool]:
+    """The id as a string, and whether it was something else in the file."""
+    if isinstance(value, str):
+        return value, False
+    # `id` is a string in most files but an int in some mix665k rows; both become strings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value), True
+    expected = "a string or an integer 'id'"
+    raise SourceError(file, f"expected {expected}, got {_describe(value)}", index, value)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def _escape_key(key: str) -> str:
+    # Reserved `extra` keys start with "@"; a source key that does too is stored with one more "@".
+    return "@" + key if key.startswith("@") else key
+
+
+def _unescape_key(key: str) -> str:
+    return key[1:] if key.startswith("@@") else key
+
+
+def parse_record(
+    raw: Any,
+    *,
+    file: str,
+    index: int,
+    config: str,
+    source_from: Literal["config", "image_collection"] = "config",
+    metadata: Any = None,
+    metadata_file: str | None = None,
+) -> Row:
+    """Validate one raw record (and its metadata record, for pretrain configs) into a `Row`.
+
+    Raises `SourceError` naming `file`, `index` and the record's id when the record is not a JSON object,
+    has no usable `id` or `conversations`, has a turn without a string `from`/`value`, or when the metadata
+    record belongs to another id.
+    """
+    if not isinstance(raw, dict):
+        raise SourceError(file, f"expected a JSON object, got {_describe(raw)}", index)
+    if "id" not in raw:
+        raise SourceError(file, "expected an 'id' key, found keys " + ", ".join(map(repr, raw)), index)
+    rid, id_was_other = _normalise_id(raw["id"], file=file, index=index)
+
+    extra: dict[str, Any] = {_escape_key(k): v for k, v in raw.items() if k not in RECORD_KEYS}
+    if id_was_other:
+        extra["@id"] = raw["id"]
+
+    # Text-only rows (mix665k) have no `image` key; an explicit null is kept in `extra` to be restored.
+    image = raw.get("image")
+    if "image" in raw and image is None:
+        extra["@image"] = None
+    elif image is not None and (not isinstance(image, str) or not image):
+        raise SourceError(file, f"expected 'image' to be a file name, got {_describe(image)}", index, rid)
+
+    turns, turn_extras = _parse_turns(raw, file=file, index=index, rid=rid)
+    if any(turn_extras):
+        extra["@turns"] = turn_extras
+
+    fields = {name: None for name in METADATA_FIELDS}
+    if metadata is not None:
+        fields, metadata_extra = _parse_metadata(
+            metadata, rid=rid, image=image, file=file, metadata_file=metadata_file or "metadata", index=index
+        )
+        if metadata_extra:
+            extra["@metadata"] = metadata_extra
+
+    if image is None:
+        source = TEXT_ONLY
+    elif source_from == "image_collection" and "/" in image:
+        # mix665k: the first path component names the image collection (coco, gqa, ocr_vqa, ...).
+        source = image.split("/", 1)[0]
+    else:
+        source = config
+
+    return Row(
+        id=rid,
+        image=image,
+        conversations=turns,
+        source=source,
+        extra=json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None,
+        **fields,
+    )
+
+
+def _parse_turns(
+    raw: dict, *, file: str, index: int, rid: str
+) -> tuple[tuple[tuple[str, str], ...], list[dict[str, Any]]]:
+    conversations = raw.get("conversations")
+    if not isinstance(conversations, list):
+        got = "no 'conversations' key" if "conversations" not in raw else _describe(conversations)
+        raise SourceError(file, f"expected 'conversations' to be a list of turns, got {got}", index, rid)
+    turns = []
+    extras = []
+    for turn_index, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise SourceError(
+                file,
+                f"turn {turn_index}: expected an object with 'from' and 'value', got {_describe(turn)}",
+                index,
+                rid,
+            )
+        for key in TURN_KEYS:
+            if not isinstance(turn.get(key), str):
+                got = "it is missing" if key not in turn else f"got {_describe(turn[key])}"
+                raise SourceError(file, f"turn {turn_index}: expected a string {key!r}, {got}", index, rid)
+        turns.append((turn["from"], turn["value"]))
+        # Some turns carry extra keys; they are kept per turn so that the record can be restored.
+        extras.append({k: v for k, v in turn.items() if k not in TURN_KEYS})
+    return tuple(turns), extras
+
+
+def _parse_metadata(
+    metadata: Any, *, rid: str, image: str | None, file: str, metadata_file: str, index: int
+) -> tuple[dict[str, str | None], dict[str, Any]]:
+    if not isinstance(metadata, dict):
+        raise SourceError(metadata_file, f"expected a JSON object, got {_describe(metadata)}", index)
+    meta_id = metadata.get("id")
+    if isinstance(meta_id, int) and not isinstance(meta_id, bool):
+        meta_id = str(meta_id)
+    if meta_id != rid:
+        raise SourceError(
+            file,
+            f"{metadata_file} has id {metadata.get('id')!r} at the same record; the chat and metadata files "
+            "must be parallel (same order, same ids)",
+            index,
+            rid,
+        )
+    fields: dict[str, str | None] = {}
+    for name in METADATA_FIELDS:
+        value = metadata.get(name)
+        # About 10% of CC3M rows have no BLIP caption, and LCS-558K has no original caption: null.
+        if value is not None and not isinstance(value, str):
+            raise SourceError(metadata_file, f"expected a string {name!r}, got {_describe(value)}", index, rid)
+        fields[name] = value
+    extra = {
+        _escape_key(k): v
+        for k, v in metadata.items()
+        if k not in ("id", *METADATA_FIELDS) and not (k == "image" and v == image)
+    }
+    return fields, extra
+
+
+def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Rebuild the raw chat record, and with `with_metadata` the pretrain metadata record, from a row.
+
+    `row` is a dataset row whose `image` is the relative image name (or None). The inverse of
+    `parse_record`: `restore_record` of a parsed record gives back the source records, key for key.
+    """
+    extra = json.loads(row["extra"]) if row.get("extra") else {}
+    record: dict[str, Any] = {"id": extra.pop("@id", row["id"])}
+    if row.get("image") is not None:
+        record["image"] = row["image"]
+    elif "@image" in extra:
+        record["image"] = extra.pop("@image")
+    turn_extras = extra.pop("@turns", None) or [{} for _ in row["conversations"]]
+    record["conversations"] = [
+        {"from": turn["from"], "value": turn["value"], **more}
+        for turn, more in zip(row["conversations"], turn_extras, strict=True)
+    ]
+    metadata_extra = extra.pop("@metadata", {})
+    record.update({_unescape_key(k): v for k, v in extra.items()})
+    if not with_metadata:
+        return record, None
+    metadata: dict[str, Any] = {"id": record["id"]}
+    if "image" in record:
+        metadata["image"] = record["image"]
+    for name in METADATA_FIELDS:
+        if row.get(name) is not None:
+            metadata[name] = row[name]
+    metadata.update({_unescape_key(k): v for k, v in metadata_extra.items()})
+    return record, metadata

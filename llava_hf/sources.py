@@ -1,0 +1,325 @@
+"""Where a config's files come from (embedded sample, a local folder, the Hub) and how a big JSON array
+is cut into row-range shards that workers read by byte offset.
+
+A LLaVA file is one JSON array of up to 665K records (1 GB). It is scanned once, in bounded memory, to
+find where every record starts; a shard is then a row range plus the byte offsets of its batches, so a
+worker reads and parses only its own bytes, and nothing bigger than a few integers is pickled to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .catalog import Source
+from .errors import SourceError
+
+logger = logging.getLogger("llava_hf")
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+
+# Rows per parsed batch (and per Arrow record batch): ~13 MB of embedded images at LLaVA sizes.
+BATCH_ROWS = 100
+# Enough shards for num_proc and DataLoader workers even on a small file, ~10K rows each on big ones.
+MIN_SHARDS = 16
+SHARD_ROWS = 10_000
+
+_CHUNK = 16 << 20  # bytes read per step of the scan
+_MAX_RECORD = 64 << 20  # a single record larger than this is reported as malformed
+_WS = re.compile(r"[ \t\r\n]*")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The resolved files of one config: local paths, and where they came from."""
+
+    json_path: str
+    metadata_path: str | None
+    image_location: str | None
+    origin: str  # "sample", "local" or "hub"
+    revision: str | None = None  # the Hub commit the files were taken from
+
+
+def resolve_inputs(
+    source: Source,
+    *,
+    data_dir: str | None,
+    image_dir: str | None,
+    sample: bool,
+    revision: str | None = None,
+    token: bool | str | None = None,
+) -> Inputs:
+    """Local paths of the JSON (and metadata) file and the image root of `source`.
+
+    With `sample`, the embedded sample; with `data_dir`, files in that folder; otherwise the files of the
+    catalog's Hub repo through the Hugging Face cache (honouring HF_HUB_CACHE and HF_HUB_OFFLINE). With no
+    `image_dir`, configs whose repo ships an images.zip read it from beside the JSON.
+    """
+    if sample:
+        folder = SAMPLE_DIR / source.sample_data_dir
+        images = SAMPLE_DIR / source.sample_image_dir if source.sample_image_dir else None
+        return _local(source, str(folder), str(images) if images else image_dir, origin="sample")
+    if data_dir is not None:
+        return _local(source, data_dir, image_dir, origin="local")
+    return _hub(source, image_dir, revision=revision, token=token)
+
+
+def _local(source: Source, folder: str, image_dir: str | None, origin: str) -> Inputs:
+    def need(name: str) -> str:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{source.name}: expected {name} in data_dir {folder} (the folder holding the files of "
+                f"{source.repo_id}), but it is not there"
+            )
+        return path
+
+    json_path = need(source.filename)
+    metadata_path = need(source.metadata_filename) if source.metadata_filename else None
+    if image_dir is None and source.image_archive:
+        image_dir = need(source.image_archive)
+    return Inputs(json_path, metadata_path, image_dir, origin)
+
+
+def _hub(source: Source, image_dir: str | None, *, revision: str | None, token: bool | str | None) -> Inputs:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def fetch(name: str) -> str:
+        logger.info("%s: fetching %s from the Hub repo %s", source.name, name, source.repo_id)
+        try:
+            # No cache_dir: hf_hub_download(cache_dir=...) would ignore the user's HF_HUB_CACHE.
+            return hf_hub_download(source.repo_id, name, repo_type="dataset", revision=revision, token=token)
+        except LocalEntryNotFoundError as e:
+            offline = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
+            raise FileNotFoundError(
+                f"{source.name}: {name} of {source.repo_id} (revision {revision or 'main'}) is not in the Hugging "
+                f"Face cache {constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}; download it "
+                f"first, or pass data_dir=<the folder holding {name}>"
+            ) from e
+
+    json_path = fetch(source.filename)
+    metadata_path = fetch(source.metadata_filename) if source.metadata_filename else None
+    if image_dir is None and source.image_archive:
+        image_dir = fetch(source.image_archive)
+    # Files in the Hub cache live in snapshots/<commit>/: record the commit they were built from.
+    commit = Path(json_path).parent.name
+    return Inputs(json_path, metadata_path, image_dir, "hub", revision=commit)
+
+
+@dataclass(frozen=True)
+class JsonIndex:
+    """Where each record of a JSON array file starts; `starts[n]` is where the last record ends."""
+
+    path: str
+    starts: array
+    size: int
+    sha256: str
+
+    @property
+    def num_records(self) -> int:
+        return len(self.starts) - 1
+
+
+def _latin1_fix(value: Any) -> Any:
+    # The scan decodes bytes as latin-1 (one char per byte, so offsets are byte offsets); undo that
+    # for the ids it quotes in error messages.
+    if isinstance(value, str):
+        return value.encode("latin-1").decode("utf-8", "replace")
+    return value
+
+
+class _Scanner:
+    def __init__(self, f, label: str):
+        self.f = f
+        self.label = label
+        self.text = ""
+        self.base = 0  # file offset of text[0]
+        self.pos = 0
+        self.eof = False
+        self.sha = hashlib.sha256()
+
+    def more(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.f.read(_CHUNK)
+        if not chunk:
+            self.eof = True
+            return False
+        self.sha.update(chunk)
+        self.base += self.pos
+        self.text = self.text[self.pos :] + chunk.decode("latin-1")
+        self.pos = 0
+        return True
+
+    def peek(self) -> str:
+        while True:
+            self.pos = _WS.match(self.text, self.pos).end()
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return ""
+
+    def offset(self) -> int:
+        return self.base + self.pos
+
+
+def index_json_array(path: str, label: str | None = None) -> JsonIndex:
+    """Scan the JSON array in `path` once and return where each record starts.
+
+    Memory stays bounded (a 16 MB window plus one record); the whole file is also hashed on the way.
+    Raises SourceError naming the file and record index for malformed JSON or a file that is not an array.
+    """
+    label = label or os.path.basename(path)
+    decoder = json.JSONDecoder()
+    starts = array("q")
+    with open(path, "rb") as f:
+        scan = _Scanner(f, label)
+        scan.more()
+        if scan.text.startswith("\xef\xbb\xbf"):  # UTF-8 byte order mark, read as latin-1
+            scan.pos = 3
+        first = scan.peek()
+        if first != "[":
+            found = "an empty file" if not first else f"{first!r} at byte {scan.offset()}"
+            hint = " (JSON Lines files are not LLaVA arrays)" if first == "{" else ""
+            raise SourceError(label, f"expected a JSON array of records, found {found}{hint}")
+        scan.pos += 1
+        previous_id = None
+        if scan.peek() == "]":
+            scan.pos += 1
+        else:
+            while True:
+                scan.peek()
+                start = scan.offset()
+                record, end = _decode_one(scan, decoder, len(starts), previous_id)
+                starts.append(start)
+                previous_id = _latin1_fix(record.get("id")) if isinstance(record, dict) else None
+                scan.pos = end
+                separator = scan.peek()
+                if separator == ",":
+                    scan.pos += 1
+                    continue
+                if separator == "]":
+                    starts.append(scan.offset())
+                    scan.pos += 1
+                    break
+                found = repr(separator) if separator else "the end of the file"
+                raise SourceError(
+                    label,
+                    f"expected ',' or ']' after the record with id={previous_id!r} (byte {scan.offset()}), "
+                    f"found {found}; the file is truncated or malformed",
+                    len(starts),
+                )
+        trailing = scan.peek()
+        if trailing:
+            raise SourceError(label, f"unexpected {trailing!r} after the closing ']' at byte {scan.offset()}")
+    if not starts:
+        starts.append(scan.offset())
+    return JsonIndex(path, starts, scan.base + len(scan.text), scan.sha.hexdigest())
+
+
+def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_id: Any) -> tuple[Any, int]:
+    while True:
+        try:
+            record, end = decoder.raw_decode(scan.text, scan.pos)
+        except json.JSONDecodeError as e:
+            # Most failures only mean the record continues past the window: read on, up to a bound.
+            if len(scan.text) - scan.pos < _MAX_RECORD and scan.more():
+                continue
+            after = f" (the record after id={previous_id!r})" if previous_id is not None else ""
+            raise SourceError(
+                scan.label, f"malformed JSON at byte {scan.base + e.pos}{after}: {e.msg}", index
+            ) from None
+        if end < len(scan.text) or not scan.more():
+            return record, end
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of a config; `chat`/`metadata` are the byte offsets of its batches."""
+
+    index: int
+    start: int
+    stop: int
+    chat: tuple[int, ...]
+    metadata: tuple[int, ...] | None = None
+
+
+def plan_shards(chat: JsonIndex, metadata: JsonIndex | None = None) -> list[Shard]:
+    """Cut the records into contiguous, ordered shards of whole batches of `BATCH_ROWS` rows."""
+    n = chat.num_records
+    if metadata is not None and metadata.num_records != n:
+        raise ValueError("chat and metadata files differ in length; check with first_mismatch() first")
+    num_shards = min(n, max(MIN_SHARDS, -(-n // SHARD_ROWS)))
+    shards = []
+    for i in range(num_shards):
+        start, stop = i * n // num_shards, (i + 1) * n // num_shards
+        bounds = [*range(start, stop, BATCH_ROWS), stop]
+        shards.append(
+            Shard(
+                index=i,
+                start=start,
+                stop=stop,
+                chat=tuple(chat.starts[b] for b in bounds),
+                metadata=tuple(metadata.starts[b] for b in bounds) if metadata is not None else None,
+            )
+        )
+    return shards
+
+
+def read_batches(path: str, offsets: tuple[int, ...], start: int, stop: int, label: str) -> Iterator[list[Any]]:
+    """The records of rows [start, stop) of `path`, one parsed list per batch between consecutive `offsets`."""
+    with open(path, "rb") as f:
+        for k, (begin, end) in enumerate(zip(offsets, offsets[1:])):
+            first = start + k * BATCH_ROWS
+            last = min(first + BATCH_ROWS, stop) - 1
+            f.seek(begin)
+            data = f.read(end - begin).rstrip(b" \t\r\n,")
+            try:
+                records = json.loads(b"[" + data + b"]")
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SourceError(label, f"records {first} to {last} cannot be decoded: {e}") from None
+            if len(records) != last - first + 1:
+                raise SourceError(label, f"records {first} to {last}: the file changed while it was being read")
+            yield records
+
+
+def first_mismatch(chat: JsonIndex, metadata: JsonIndex, chat_label: str, metadata_label: str) -> SourceError:
+    """The error for chat and metadata files that are not parallel, naming the first row whose ids differ."""
+    n = min(chat.num_records, metadata.num_records)
+    bounds = (*range(0, n, BATCH_ROWS), n)
+    chat_offsets = tuple(chat.starts[b] for b in bounds)
+    meta_offsets = tuple(metadata.starts[b] for b in bounds)
+    row = 0
+    batches = zip(
+        read_batches(chat.path, chat_offsets, 0, n, chat_label),
+        read_batches(metadata.path, meta_offsets, 0, n, metadata_label),
+    )
+    for chat_batch, meta_batch in batches:
+        for chat_record, meta_record in zip(chat_batch, meta_batch):
+            chat_id = chat_record.get("id") if isinstance(chat_record, dict) else None
+            meta_id = meta_record.get("id") if isinstance(meta_record, dict) else None
+            if str(chat_id) != str(meta_id):
+                return SourceError(
+                    chat_label,
+                    f"{metadata_label} record {row} has id {meta_id!r}; the chat and metadata files must be "
+                    f"parallel (same order, same ids), and they have {chat.num_records:,} and "
+                    f"{metadata.num_records:,} records",
+                    row,
+                    chat_id,
+                )
+            row += 1
+    return SourceError(
+        chat_label,
+        f"has {chat.num_records:,} records but {metadata_label} has {metadata.num_records:,}; the first "
+        f"{n:,} rows match, record {n} is the first without a partner",
+        n,
+    )
