@@ -11,7 +11,12 @@ from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
 from .errors import SourceError
 from .features import FEATURES
+from .formats import to_llamafactory, to_llava, to_messages, to_trl
+from .hub import export, push_to_hub
 from .load import load_builder, load_dataset, prepare_report
+from .preview import write_preview
+from .recipes import BUILTIN_RECIPES, MixReport, Recipe, RecipeError, load_recipe, mix, resolve, write_mix
+from .stats import compute_stats, stats_markdown, write_histograms
 
 try:
     __version__ = version("llava_hf")
@@ -23,14 +28,32 @@ logging.getLogger("llava_hf").addHandler(logging.NullHandler())
 HOOK_INSTALLED: bool = hook.install()
 
 __all__ = [
+    "BUILTIN_RECIPES",
     "CATALOG",
     "CONFIG_NAMES",
     "FEATURES",
     "HOOK_INSTALLED",
     "LlavaBuilder",
     "LlavaConfig",
+    "MixReport",
+    "Recipe",
+    "RecipeError",
     "SourceError",
+    "compute_stats",
+    "export",
     "load_builder",
     "load_dataset",
+    "load_recipe",
+    "mix",
     "prepare_report",
+    "push_to_hub",
+    "resolve",
+    "stats_markdown",
+    "to_llamafactory",
+    "to_llava",
+    "to_messages",
+    "to_trl",
+    "write_histograms",
+    "write_mix",
+    "write_preview",
 ]

@@ -10,16 +10,27 @@ import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import datasets
 from datasets.builder import Key
+from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
 from .convert import ShardSpec, SkipLog, convert_shard
 from .features import FEATURES
-from .sources import BATCH_ROWS, Inputs, first_mismatch, index_json_array, plan_shards, resolve_inputs
+from .locking import LockMode, datasets_locks, explain_lock_error, lock_mode
+from .sources import (
+    BATCH_ROWS,
+    Inputs,
+    first_mismatch,
+    index_json_array,
+    input_identity,
+    plan_shards,
+    resolve_inputs,
+)
 
 logger = logging.getLogger("llava_hf")
 
@@ -71,20 +82,37 @@ class LlavaConfig(datasets.BuilderConfig):
         super().__setattr__(name, value)
 
     def create_config_id(self, config_kwargs: dict, custom_features: datasets.Features | None = None) -> str:
-        # Options equal to their defaults, and equivalent spellings of a path or of the default revision,
-        # must not give a different cache entry: llava_hf.load_dataset and datasets.load_dataset("llava_hf")
-        # pass different sets of keywords for the same dataset.
+        # The cache key names the inputs by content, not by path (see sources.input_identity): the same
+        # files reached through another mount point, or a cache copied elsewhere, find the prepared data.
+        # Options equal to their defaults must not change it either: llava_hf.load_dataset and
+        # datasets.load_dataset("llava_hf") pass different sets of keywords for the same dataset.
         defaults = {f.name: f.default for f in fields(LlavaConfig)}
         kept = {}
         for key, value in config_kwargs.items():
-            if key in ("data_dir", "image_dir"):
-                value = _path_option(key, value)
+            if key in ("data_dir", "image_dir", "sample", "lock"):
+                continue
             if key == "revision" and value == "main":
                 value = None
             if key in defaults and value == defaults[key]:
                 continue
             kept[key] = value
+        identity = input_identity(
+            get_source(self.name), data_dir=self.data_dir, image_dir=self.image_dir, sample=self.sample
+        )
+        if self.sample:
+            kept["sample"] = True
+        if identity:
+            kept["inputs"] = Hasher.hash(identity)
         return super().create_config_id(kept, custom_features=custom_features)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llava_hf")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class LlavaBuilder(datasets.ArrowBasedBuilder):
@@ -96,10 +124,16 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     config: LlavaConfig
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, lock: LockMode | None = None, **kwargs):
         if kwargs.get("data_files") is not None:
             raise ValueError("llava_hf configs take data_dir (the folder of the source files), not data_files")
-        super().__init__(*args, **kwargs)
+        # How the cache is locked does not change its content, so it is no config option (no cache key).
+        self._lock_mode = lock_mode(lock)
+        try:
+            with datasets_locks(self._lock_mode):
+                super().__init__(*args, **kwargs)
+        except OSError as e:
+            raise explain_lock_error(e) from e
         # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
         self.name = self.info.builder_name = "llava_hf"
         self._source: Source = get_source(self.config.name)
@@ -107,6 +141,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         self._inputs: Inputs | None = None
         self._facts: dict[str, Any] = {}
         self._skip_dir: str | None = None
+        self._main_pid: int | None = None
 
     def _check_inputs(self) -> None:
         config, source = self.config, self._source
@@ -187,11 +222,19 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         generator.split_info.num_examples = chat.num_records  # the progress bar's total
         return [generator]
 
+    def download_and_prepare(self, *args, **kwargs):
+        try:
+            with datasets_locks(self._lock_mode):
+                super().download_and_prepare(*args, **kwargs)
+        except OSError as e:
+            raise explain_lock_error(e) from e
+
     def _generate_tables(self, shards, spec: ShardSpec):
         images = spec.open_images()
         skips = SkipLog()
         for local_index, shard in enumerate(shards):
             for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
+                self._exit_if_orphaned()
                 yield Key(local_index, table_index), table
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
@@ -200,13 +243,26 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 "%s: skipped %s rows with bad images (%s)", spec.config, f"{skips.total():,}", skips.summary()
             )
 
+    def _exit_if_orphaned(self) -> None:
+        # A worker whose preparing process was killed would go on writing shards into the folder the next
+        # run cleans and reuses. Its lock (inherited flock, or a lease nobody refreshes) outlives its parent
+        # only until here: leave at once, writing nothing more.
+        pid = self._main_pid
+        if pid is not None and os.getpid() != pid and os.getppid() != pid:
+            logger.error("%s: the preparing process %d is gone; worker %d stops", self.config.name, pid, os.getpid())
+            os._exit(1)
+
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        self._main_pid = os.getpid()
         # Runs under datasets' lock, writing into "<cache>.incomplete". A killed run leaves that folder
         # behind and datasets would reuse it, moving its stale shards into the final folder: empty it.
         if self._output_dir.endswith(".incomplete"):
             for entry in os.listdir(self._output_dir):
                 path = os.path.join(self._output_dir, entry)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         self._skip_dir = os.path.join(self._output_dir, _SKIP_DIR)
         os.makedirs(self._skip_dir)
         try:
@@ -215,6 +271,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         finally:
             shutil.rmtree(self._skip_dir, ignore_errors=True)
             self._skip_dir = None
+            self._main_pid = None
 
     def _write_report(self) -> None:
         parts = []
@@ -248,6 +305,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 **self._facts["files"],
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
+            "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": _version()},
         }
         with open(os.path.join(self._output_dir, REPORT_FILENAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)

@@ -81,6 +81,197 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+CONVERT_FORMATS = {
+    "trl": "TRL messages (Parquet)",
+    "llamafactory": "LLaMA-Factory sharegpt (JSONL + images + dataset_info.json)",
+    "llava": "LLaVA JSON + image folder",
+}
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Write one config in a trainer's format: TRL messages, LLaMA-Factory sharegpt, or LLaVA JSON + images."""
+    import json
+
+    from . import formats
+    from .load import load_dataset
+
+    ds = load_dataset(args.name, **_load_options(args))
+    logging.getLogger("llava_hf").info(
+        "%s: %s rows; writing %s to %s", args.name, f"{len(ds):,}", CONVERT_FORMATS[args.format], args.out
+    )
+    progress = not args.quiet
+    if args.format == "trl":
+        result = formats.to_trl(ds, args.out, progress=progress)
+        print(f"wrote {result['rows']:,} rows ({result['images']:,} images) in {len(result['files'])} Parquet files")
+        print(f'load with: datasets.load_dataset("parquet", data_dir={args.out!r}, split="train")')
+    elif args.format == "llamafactory":
+        result = formats.to_llamafactory(ds, args.out, progress=progress)
+        print(f"wrote {result['rows']:,} rows to {result['file']} and {result['images']:,} images")
+        if result["image_token_added"]:
+            print(f"added <image> to {result['image_token_added']:,} rows whose text had none")
+        skips = result["llamafactory_skips"]
+        if skips["count"]:
+            print(f"LLaMA-Factory will skip {skips['count']:,} rows: " + "; ".join(skips["examples"]))
+        print(f"registered in {result['dataset_info']} (dataset_dir: {args.out}, dataset: {result['name']}):")
+        print(json.dumps(result["stanza"], indent=2))
+    else:
+        result = formats.to_llava(ds, args.out, progress=progress)
+        also = f" and {result['metadata']}" if result["metadata"] else ""
+        print(f"wrote {result['rows']:,} records to {result['json']}{also}; {result['images']:,} images")
+        print(f"train with: --data_path {result['json']} --image_folder {result['image_folder']}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Print the figures of one config and write them (stats.json) with PNG histograms."""
+    import json
+    import os
+
+    from .load import load_dataset
+    from .stats import compute_stats, format_stats, write_histograms
+
+    ds = load_dataset(args.name, **_load_options(args))
+    out = args.out or f"{args.name}-stats"
+    logging.getLogger("llava_hf").info("%s: %s rows; reading the text and image headers", args.name, f"{len(ds):,}")
+    stats = compute_stats(ds, progress=not args.quiet)
+    print(format_stats(stats, args.name))
+    paths = write_histograms(stats, out)
+    with open(os.path.join(out, "stats.json"), "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=1)
+    print(f"\nwrote {out}/stats.json and {len(paths)} histograms: {', '.join(os.path.basename(p) for p in paths)}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Write one self-contained HTML page with sample rows of one config, images inline."""
+    from .load import load_dataset
+    from .preview import write_preview
+
+    ds = load_dataset(args.name, **_load_options(args))
+    which = "the first" if args.first else f"a random sample (seed {args.seed}) of"
+    logging.getLogger("llava_hf").info("%s: %s rows; showing %s %d", args.name, f"{len(ds):,}", which, args.n)
+    result = write_preview(ds, args.out, n=args.n, seed=None if args.first else args.seed)
+    unreadable = f", {result['unreadable']} unreadable" if result["unreadable"] else ""
+    print(f"wrote {result['path']}: {result['rows']} rows, {result['images']} images{unreadable}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write configs in the Hub layout: Parquet shards with the images embedded, and a generated card."""
+    from .hub import CARD_FILENAME, export
+
+    names = ", ".join(args.names)
+    print(f"exporting {names} to {args.out_dir} (Parquet shards of at most {args.max_shard_size})")
+    figures = export(
+        args.names,
+        args.out_dir,
+        max_shard_size=args.max_shard_size,
+        default=args.default,
+        num_proc=args.num_proc,
+        **_load_options(args),
+    )
+    rows = [
+        (name, f"{f['rows']:,}", f"{f['images']:,}", f"{f['text_only']:,}", f"{sum(f['skipped'].values()):,}")
+        + (len(f["shards"]), f"{f['download_size'] / 1e6:,.1f}")
+        for name, f in figures.items()
+    ]
+    _print_table(("config", "rows", "images", "text-only", "skipped", "shards", "MB"), rows)
+    print(f"card: {args.out_dir}/{CARD_FILENAME}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload an export folder to a Hub dataset repo."""
+    from .hub import push, read_exports
+
+    figures = read_exports(args.out_dir)
+    if figures:
+        files = sum(len(f["shards"]) for f in figures.values())
+        size = sum(f["download_size"] for f in figures.values())
+        print(f"found {', '.join(figures)} in {args.out_dir}: {files} Parquet files, {size / 1e6:,.1f} MB")
+        branch = f" (branch {args.revision})" if args.revision else ""
+        private = ", private if new" if args.private else ""
+        print(f"pushing to https://huggingface.co/datasets/{args.repo_id}{branch}{private}")
+    try:
+        info = push(
+            args.out_dir,
+            args.repo_id,
+            private=True if args.private else None,
+            revision=args.revision,
+            commit_message=args.commit_message,
+        )
+    except OSError as e:  # huggingface_hub's HTTP, login and offline errors; the token is never in them
+        print(f"llava-hf push: {e}", file=sys.stderr)
+        return 1
+    print(f"done: {info.commit_url}")
+    return 0
+
+
+def _dir_default(values: list[str] | None) -> str | dict[str, str] | None:
+    # "--image-dir DIR" is the default of every source; "--image-dir CONFIG=DIR" that of one config.
+    if not values:
+        return None
+    mapping = {}
+    for value in values:
+        config, sep, path = value.partition("=")
+        mapping[config if sep and config in CATALOG else "*"] = path if sep and config in CATALOG else value
+    return mapping["*"] if list(mapping) == ["*"] else mapping
+
+
+def _print_mix_counts(report) -> None:
+    _print_table(("#", "config", "take", "rows", "selected", "in mix", "unique"), report.table())
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    """Write a mix of configs by a recipe with its report, or show the counts a recipe gives."""
+    from .recipes import BUILTIN_RECIPES, MixReport, load_recipe, resolve, write_mix
+
+    if args.list:
+        for name, data in BUILTIN_RECIPES.items():
+            report = MixReport.from_plan(resolve(name), counted_from="catalog")
+            print(f"{name}: {data['description']}")
+            print(f"{report.stopping_strategy}, seed {report.seed}: {report.total:,} rows on the published files")
+            _print_mix_counts(report)
+            print()
+        return 0
+    if args.recipe is None:
+        print("llava-hf mix: name a recipe (a built-in, see --list, or a YAML file), or pass --list", file=sys.stderr)
+        return 2
+    recipe = load_recipe(args.recipe, seed=args.seed)
+    takes = ", ".join(f"{s.config} ({s.take})" for s in recipe.sources)
+    print(f"{recipe.label}: {recipe.stopping_strategy}, seed {recipe.seed}, {len(recipe.sources)} sources: {takes}")
+    options = dict(
+        data_dir=_dir_default(args.data_dir),
+        image_dir=_dir_default(args.image_dir),
+        cache_dir=args.cache_dir,
+        embed_images=False if args.no_embed_images else None,
+        on_bad_image=args.on_bad_image,
+        sample=True if args.sample else None,
+        revision=args.revision,
+    )
+    if args.out is None:
+        flag = {"embed_images": "--no-embed-images"}
+        given = [flag.get(name, "--" + name.replace("_", "-")) for name, value in options.items() if value is not None]
+        if given:
+            print(f"llava-hf mix: {', '.join(given)} only apply with --out", file=sys.stderr)
+            return 2
+        report = MixReport.from_plan(resolve(recipe), counted_from="catalog")
+        print(f"on the published files: {report.total:,} rows")
+        _print_mix_counts(report)
+        print("add --out DIR (and where the data is: --data-dir, --image-dir, or --sample) to write the mix")
+        return 0
+    print(f"writing the mix to {args.out}")
+    try:
+        report = write_mix(recipe, args.out, num_proc=args.num_proc, **options)
+    except FileExistsError as e:
+        print(f"llava-hf mix: {e}", file=sys.stderr)
+        return 2
+    _print_mix_counts(report)
+    print(f"wrote {report.total:,} rows and mix_report.json to {args.out}")
+    print(f"load with: datasets.load_from_disk({args.out!r})")
+    return 0
+
+
 def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the source JSON files (default: download from the Hub)")
     parser.add_argument("--image-dir", help="folder or .zip of the images (default: the repo's images.zip)")
@@ -117,6 +308,70 @@ def build_parser() -> argparse.ArgumentParser:
     demo = add("demo", cmd_demo, "prepare every config from the embedded sample and print an example")
     demo.add_argument("--cache-dir", help="where prepared datasets are kept (default: the datasets cache)")
     demo.add_argument("--show", choices=CONFIG_NAMES, default="conversation_58k", help="config whose row 0 is shown")
+
+    convert = add("convert", cmd_convert, "write one config for a trainer: TRL, LLaMA-Factory or LLaVA's own format")
+    convert.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    convert.add_argument(
+        "--format",
+        choices=tuple(CONVERT_FORMATS),
+        required=True,
+        help="; ".join(f"{name}: {label}" for name, label in CONVERT_FORMATS.items()),
+    )
+    convert.add_argument("--out", required=True, help="output folder (created; files of the same name are replaced)")
+    _add_load_options(convert)
+
+    stats = add("stats", cmd_stats, "print statistics of one config and write them with PNG histograms")
+    stats.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    stats.add_argument("--out", help="folder for stats.json and the histograms (default: ./NAME-stats)")
+    _add_load_options(stats)
+
+    preview = add("preview", cmd_preview, "write one HTML page showing sample rows with their images")
+    preview.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    preview.add_argument("--out", required=True, help="the HTML file to write (self-contained: images inline)")
+    preview.add_argument("-n", type=int, default=16, help="number of rows to show (default: 16)")
+    preview.add_argument("--seed", type=int, default=0, help="seed of the random sample of rows (default: 0)")
+    preview.add_argument("--first", action="store_true", help="show the first N rows instead of a random sample")
+    _add_load_options(preview)
+
+    export = add("export", cmd_export, "write configs as Hub-ready Parquet shards with a generated dataset card")
+    export.add_argument("names", nargs="+", choices=CONFIG_NAMES, metavar="NAME", help="configs (see `llava-hf list`)")
+    export.add_argument("-o", "--out-dir", required=True, help="export folder; configs already there are kept")
+    export.add_argument("--max-shard-size", default="500MB", help="bound of each Parquet file (default: 500MB)")
+    export.add_argument(
+        "--default", choices=CONFIG_NAMES, metavar="NAME", help="config loaded when none is named (default: kept)"
+    )
+    export.add_argument("--num-proc", type=int, help="worker processes for preparing (each takes a range of rows)")
+    _add_load_options(export)
+
+    mix = add("mix", cmd_mix, "mix configs by a recipe and write them with mix_report.json, or show a recipe's counts")
+    mix.add_argument("recipe", nargs="?", metavar="RECIPE", help="a built-in recipe (see --list) or a YAML file")
+    mix.add_argument("--list", action="store_true", help="list the built-in recipes with their counts on the real data")
+    mix.add_argument(
+        "--out", help="folder to write the mix to (save_to_disk layout + mix_report.json); without it, show counts"
+    )
+    mix.add_argument("--seed", type=int, help="replace the recipe's seed")
+    mix.add_argument("--num-proc", type=int, help="worker processes for preparing the sources")
+    for option, what in (("--data-dir", "the source JSON files"), ("--image-dir", "the images (or a .zip)")):
+        mix.add_argument(
+            option,
+            action="append",
+            metavar="[CONFIG=]DIR",
+            help=f"folder of {what} for sources that set none; CONFIG=DIR for one config (repeatable)",
+        )
+    mix.add_argument("--cache-dir", help="where prepared datasets and mixes are kept (default: the datasets cache)")
+    mix.add_argument("--no-embed-images", action="store_true", help="store image paths instead of bytes")
+    mix.add_argument(
+        "--on-bad-image", choices=("raise", "skip"), help="for sources that set none (default: raise); see prepare"
+    )
+    mix.add_argument("--sample", action="store_true", help="use the embedded sample for sources that set no sample")
+    mix.add_argument("--revision", help="revision of the source Hub repos (default: main)")
+
+    push = add("push", cmd_push, "upload an export folder to a Hub dataset repo (token: HF_TOKEN or `hf auth login`)")
+    push.add_argument("out_dir", metavar="OUT_DIR", help="a folder written by `llava-hf export`")
+    push.add_argument("--repo-id", required=True, help="the dataset repo, ORG/NAME (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing repo is unchanged)")
+    push.add_argument("--revision", help="branch to push to, created if missing (default: main)")
+    push.add_argument("--commit-message", help="message of the upload commit")
     return parser
 
 

@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from .errors import BadImage
 
 # Every reason an image can be refused, in the order reports list them.
-BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "unreadable")
+BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_large", "unreadable")
+
+# No LLaVA image comes near this; a bigger "image" is refused before it is read, so a hostile or broken
+# file can never make a worker allocate gigabytes.
+MAX_IMAGE_BYTES = 256 << 20
 
 # Bytes needed to recognise every format in `_SIGNATURES`.
 HEAD_SIZE = 16
@@ -63,6 +67,11 @@ def safe_name(name: str) -> str:
     if ".." in posix.split("/"):
         raise BadImage("unsafe_path", f"image path {name!r} leaves the image root ('..')")
     return posixpath.normpath(posix)
+
+
+def _check_size(size: int, where: str) -> None:
+    if size > MAX_IMAGE_BYTES:
+        raise BadImage("too_large", f"image file {where} has {size:,} bytes, more than the {MAX_IMAGE_BYTES:,} allowed")
 
 
 def _check_head(head: bytes, size: int, where: str) -> None:
@@ -142,6 +151,7 @@ class FolderRoot(ImageRoot):
         path = os.path.join(self.location, name)
         try:
             with open(path, "rb") as f:
+                _check_size(os.fstat(f.fileno()).st_size, path)
                 return f.read()
         except FileNotFoundError:
             return None
@@ -201,6 +211,7 @@ class ZipRoot(ImageRoot):
         info = self._info(name)
         if info is None:
             return None
+        _check_size(info.file_size, self.describe(name))
         try:
             return self._archive().read(info)
         except (OSError, zipfile.BadZipFile, EOFError) as e:

@@ -11,6 +11,7 @@ import datasets
 from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
 from .catalog import get_source
 from .hook import MODULE_HASH, NAME
+from .locking import LockMode
 
 
 def load_builder(
@@ -24,6 +25,7 @@ def load_builder(
     sample: bool = False,
     revision: str | None = None,
     token: bool | str | None = None,
+    lock: LockMode | None = None,
 ) -> LlavaBuilder:
     """The builder of config `name`, with the cache path `datasets.load_dataset("llava_hf", name)` uses.
 
@@ -42,6 +44,7 @@ def load_builder(
         on_bad_image=on_bad_image,
         sample=sample,
         revision=revision,
+        lock=lock,
     )
 
 
@@ -59,6 +62,7 @@ def load_dataset(
     revision: str | None = None,
     token: bool | str | None = None,
     download_mode: datasets.DownloadMode | str | None = None,
+    lock: LockMode | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
     """Prepare (once) and load one LLaVA config as a `datasets.Dataset`.
 
@@ -72,6 +76,8 @@ def load_dataset(
     on_bad_image: "raise" (default) or "skip": drop rows whose image is missing, empty, not an image or
         outside the image root, counted per reason in `prepare_report(ds)`.
     sample: use the small sample shipped inside the package.
+    lock: "flock" (default) or "lease" for shared storage without flock (default: LLAVA_HF_LOCK);
+        every process sharing a cache must use the same.
 
     Raises `llava_hf.SourceError` naming the file, record index and id for bad source data, ValueError
     for bad options, FileNotFoundError when a source file is not in `data_dir`.
@@ -86,6 +92,7 @@ def load_dataset(
         sample=sample,
         revision=revision,
         token=token,
+        lock=lock,
     )
     if streaming:
         if num_proc is not None:

@@ -115,6 +115,53 @@ def _hub(source: Source, image_dir: str | None, *, revision: str | None, token: 
     return Inputs(json_path, metadata_path, image_dir, "hub", revision=commit)
 
 
+_FINGERPRINT_BYTES = 1 << 20
+
+
+def fingerprint_file(path: str) -> str:
+    """A cheap content identity of a file: its size and the sha256 of its first and last MiB.
+
+    Used in cache keys instead of paths, so that a prepared dataset is found again when the same files
+    are reached through another mount point; reading 2 MiB costs nothing next to preparing.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest.update(f.read(_FINGERPRINT_BYTES))
+        if size > _FINGERPRINT_BYTES:
+            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return f"{size}:{digest.hexdigest()[:16]}"
+
+
+def input_identity(source: Source, *, data_dir: str | None, image_dir: str | None, sample: bool) -> dict[str, str]:
+    """What the cache key holds about the inputs, independent of where they are mounted.
+
+    Source files (JSON, metadata, a zip of images) are identified by content (`fingerprint_file`); an image
+    folder, which cannot be fingerprinted cheaply, by its last two path components ("coco/train2017"),
+    which survive a different mount point. Files read from the Hub are identified by repo and revision,
+    which are config options of their own. Raises FileNotFoundError when a source file is missing.
+    """
+    if sample:
+        folder = str(SAMPLE_DIR / source.sample_data_dir)
+        image_dir = str(SAMPLE_DIR / source.sample_image_dir) if source.sample_image_dir else image_dir
+    else:
+        folder = data_dir
+    identity: dict[str, str] = {}
+    if folder is not None:
+        inputs = _local(source, folder, image_dir, origin="")
+        identity["json"] = fingerprint_file(inputs.json_path)
+        if inputs.metadata_path:
+            identity["metadata"] = fingerprint_file(inputs.metadata_path)
+        image_dir = inputs.image_location
+    if image_dir is not None:
+        if image_dir.lower().endswith(".zip"):
+            identity["images"] = fingerprint_file(image_dir)
+        else:
+            identity["images"] = "/".join(Path(image_dir).parts[-2:])
+    return identity
+
+
 @dataclass(frozen=True)
 class JsonIndex:
     """Where each record of a JSON array file starts; `starts[n]` is where the last record ends."""

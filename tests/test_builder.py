@@ -142,13 +142,22 @@ def test_num_proc_2_gives_the_same_rows_in_the_same_order(release, tmp_path, nam
     assert raw_rows(two) == raw_rows(one)
 
 
-def test_reload_comes_from_the_cache_without_reading_sources(release, cache_dir):
+def test_reload_comes_from_the_cache_without_reading_images(release, cache_dir):
     first = load(release, "llava_v1_5_mix665k", cache_dir)
     shutil.rmtree(release.root / "images")
-    os.remove(release.data_dir("llava_v1_5_mix665k") / "llava_v1_5_mix665k.json")
     again = load(release, "llava_v1_5_mix665k", cache_dir)
     assert again.cache_files == first.cache_files
     assert raw_rows(again) == raw_rows(first)
+
+
+def test_a_changed_source_file_is_a_new_cache_entry(release, cache_dir):
+    first = load(release, "detail_23k", cache_dir)
+    path = release.data_dir("detail_23k") / "detail_23k.json"
+    records = json.loads(path.read_text())
+    path.write_text(json.dumps(records[:2], indent=2))
+    second = load(release, "detail_23k", cache_dir)
+    assert second.cache_files != first.cache_files
+    assert (len(first), len(second)) == (3, 2)
 
 
 @pytest.mark.parametrize("name", ["detail_23k", "llava_v1_5_mix665k", "blip_558k"])

@@ -33,13 +33,13 @@ def test_datasets_load_dataset_shares_the_cache_of_llava_hf_load_dataset(release
     assert [row["id"] for row in streamed] == ours["id"]
 
 
-def test_registration_lists_and_stats_no_data_file(release, cache_dir):
-    watched = (str(release.data_dir("detail_23k")), str(release.image_dir("detail_23k")))
+def test_registration_lists_no_folder_and_reads_only_the_source_file(release, cache_dir):
+    data_dir, image_dir = str(release.data_dir("detail_23k")), str(release.image_dir("detail_23k"))
     touched = []
 
     def spy(real):
         def wrapper(path=".", *args, **kwargs):
-            if str(os.fspath(path)).startswith(watched):
+            if str(os.fspath(path)).startswith((data_dir, image_dir)):
                 touched.append((real.__name__, os.fspath(path)))
             return real(path, *args, **kwargs)
 
@@ -50,12 +50,16 @@ def test_registration_lists_and_stats_no_data_file(release, cache_dir):
         mock.patch("os.scandir", spy(os.scandir)),
         mock.patch("os.listdir", spy(os.listdir)),
         mock.patch("glob.glob", spy(glob.glob)),
+        mock.patch("builtins.open", spy(open)),
     ):
         builder = datasets.load_dataset_builder(
             "llava_hf", "detail_23k", cache_dir=cache_dir, **release.options("detail_23k")
         )
-    assert touched == []
-    # adding or touching files does not move the cache entry
+    # The cache key fingerprints the one source file by content (size, first and last MiB); no folder is
+    # listed and nothing under the image folder is touched.
+    assert {path for _, path in touched} == {f"{data_dir}/detail_23k.json"}
+    assert {name for name, _ in touched} <= {"stat", "open"}
+    # adding images or touching the source file does not move the cache entry
     (release.image_dir("detail_23k") / "new.jpg").write_bytes(b"x")
     os.utime(release.data_dir("detail_23k") / "detail_23k.json")
     again = datasets.load_dataset_builder(

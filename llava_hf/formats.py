@@ -1,0 +1,573 @@
+"""Exports to the formats trainers read: TRL messages, LLaMA-Factory sharegpt, LLaVA JSON + image folder.
+
+One row and what each format makes of it:
+
+    conversations=[{from: "human", value: "<image>\\nWhat are the colors of the bus?"},
+                   {from: "gpt", value: "White and red."}], image={bytes: ..., path: "000000033471.jpg"}
+
+    TRL (to_messages, to_trl):
+        messages=[{role: "user", content: [{type: "image", text: None},
+                                           {type: "text", text: "What are the colors of the bus?"}]},
+                  {role: "assistant", content: [{type: "text", text: "White and red."}]}],
+        images=[<PIL.Image>]
+    LLaMA-Factory (to_llamafactory):
+        {"id": ..., "conversations": <as in the source>, "images": ["images/000000033471.jpg"]}
+    LLaVA (to_llava):
+        the source record, key for key, and the image file at images/000000033471.jpg
+
+Every content block carries the same two keys, `type` and `text` (None in image blocks). A list of blocks is
+one Arrow column, and Arrow gives every struct in a list the union of their keys: blocks with different keys
+would come back from Parquet or `Dataset.map` with extra keys set to None. A text block holding `image: None`
+is exactly what breaks chat templates that test `'image' in content` (Qwen2-VL's does), while `text: None` on
+an image block is harmless: templates choose a block by `type`, and TRL fills `image` into image blocks only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets import Features, Image, List, Value
+
+from .catalog import CATALOG
+from .errors import BadImage
+from .images import safe_name
+from .records import IMAGE_TOKEN, restore_record
+
+logger = logging.getLogger("llava_hf")
+
+# LLaVA speaker names -> chat roles. `system` is a role in TRL, transformers chat templates and LLaMA-Factory
+# alike, so it passes through; any other name is refused (pass `roles=` to map it) rather than guessed.
+DEFAULT_ROLES: dict[str, str] = {"human": "user", "gpt": "assistant", "system": "system"}
+
+TRL_FEATURES = Features(
+    {
+        "messages": List(
+            {"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}
+        ),
+        "images": List(Image()),
+    }
+)
+
+# Rows per Arrow batch while exporting: about 13 MB of images at LLaVA's ~130 KB per image.
+BATCH_ROWS = 100
+# How many offending rows an error message lists by index and id.
+LISTED_ROWS = 5
+# A TRL Parquet file is closed once it holds this many bytes of images and text.
+MAX_PARQUET_BYTES = 512 << 20
+
+
+# --- TRL messages -------------------------------------------------------------------------------------
+
+
+def content_blocks(text: str) -> list[dict[str, str | None]]:
+    """The content blocks of one turn: text pieces, and an image block wherever `<image>` stood.
+
+    The newline that separates `<image>` from the text (`"<image>\\nWhat...?"`, `"What...?\\n<image>"`) is
+    dropped with the token; everything else in the text is kept as it is.
+    """
+    pieces = text.split(IMAGE_TOKEN)
+    blocks: list[dict[str, str | None]] = []
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            blocks.append({"type": "image", "text": None})
+            piece = piece.removeprefix("\n")
+        if i < len(pieces) - 1:
+            piece = piece.removesuffix("\n")
+        if piece:
+            blocks.append({"type": "text", "text": piece})
+    return blocks or [{"type": "text", "text": ""}]
+
+
+def conversation_to_messages(
+    turns: Sequence[Mapping[str, str]], *, has_image: bool, roles: Mapping[str, str] = DEFAULT_ROLES, where: str = "row"
+) -> list[dict[str, Any]]:
+    """TRL messages for one conversation (`turns` as in the `conversations` column).
+
+    A row with an image and no `<image>` in its text gets the image block first in its first user turn,
+    where LLaVA and TRL put it. Raises ValueError (naming `where`) for a speaker not in `roles`, more than
+    one `<image>` in a row (LLaVA rows have at most one image), or `<image>` in a text-only row.
+    """
+    problem = _token_problem([turn["value"] for turn in turns], has_image) or _role_problem(turns, roles)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    messages = [{"role": roles[turn["from"]], "content": content_blocks(turn["value"])} for turn in turns]
+    if has_image and not any(block["type"] == "image" for m in messages for block in m["content"]):
+        first_user = next((m for m in messages if m["role"] == "user"), messages[0] if messages else None)
+        if first_user is None:
+            raise ValueError(f"{where}: has an image but no turns to put it in")
+        first_user["content"].insert(0, {"type": "image", "text": None})
+    return messages
+
+
+def _token_problem(values: Sequence[str], has_image: bool) -> str | None:
+    tokens = sum(value.count(IMAGE_TOKEN) for value in values)
+    if tokens > 1:
+        return f"{tokens} {IMAGE_TOKEN!r} tokens but at most one image"
+    if tokens and not has_image:
+        return f"{IMAGE_TOKEN!r} in a text-only row (no image to put there)"
+    return None
+
+
+def _role_problem(turns: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> str | None:
+    for turn in turns:
+        if turn["from"] not in roles:
+            return (
+                f"speaker {turn['from']!r} has no chat role (known: {', '.join(roles)}); pass roles={{...}} to map it"
+            )
+    return None
+
+
+def to_messages(
+    ds: datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict, *, roles: Mapping[str, str] | None = None
+) -> datasets.Dataset | datasets.IterableDataset | datasets.DatasetDict:
+    """The dataset in TRL's conversational vision format: columns `messages` and `images`, nothing else.
+
+    `messages` is a list of `{"role", "content"}` with content blocks `{"type": "image", "text": None}` and
+    `{"type": "text", "text": ...}`; `images` holds the row's image (an empty list for text-only rows). Give
+    it to `trl.SFTTrainer(train_dataset=...)` with a vision-language processor.
+
+    Lazy: a `Dataset` gets a `with_transform` over its own Arrow files (no image bytes are copied; images are
+    decoded when a row is read), an `IterableDataset` a `map`. `roles` adds to or overrides `DEFAULT_ROLES`.
+
+    For a `Dataset` the conversations are checked now (one pass over the text, no images): ValueError lists
+    the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,
+    or a text-only row holds one. Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
+    """
+    role_map = {**DEFAULT_ROLES, **(roles or {})}
+    if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return type(ds)({split: to_messages(part, roles=role_map) for split, part in ds.items()})
+    if isinstance(ds, datasets.IterableDataset):
+        # Streaming rows are checked as they arrive; errors then name the row's id.
+        return ds.map(
+            partial(_messages_batch, roles=role_map),
+            batched=True,
+            remove_columns=list(ds.features or ds.column_names or ()),
+            features=TRL_FEATURES,
+        )
+    check_rows(ds, roles=role_map)
+    # Only `messages` and `images` are visible: TRL's Trainer drops columns its collator does not name.
+    view = ds.select_columns(["image", "conversations"]).rename_columns(
+        {"image": "images", "conversations": "messages"}
+    )
+    return view.with_transform(partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages"))
+
+
+def _messages_batch(
+    batch: dict[str, list],
+    *,
+    roles: Mapping[str, str],
+    image_column: str = "image",
+    turns_column: str = "conversations",
+) -> dict[str, list]:
+    ids = batch.get("id") or [None] * len(batch[turns_column])
+    messages, images = [], []
+    for rid, turns, image in zip(ids, batch[turns_column], batch[image_column], strict=True):
+        where = f"row id={rid!r}" if rid is not None else "row"
+        messages.append(conversation_to_messages(turns, has_image=image is not None, roles=roles, where=where))
+        images.append([] if image is None else [image])
+    return {"messages": messages, "images": images}
+
+
+def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAULT_ROLES) -> None:
+    """Raise ValueError listing the rows (index and id) that cannot become TRL messages or LLaMA-Factory
+    records: more than one `<image>`, `<image>` in a text-only row, or (unless `roles` is None) a speaker
+    not in `roles`.
+
+    Reads the text columns and the image column's null mask only, never image bytes.
+    """
+    bad: list[str] = []
+    total = 0
+    offset = 0
+    for batch, present in _text_batches(ds):
+        turns = batch.column("conversations").combine_chunks()
+        values = turns.flatten()
+        parents = pc.list_parent_indices(turns).to_numpy()
+        counts = pc.count_substring(values.field("value"), IMAGE_TOKEN).to_numpy().astype(float)
+        tokens = np.bincount(parents, counts, len(turns))
+        unknown_rows = np.zeros(len(turns), bool)
+        if roles is not None:
+            unknown = pc.invert(pc.is_in(values.field("from"), value_set=pa.array(list(roles), pa.string())))
+            unknown_rows = np.bincount(parents, unknown.to_numpy(zero_copy_only=False).astype(float), len(turns)) > 0
+        rows = np.flatnonzero((tokens > 1) | ((tokens > 0) & ~present) | unknown_rows)
+        total += len(rows)
+        if rows.size and len(bad) < LISTED_ROWS:
+            for i in rows[: LISTED_ROWS - len(bad)]:
+                row = batch.slice(int(i), 1).to_pylist()[0]
+                turns_i = row["conversations"]
+                problem = _token_problem([t["value"] for t in turns_i], bool(present[i]))
+                problem = problem or _role_problem(turns_i, roles or {})
+                bad.append(f"row {offset + int(i)} (id={row['id']!r}): {problem}")
+        offset += batch.num_rows
+    if total:
+        raise ValueError(
+            f"{total:,} rows cannot be exported: " + "; ".join(bad) + ("; ..." if total > len(bad) else "") + ". "
+            "Filter them out first (ds.filter) or map unknown speakers with roles={...}."
+        )
+
+
+def _text_batches(ds: datasets.Dataset, batch_rows: int = 10_000) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """(id + conversations batch, image-present mask) pairs over `ds`, without touching image bytes."""
+    present = pc.is_valid(ds.data.column("image"))
+    # After select/shuffle/filter a Dataset is an index mapping onto its Arrow table; the mask must follow it.
+    if ds._indices is not None:
+        present = present.take(ds._indices.column(0))
+    present = present.to_numpy(zero_copy_only=False)
+    start = 0
+    for batch in ds.select_columns(["id", "conversations"]).with_format("arrow").iter(batch_size=batch_rows):
+        yield batch, present[start : start + batch.num_rows]
+        start += batch.num_rows
+
+
+def to_trl(
+    ds: datasets.Dataset | datasets.IterableDataset, out_dir: str | os.PathLike, *, progress: bool = True
+) -> dict:
+    """Write `to_messages(ds)` as Parquet files (`train-00000.parquet`, ...) in `out_dir`.
+
+    `datasets.load_dataset("parquet", data_dir=out_dir, split="train")` reads them back as `messages` and
+    `images` (decoded to PIL), ready for TRL, without llava_hf. Image bytes are copied from the Arrow files
+    as they are (no decode, no re-encode); memory stays at one batch of rows.
+
+    Returns {"files": [...], "rows": n, "images": n}. Raises ValueError like `check_rows`, or when `out_dir`
+    already holds `train-*.parquet` files (they would mix with the new ones).
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    stale = sorted(f for f in os.listdir(out_dir) if f.startswith("train-") and f.endswith(".parquet"))
+    if stale:
+        raise ValueError(f"{out_dir} already holds {stale[0]} (and {len(stale) - 1} more); choose an empty folder")
+    if isinstance(ds, datasets.Dataset):
+        check_rows(ds)
+    schema = TRL_FEATURES.arrow_schema
+    files: list[str] = []
+    writer: pq.ParquetWriter | None = None
+    written = rows = images = 0
+    try:
+        for batch in _progress(_arrow_batches(ds, ["id", "image", "conversations"]), ds, progress, "TRL Parquet"):
+            records = batch.select(["id", "conversations"]).to_pylist()
+            image = batch.column("image").combine_chunks()
+            present = pc.is_valid(image)
+            messages = [
+                conversation_to_messages(
+                    r["conversations"], has_image=bool(p), where=f"row {rows + i} (id={r['id']!r})"
+                )
+                for i, (r, p) in enumerate(zip(records, present.to_pylist(), strict=True))
+            ]
+            # Each row's `images` list is its one image or nothing: a list view over the image structs.
+            offsets = pa.array(np.concatenate([[0], np.cumsum(present.to_numpy(zero_copy_only=False))]), pa.int32())
+            image_lists = pa.ListArray.from_arrays(offsets, image.filter(present))
+            table = pa.Table.from_arrays(
+                [pa.array(messages, schema.field("messages").type), image_lists], schema=schema
+            )
+            if writer is None:
+                files.append(os.path.join(out_dir, f"train-{len(files):05d}.parquet"))
+                writer = pq.ParquetWriter(files[-1], schema)
+            writer.write_table(table)
+            written += table.nbytes
+            rows += table.num_rows
+            images += len(image_lists.flatten())
+            if written >= MAX_PARQUET_BYTES:
+                writer.close()
+                writer, written = None, 0
+    finally:
+        if writer is not None:
+            writer.close()
+    return {"files": files, "rows": rows, "images": images}
+
+
+# --- files on disk: image folder and JSON writers ------------------------------------------------------
+
+
+class ImageFolder:
+    """Writes image bytes under `root` by their source names, each name once.
+
+    A name seen again with other bytes (two different pictures under one name, e.g. in a mixture of
+    sources) raises instead of silently keeping one of them.
+    """
+
+    def __init__(self, root: str):
+        self.root = root
+        self.written = 0
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    def write(self, image: Mapping[str, Any], where: str) -> str:
+        """Write one `{bytes, path}` image; return its name relative to `root`."""
+        if image.get("bytes") is None:
+            raise ValueError(
+                f"{where}: image {image.get('path')!r} has no embedded bytes. A dataset prepared with "
+                "embed_images=False keeps absolute paths, not the source's names; prepare it with "
+                "embed_images=True to export it"
+            )
+        try:
+            name = safe_name(image["path"])
+        except BadImage as e:
+            raise ValueError(f"{where}: {e}") from None
+        data = image["bytes"]
+        fingerprint = (len(data), zlib.crc32(data))
+        seen = self._seen.get(name)
+        if seen is None:
+            path = os.path.join(self.root, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            self._seen[name] = fingerprint
+            self.written += 1
+        elif seen != fingerprint:
+            raise ValueError(f"{where}: image name {name!r} was already written with other bytes")
+        return name
+
+
+class JsonArrayWriter:
+    """A JSON array written one record at a time, into a temporary file renamed into place on success."""
+
+    def __init__(self, path: str):
+        self.path = path
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self._file.write("[")
+        self.count = 0
+
+    def add(self, record: Any) -> None:
+        self._file.write(",\n" if self.count else "\n")
+        self._file.write(json.dumps(record, ensure_ascii=False))
+        self.count += 1
+
+    def close(self, ok: bool = True) -> None:
+        self._file.write("\n]\n")
+        self._file.close()
+        if ok:
+            os.replace(self._tmp, self.path)
+        else:
+            os.remove(self._tmp)
+
+
+# --- back to LLaVA --------------------------------------------------------------------------------------
+
+
+def to_llava(
+    ds: datasets.Dataset | datasets.IterableDataset,
+    out_dir: str | os.PathLike,
+    *,
+    json_name: str | None = None,
+    metadata_name: str | None = None,
+    image_folder: str = "images",
+    progress: bool = True,
+) -> dict:
+    """Write the dataset as LLaVA's training code reads it: a JSON array plus an image folder.
+
+    `out_dir/<json_name>` holds the source records rebuilt key for key (the `extra` column restores int ids,
+    extra record and turn keys); `out_dir/<image_folder>/<name>` holds each image's bytes under its name in
+    the source, so LLaVA's `--data_path out/x.json --image_folder out/images` works. Pretrain configs also
+    get their metadata file (`metadata.json`, `blip_laion_cc_sbu_558k_meta.json`), rows parallel to the chat
+    file. Names default to the source's file names (`llava.json` when the dataset is not one config).
+    Streams: one batch of rows in memory, every image written once.
+
+    Returns {"json", "metadata", "image_folder", "rows", "images", "text_only", "metadata_rows_not_written"}.
+    Raises ValueError for a row whose image has no embedded bytes (prepared with embed_images=False), an
+    image name that escapes the folder, or one name used for two different images.
+    """
+    source = CATALOG.get(ds.info.config_name or "")
+    json_name = json_name or (source.filename if source else "llava.json")
+    metadata_name = metadata_name or (source.metadata_filename if source else None)
+    out = os.fspath(out_dir)
+    folder = ImageFolder(os.path.join(out, image_folder))
+    chat = JsonArrayWriter(os.path.join(out, json_name))
+    metadata = JsonArrayWriter(os.path.join(out, metadata_name)) if metadata_name else None
+    text_only = lost_metadata = 0
+    ok = False
+    try:
+        for row, where in _rows(ds, progress, "LLaVA JSON"):
+            name = folder.write(row["image"], where) if row["image"] is not None else None
+            text_only += name is None
+            record, meta = restore_record({**row, "image": name}, with_metadata=metadata is not None)
+            chat.add(record)
+            if metadata is not None:
+                metadata.add(meta)
+            elif any(row[k] is not None for k in ("caption", "blip_caption", "url")):
+                lost_metadata += 1
+        ok = True
+    finally:
+        chat.close(ok)
+        if metadata is not None:
+            metadata.close(ok)
+    if lost_metadata:
+        logger.warning(
+            "%s rows carry pretrain metadata (caption, blip_caption, url) that the chat JSON does not hold; "
+            "pass metadata_name= to write it",
+            f"{lost_metadata:,}",
+        )
+    return {
+        "json": chat.path,
+        "metadata": metadata.path if metadata else None,
+        "image_folder": folder.root,
+        "rows": chat.count,
+        "images": folder.written,
+        "text_only": text_only,
+        "metadata_rows_not_written": lost_metadata,
+    }
+
+
+# --- LLaMA-Factory ------------------------------------------------------------------------------------
+
+# The sharegpt tags that read the source's own `from`/`value` turns (LLaMA-Factory's defaults, spelled out).
+LLAMAFACTORY_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "system_tag": "system",
+}
+
+
+def llamafactory_stanza(name: str, file_name: str) -> dict[str, Any]:
+    """The `dataset_info.json` entry that registers an exported file with LLaMA-Factory."""
+    return {
+        name: {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "images": "images"},
+            "tags": dict(LLAMAFACTORY_TAGS),
+        }
+    }
+
+
+def to_llamafactory(
+    ds: datasets.Dataset | datasets.IterableDataset,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    image_folder: str = "images",
+    progress: bool = True,
+) -> dict:
+    """Write LLaMA-Factory's sharegpt layout: `<name>.jsonl`, an image folder and `dataset_info.json`.
+
+    Each line is `{"id", "conversations", "images"}`: the turns as in the source (`<image>` tokens in the
+    text, which LLaMA-Factory counts against `images`), and image paths relative to `out_dir`. Use
+    `dataset_dir: out_dir` and `dataset: <name>` in the LLaMA-Factory config; the entry is added to (or
+    replaces the same name in) `out_dir/dataset_info.json`. A row with an image and no `<image>` gets one
+    before its first human turn's text, where LLaVA puts it.
+
+    LLaMA-Factory skips, with only a log line, conversations whose speakers do not alternate human/gpt
+    (an optional system turn first) or that end on a human turn; those rows are written anyway and counted
+    in "llamafactory_skips" with the first ids, so nothing is dropped without you knowing.
+
+    Returns {"name", "file", "dataset_info", "stanza", "rows", "images", "image_token_added",
+    "llamafactory_skips": {"count", "examples"}}. Raises ValueError like `check_rows` and `to_llava`.
+    """
+    name = name or f"llava_hf_{ds.info.config_name or 'dataset'}"
+    out = os.fspath(out_dir)
+    file_name = f"{name}.jsonl"
+    folder = ImageFolder(os.path.join(out, image_folder))
+    if isinstance(ds, datasets.Dataset):
+        check_rows(ds, roles=None)  # speakers LLaMA-Factory does not know are counted below, not refused
+    path = os.path.join(out, file_name)
+    os.makedirs(out, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".jsonl")
+    rows = added = 0
+    skips: list[str] = []
+    skipped = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row, where in _rows(ds, progress, "LLaMA-Factory"):
+                turns = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
+                problem = _token_problem([t["value"] for t in turns], row["image"] is not None)
+                if problem:
+                    raise ValueError(f"{where}: {problem}")
+                images = []
+                if row["image"] is not None:
+                    images.append(f"{image_folder}/{folder.write(row['image'], where)}")
+                    if not any(IMAGE_TOKEN in t["value"] for t in turns):
+                        added += 1
+                        first = next((t for t in turns if t["from"] == "human"), turns[0])
+                        first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
+                reason = _llamafactory_skip_reason(turns)
+                if reason:
+                    skipped += 1
+                    if len(skips) < LISTED_ROWS:
+                        skips.append(f"{where}: {reason}")
+                f.write(json.dumps({"id": row["id"], "conversations": turns, "images": images}, ensure_ascii=False))
+                f.write("\n")
+                rows += 1
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    stanza = llamafactory_stanza(name, file_name)
+    info_path = os.path.join(out, "dataset_info.json")
+    info: dict[str, Any] = {}
+    if os.path.exists(info_path):
+        with open(info_path, encoding="utf-8") as f:
+            info = json.load(f)
+    info.update(stanza)
+    with open(info_path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    if skipped:
+        logger.warning("%s rows will be skipped by LLaMA-Factory: %s", f"{skipped:,}", "; ".join(skips))
+    return {
+        "name": name,
+        "file": path,
+        "dataset_info": info_path,
+        "stanza": stanza,
+        "rows": rows,
+        "images": folder.written,
+        "image_token_added": added,
+        "llamafactory_skips": {"count": skipped, "examples": skips},
+    }
+
+
+def _llamafactory_skip_reason(turns: Sequence[Mapping[str, str]]) -> str | None:
+    # LLaMA-Factory's sharegpt converter: a leading system turn is the system prompt; then human and gpt
+    # must alternate, starting with human, and there must be an even number of them.
+    speakers = [t["from"] for t in turns]
+    if speakers and speakers[0] == LLAMAFACTORY_TAGS["system_tag"]:
+        speakers = speakers[1:]
+    expected = (LLAMAFACTORY_TAGS["user_tag"], LLAMAFACTORY_TAGS["assistant_tag"])
+    for i, speaker in enumerate(speakers):
+        if speaker != expected[i % 2]:
+            return f"turn {i} is {speaker!r}, LLaMA-Factory expects {expected[i % 2]!r}"
+    if not speakers or len(speakers) % 2:
+        return f"{len(speakers)} human/gpt turns, LLaMA-Factory expects an even number"
+    return None
+
+
+# --- shared iteration -----------------------------------------------------------------------------------
+
+
+def _arrow_batches(
+    ds: datasets.Dataset | datasets.IterableDataset, columns: Sequence[str], batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.Table]:
+    # Arrow batches are never decoded: image bytes stay bytes, and a Dataset without an index mapping is
+    # sliced from its memory-mapped files without a copy.
+    yield from ds.select_columns(list(columns)).with_format("arrow").iter(batch_size=batch_rows)
+
+
+def _rows(ds: datasets.Dataset | datasets.IterableDataset, progress: bool, desc: str) -> Iterator[tuple[dict, str]]:
+    """(row with the image as {bytes, path}, "row i (id=...)") pairs, one batch in memory."""
+    index = 0
+    for batch in _progress(_arrow_batches(ds, list(ds.features)), ds, progress, desc):
+        for row in batch.to_pylist():
+            yield row, f"row {index} (id={row['id']!r})"
+            index += 1
+
+
+def _progress(batches: Iterator[pa.Table], ds: Any, progress: bool, desc: str) -> Iterator[pa.Table]:
+    from datasets.utils.tqdm import tqdm
+
+    total = len(ds) if isinstance(ds, datasets.Dataset) else None
+    with tqdm(total=total, unit=" rows", desc=desc, disable=not progress) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(batch.num_rows)
