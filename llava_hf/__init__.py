@@ -17,6 +17,7 @@ from .load import load_builder, load_dataset, prepare_report
 from .preview import write_preview
 from .recipes import BUILTIN_RECIPES, MixReport, Recipe, RecipeError, load_recipe, mix, resolve, write_mix
 from .stats import compute_stats, stats_markdown, write_histograms
+from .verify import VerifyReport, verify
 
 try:
     __version__ = version("llava_hf")
@@ -39,6 +40,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "SourceError",
+    "VerifyReport",
     "compute_stats",
     "export",
     "load_builder",
@@ -53,6 +55,7 @@ __all__ = [
     "to_llava",
     "to_messages",
     "to_trl",
+    "verify",
     "write_histograms",
     "write_mix",
     "write_preview",

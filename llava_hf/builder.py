@@ -21,7 +21,7 @@ from datasets.fingerprint import Hasher
 from .catalog import SOURCES, Source, get_source
 from .convert import ShardSpec, SkipLog, convert_shard
 from .features import FEATURES
-from .locking import LockMode, datasets_locks, explain_lock_error, lock_mode
+from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .sources import (
     BATCH_ROWS,
     Inputs,
@@ -266,7 +266,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         self._skip_dir = os.path.join(self._output_dir, _SKIP_DIR)
         os.makedirs(self._skip_dir)
         try:
-            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+            with children_die_with_this_process():
+                super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
             self._write_report()
         finally:
             shutil.rmtree(self._skip_dir, ignore_errors=True)

@@ -88,38 +88,61 @@ CONVERT_FORMATS = {
 }
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
+def _export_for_trainer(name: str, out: str, args: argparse.Namespace) -> None:
     """Write one config in a trainer's format: TRL messages, LLaMA-Factory sharegpt, or LLaVA JSON + images."""
     import json
 
     from . import formats
     from .load import load_dataset
 
-    ds = load_dataset(args.name, **_load_options(args))
+    ds = load_dataset(name, num_proc=args.num_proc, **_load_options(args))
     logging.getLogger("llava_hf").info(
-        "%s: %s rows; writing %s to %s", args.name, f"{len(ds):,}", CONVERT_FORMATS[args.format], args.out
+        "%s: %s rows; writing %s to %s", name, f"{len(ds):,}", CONVERT_FORMATS[args.format], out
     )
     progress = not args.quiet
     if args.format == "trl":
-        result = formats.to_trl(ds, args.out, progress=progress)
+        result = formats.to_trl(ds, out, progress=progress)
         print(f"wrote {result['rows']:,} rows ({result['images']:,} images) in {len(result['files'])} Parquet files")
-        print(f'load with: datasets.load_dataset("parquet", data_dir={args.out!r}, split="train")')
+        print(f'load with: datasets.load_dataset("parquet", data_dir={out!r}, split="train")')
     elif args.format == "llamafactory":
-        result = formats.to_llamafactory(ds, args.out, progress=progress)
+        result = formats.to_llamafactory(ds, out, progress=progress)
         print(f"wrote {result['rows']:,} rows to {result['file']} and {result['images']:,} images")
         if result["image_token_added"]:
             print(f"added <image> to {result['image_token_added']:,} rows whose text had none")
         skips = result["llamafactory_skips"]
         if skips["count"]:
             print(f"LLaMA-Factory will skip {skips['count']:,} rows: " + "; ".join(skips["examples"]))
-        print(f"registered in {result['dataset_info']} (dataset_dir: {args.out}, dataset: {result['name']}):")
+        print(f"registered in {result['dataset_info']} (dataset_dir: {out}, dataset: {result['name']}):")
         print(json.dumps(result["stanza"], indent=2))
     else:
-        result = formats.to_llava(ds, args.out, progress=progress)
+        result = formats.to_llava(ds, out, progress=progress)
         also = f" and {result['metadata']}" if result["metadata"] else ""
         print(f"wrote {result['rows']:,} records to {result['json']}{also}; {result['images']:,} images")
         print(f"train with: --data_path {result['json']} --image_folder {result['image_folder']}")
-    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every record and image of a source without building it; exit 0 only when clean."""
+    from .verify import verify, write_fix_list, write_report
+
+    report = verify(
+        args.name,
+        data_dir=args.data_dir,
+        image_dir=args.image_dir,
+        sample=args.sample,
+        revision=args.revision,
+        num_proc=args.num_proc,
+        decode=not args.no_decode,
+        ignore=args.ignore or (),
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    report_path = args.report or f"{args.name}-verify.json"
+    write_report(report, report_path)
+    print(f"report: {report_path}")
+    if args.fix_list:
+        print(f"fix list: {write_fix_list(report, args.fix_list):,} ids to skip in {args.fix_list}")
+    return 0 if report.clean else 1
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -157,8 +180,16 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write configs in the Hub layout: Parquet shards with the images embedded, and a generated card."""
+    """Write configs in the Hub layout (Parquet shards with the images embedded, and a generated card), or
+    in a trainer's format (one folder per config when several are named)."""
+    import os
+
     from .hub import CARD_FILENAME, export
+
+    if args.format != "hub":
+        for name in args.names:
+            _export_for_trainer(name, args.out_dir if len(args.names) == 1 else os.path.join(args.out_dir, name), args)
+        return 0
 
     names = ", ".join(args.names)
     print(f"exporting {names} to {args.out_dir} (Parquet shards of at most {args.max_shard_size})")
@@ -309,16 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cache-dir", help="where prepared datasets are kept (default: the datasets cache)")
     demo.add_argument("--show", choices=CONFIG_NAMES, default="conversation_58k", help="config whose row 0 is shown")
 
-    convert = add("convert", cmd_convert, "write one config for a trainer: TRL, LLaMA-Factory or LLaVA's own format")
-    convert.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
-    convert.add_argument(
-        "--format",
-        choices=tuple(CONVERT_FORMATS),
-        required=True,
-        help="; ".join(f"{name}: {label}" for name, label in CONVERT_FORMATS.items()),
+    check = add("verify", cmd_verify, "check every record and image of a source without building it")
+    check.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    check.add_argument("--data-dir", help="folder with the source JSON files (default: download from the Hub)")
+    check.add_argument("--image-dir", help="folder or .zip of the images (default: the repo's images.zip)")
+    check.add_argument("--sample", action="store_true", help="check the embedded sample")
+    check.add_argument("--revision", help="revision of the source Hub repo (default: main)")
+    check.add_argument("--num-proc", type=int, help="processes decoding images (default: all cores)")
+    check.add_argument("--no-decode", action="store_true", help="skip the full decode of every image (fast)")
+    check.add_argument(
+        "--ignore", action="append", metavar="REASON", help="a reason that does not fail the check (repeatable)"
     )
-    convert.add_argument("--out", required=True, help="output folder (created; files of the same name are replaced)")
-    _add_load_options(convert)
+    check.add_argument("--report", help="where to write the JSON report (default: NAME-verify.json)")
+    check.add_argument("--fix-list", help="write the ids of the records with problems, one per line, to this file")
 
     stats = add("stats", cmd_stats, "print statistics of one config and write them with PNG histograms")
     stats.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
@@ -333,9 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--first", action="store_true", help="show the first N rows instead of a random sample")
     _add_load_options(preview)
 
-    export = add("export", cmd_export, "write configs as Hub-ready Parquet shards with a generated dataset card")
+    export = add("export", cmd_export, "write configs as Hub-ready Parquet with a generated card, or for a trainer")
     export.add_argument("names", nargs="+", choices=CONFIG_NAMES, metavar="NAME", help="configs (see `llava-hf list`)")
     export.add_argument("-o", "--out-dir", required=True, help="export folder; configs already there are kept")
+    export.add_argument(
+        "--format",
+        choices=("hub", *CONVERT_FORMATS),
+        default="hub",
+        help="hub: Parquet shards + dataset card (default); "
+        + "; ".join(f"{name}: {label}" for name, label in CONVERT_FORMATS.items()),
+    )
     export.add_argument("--max-shard-size", default="500MB", help="bound of each Parquet file (default: 500MB)")
     export.add_argument(
         "--default", choices=CONFIG_NAMES, metavar="NAME", help="config loaded when none is named (default: kept)"

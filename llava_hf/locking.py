@@ -1,4 +1,6 @@
-"""Locks for caches on shared storage: `flock` (the default) or lease files for mounts without it.
+"""Locks and liveness for caches on shared storage.
+
+Locks: `flock` (the default) or lease files for mounts without it.
 
 Preparing takes datasets' file locks around the cache folder: exactly one process generates, the others
 wait and reuse. Those locks are `flock`, which NFS mounts without a lock daemon refuse with "No locks
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, get_args
@@ -84,3 +87,43 @@ def explain_lock_error(error: OSError) -> OSError:
             error.filename,
         )
     return error
+
+
+# --- processes forked by a prepare die with it ----------------------------------------------------------
+
+_preparing_pid: int | None = None
+_fork_hook_installed = False
+WATCH_SECONDS = 0.1
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(WATCH_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _after_fork_in_child() -> None:
+    if _preparing_pid is not None and os.getppid() == _preparing_pid:
+        threading.Thread(
+            target=_watch_parent, args=(_preparing_pid,), name="llava_hf-watch-parent", daemon=True
+        ).start()
+
+
+@contextmanager
+def children_die_with_this_process() -> Iterator[None]:
+    """Every process forked inside this block exits (within WATCH_SECONDS) once this process is gone.
+
+    A SIGKILLed prepare with num_proc > 1 otherwise leaves its pool workers and datasets' queue manager
+    running forever: they wait on pipes they hold both ends of, and they hold the cache's flock (inherited
+    descriptor) and may still write into the folder the next run cleans and reuses.
+    """
+    global _preparing_pid, _fork_hook_installed
+    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook_installed = True
+    previous, _preparing_pid = _preparing_pid, os.getpid()
+    try:
+        yield
+    finally:
+        _preparing_pid = previous

@@ -277,6 +277,10 @@ def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_
     while True:
         try:
             record, end = decoder.raw_decode(scan.text, scan.pos)
+        except RecursionError:
+            raise SourceError(
+                scan.label, f"record at byte {scan.offset()} is nested too deeply to parse", index
+            ) from None
         except json.JSONDecodeError as e:
             # Most failures only mean the record continues past the window: read on, up to a bound.
             if len(scan.text) - scan.pos < _MAX_RECORD and scan.more():
@@ -332,7 +336,7 @@ def read_batches(path: str, offsets: tuple[int, ...], start: int, stop: int, lab
             data = f.read(end - begin).rstrip(b" \t\r\n,")
             try:
                 records = json.loads(b"[" + data + b"]")
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise SourceError(label, f"records {first} to {last} cannot be decoded: {e}") from None
             if len(records) != last - first + 1:
                 raise SourceError(label, f"records {first} to {last}: the file changed while it was being read")

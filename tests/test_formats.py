@@ -373,11 +373,11 @@ def test_llamafactory_counts_rows_it_would_skip_and_adds_missing_tokens(release,
 # --- CLI -------------------------------------------------------------------------------------------------
 
 
-def test_cli_convert(release, cache_dir, tmp_path, capsys):
+def test_cli_export_for_trainers(release, cache_dir, tmp_path, capsys):
     options = release.options("cc3m_595k")
     out = tmp_path / "llava"
     code = main(
-        ["convert", "cc3m_595k", "--format", "llava", "--out", str(out), "--data-dir", options["data_dir"]]
+        ["export", "cc3m_595k", "--format", "llava", "-o", str(out), "--data-dir", options["data_dir"]]
         + ["--cache-dir", cache_dir, "-q"]
     )
     assert code == 0
@@ -389,7 +389,7 @@ def test_cli_convert(release, cache_dir, tmp_path, capsys):
     assert json.loads((out / "chat.json").read_text()) == release.records("cc3m_595k")
 
     code = main(
-        ["convert", "detail_23k", "--format", "llamafactory", "--out", str(tmp_path / "lf"), "--sample"]
+        ["export", "detail_23k", "--format", "llamafactory", "-o", str(tmp_path / "lf"), "--sample"]
         + ["--cache-dir", cache_dir, "-q"]
     )
     assert code == 0

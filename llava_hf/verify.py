@@ -1,0 +1,350 @@
+"""Scan a source without building it and report every problem: `llava_hf.verify` / `llava-hf verify`.
+
+Preparing only checks what embedding needs (the file is there, not empty, starts like an image). Training
+needs more, and finding out hours into a run is expensive, so `verify` also decodes every image in full
+(in parallel), compares its format with its file name, guards against decompression bombs, and checks the
+conversations: turns present, no empty value, human/gpt alternating from a human turn, and as many
+`<image>` tokens as images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
+from multiprocessing import get_context
+from typing import Any
+
+from PIL import Image
+
+from .catalog import get_source
+from .convert import ShardSpec
+from .errors import BadImage, SourceError
+from .images import BAD_IMAGE_REASONS, ImageRoot, sniff_format
+from .records import IMAGE_TOKEN, Row, parse_record
+from .sources import Shard, first_mismatch, index_json_array, plan_shards, read_batches, resolve_inputs
+
+logger = logging.getLogger("llava_hf")
+
+# Every reason verify reports, in the order its summary lists them.
+PROBLEM_REASONS = (
+    "bad_record",
+    *BAD_IMAGE_REASONS,
+    "undecodable",
+    "decompression_bomb",
+    "extension_mismatch",
+    "no_turns",
+    "empty_value",
+    "first_turn_not_human",
+    "roles_not_alternating",
+    "image_token_count",
+)
+
+_EXTENSIONS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".jp2": "JPEG2000",
+}
+# How many problems per reason the summary and the JSON report list in full (all are counted).
+EXAMPLES_PER_REASON = 1000
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one record: where it is (file, index, id, image) and what is wrong."""
+
+    reason: str
+    file: str
+    index: int | None
+    id: str | None
+    detail: str
+    image: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.index is None else f"{self.file}: record {self.index} (id={self.id!r})"
+        return f"{where}: {self.reason}: {self.detail}"
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found. `clean` is True when no problem (outside `ignored`) was found."""
+
+    config: str
+    records: int
+    images: int
+    counts: dict[str, int]
+    problems: list[Problem]
+    ignored: tuple[str, ...] = ()
+    decoded: bool = True
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not any(count for reason, count in self.counts.items() if reason not in self.ignored)
+
+    def bad_ids(self) -> list[str]:
+        """Ids of the records with a problem not in `ignored`, in file order, each once."""
+        seen: dict[str, None] = {}
+        for problem in sorted(self.problems, key=lambda p: (p.index is None, p.index or 0)):
+            if problem.reason not in self.ignored and problem.id is not None:
+                seen.setdefault(problem.id, None)
+        return list(seen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "records": self.records,
+            "images": self.images,
+            "decoded": self.decoded,
+            "clean": self.clean,
+            "ignored": list(self.ignored),
+            "counts": self.counts,
+            "files": self.files,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+    def summary(self) -> str:
+        lines = [f"{self.config}: {self.records:,} records, {self.images:,} images checked"]
+        if not self.counts:
+            lines.append("no problems found")
+        width = max((len(r) for r in self.counts), default=0)
+        for reason, count in self.counts.items():
+            first = next(p for p in self.problems if p.reason == reason)
+            note = " (ignored)" if reason in self.ignored else ""
+            lines.append(f"  {reason:<{width}}  {count:>9,}{note}  e.g. {first}")
+        return "\n".join(lines)
+
+
+def check_conversation(row: Row) -> Iterator[tuple[str, str]]:
+    """(reason, detail) for each conversation problem of `row`; nothing for a well-formed row."""
+    turns = row.conversations
+    if not turns:
+        yield "no_turns", "the conversation has no turns"
+        return
+    for k, (_, value) in enumerate(turns):
+        if not value.strip():
+            yield "empty_value", f"turn {k} has an empty value"
+            break
+    if turns[0][0] != "human":
+        yield "first_turn_not_human", f"the first turn is from {turns[0][0]!r}, expected 'human'"
+    else:
+        for k, (role, _) in enumerate(turns):
+            expected = "human" if k % 2 == 0 else "gpt"
+            if role != expected:
+                yield "roles_not_alternating", f"turn {k} is from {role!r}, expected {expected!r}"
+                break
+    tokens = sum(value.count(IMAGE_TOKEN) for _, value in turns)
+    images = 0 if row.image is None else 1
+    if tokens != images:
+        yield "image_token_count", f"{tokens} {IMAGE_TOKEN} tokens for {images} image{'s' if images != 1 else ''}"
+
+
+def check_image_bytes(name: str, data: bytes, decode: bool = True) -> Iterator[tuple[str, str]]:
+    """(reason, detail) for each problem of an image file's bytes: format vs extension, and with `decode`,
+    a decompression bomb (checked from the header, before any pixel is decoded) or a failed full decode.
+    Never raises for bad bytes."""
+    fmt = sniff_format(data[:16])
+    expected = _EXTENSIONS.get(os.path.splitext(name)[1].lower())
+    if fmt is not None and expected is not None and fmt != expected:
+        yield "extension_mismatch", f"{fmt} data under the name {name!r}"
+    if not decode:
+        return
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above its limit (and refuses above twice the limit): both are reported below.
+            # Its other warnings (corrupt EXIF...) concern images that decode, which training can use.
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and width * height > limit:
+                    yield "decompression_bomb", f"{width}x{height} pixels, more than Pillow's limit of {limit:,}"
+                    return
+                image.load()
+    except Image.DecompressionBombError as e:
+        yield "decompression_bomb", str(e)
+    except Image.UnidentifiedImageError:
+        yield "undecodable", "Pillow recognises no image format in these bytes"
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error... on hostile input
+        yield "undecodable", f"{type(e).__name__}: {e}"
+
+
+def _verify_shard(shard: Shard, spec: ShardSpec, decode: bool) -> tuple[list[Problem], Counter, int]:
+    problems: list[Problem] = []
+    counts: Counter = Counter()
+    images_checked = 0
+    root: ImageRoot | None = spec.open_images()
+
+    def add(reason: str, index: int | None, rid: Any, detail: str, image: str | None = None) -> None:
+        counts[reason] += 1
+        if counts[reason] <= EXAMPLES_PER_REASON:
+            problems.append(Problem(reason, spec.json_label, index, None if rid is None else str(rid), detail, image))
+
+    chat_batches = read_batches(spec.json_path, shard.chat, shard.start, shard.stop, spec.json_label)
+    if spec.metadata_path is not None and shard.metadata is not None:
+        meta_batches: Iterable = read_batches(
+            spec.metadata_path, shard.metadata, shard.start, shard.stop, spec.metadata_label
+        )
+    else:
+        meta_batches = repeat(None)
+    index = shard.start
+    for chat, meta in zip(chat_batches, meta_batches):
+        for k, raw in enumerate(chat):
+            try:
+                row = parse_record(
+                    raw,
+                    file=spec.json_label,
+                    index=index,
+                    config=spec.config,
+                    source_from=spec.source_from,
+                    metadata=meta[k] if meta is not None else None,
+                    metadata_file=spec.metadata_label,
+                )
+            except SourceError as e:
+                add("bad_record", index, e.record_id, e.problem)
+                index += 1
+                continue
+            for reason, detail in check_conversation(row):
+                add(reason, index, row.id, detail, row.image)
+            if row.image is not None:
+                images_checked += 1
+                try:
+                    if root is None:
+                        raise BadImage("missing", f"image {row.image!r} has no image root (pass image_dir)")
+                    _, data = root.read(row.image)
+                except BadImage as bad:
+                    add(bad.reason, index, row.id, str(bad), row.image)
+                else:
+                    for reason, detail in check_image_bytes(row.image, data, decode):
+                        add(reason, index, row.id, detail, row.image)
+            index += 1
+    return problems, counts, images_checked
+
+
+def verify(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_dir: str | os.PathLike | None = None,
+    sample: bool = False,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    num_proc: int | None = None,
+    decode: bool = True,
+    ignore: Iterable[str] = (),
+    progress: bool = True,
+) -> VerifyReport:
+    """Check every record and image of config `name` (same inputs as `load_dataset`) without building it.
+
+    Returns a `VerifyReport`: counts per reason, and each problem with file, record index, id and detail.
+    `num_proc` processes decode images (default: all cores); `decode=False` skips the full decode;
+    `ignore` lists reasons that do not make the report unclean. Raises ValueError for an unknown config
+    or reason, FileNotFoundError for missing source files, SourceError for a file that is not a JSON array.
+    """
+    source = get_source(name)
+    ignored = tuple(ignore)
+    unknown = [r for r in ignored if r not in PROBLEM_REASONS]
+    if unknown:
+        raise ValueError(f"unknown problem reason(s) {unknown}; choose from {', '.join(PROBLEM_REASONS)}")
+    if sample and (data_dir or image_dir):
+        raise ValueError(f"{name}: sample=True reads the embedded sample; drop data_dir and image_dir")
+    if not sample and image_dir is None and source.image_archive is None:
+        raise ValueError(f"{name} needs image_dir: the folder of its images ({source.image_layout})")
+    inputs = resolve_inputs(
+        source,
+        data_dir=os.fspath(data_dir) if data_dir else None,
+        image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
+        sample=sample,
+        revision=revision,
+        token=token,
+    )
+    chat = index_json_array(inputs.json_path, source.filename)
+    metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
+    files = {"chat": {"file": source.filename, "sha256": chat.sha256, "bytes": chat.size}}
+    if metadata is not None and metadata.num_records != chat.num_records:
+        error = first_mismatch(chat, metadata, source.filename, source.metadata_filename)
+        problem = Problem("bad_record", error.file, error.index, error.record_id, error.problem)
+        return VerifyReport(name, chat.num_records, 0, {"bad_record": 1}, [problem], ignored, decode, files)
+    spec = ShardSpec(
+        config=name,
+        json_path=inputs.json_path,
+        json_label=source.filename,
+        metadata_path=inputs.metadata_path,
+        metadata_label=source.metadata_filename,
+        image_location=inputs.image_location,
+        image_aliases=source.image_aliases,
+        source_from=source.source_from,
+        embed_images=True,
+        on_bad_image="raise",
+    )
+    shards = plan_shards(chat, metadata)
+    logger.info(
+        "%s: verifying %s records of %s, images from %s%s",
+        name,
+        f"{chat.num_records:,}",
+        inputs.json_path,
+        inputs.image_location,
+        "" if decode else " (no decoding)",
+    )
+    problems: list[Problem] = []
+    counts: Counter = Counter()
+    images = 0
+    for shard_problems, shard_counts, shard_images in _run(shards, spec, decode, num_proc, progress):
+        problems.extend(shard_problems)
+        counts.update(shard_counts)
+        images += shard_images
+    order = {reason: i for i, reason in enumerate(PROBLEM_REASONS)}
+    problems.sort(key=lambda p: (order[p.reason], p.index or 0))
+    kept: list[Problem] = []
+    for reason in sorted(counts, key=order.__getitem__):
+        kept.extend([p for p in problems if p.reason == reason][:EXAMPLES_PER_REASON])
+    ordered_counts = {reason: counts[reason] for reason in sorted(counts, key=order.__getitem__)}
+    return VerifyReport(name, chat.num_records, images, ordered_counts, kept, ignored, decode, files)
+
+
+def _run(shards: list[Shard], spec: ShardSpec, decode: bool, num_proc: int | None, progress: bool):
+    from tqdm.auto import tqdm
+
+    workers = max(1, min(num_proc or os.cpu_count() or 1, len(shards)))
+    bar = tqdm(total=sum(s.stop - s.start for s in shards), unit=" records", desc="Verifying", disable=not progress)
+    with bar:
+        if workers == 1:
+            for shard in shards:
+                result = _verify_shard(shard, spec, decode)
+                bar.update(shard.stop - shard.start)
+                yield result
+            return
+        # fork: the workers need nothing but the shard and the spec, and start at once
+        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+            futures = {pool.submit(_verify_shard, shard, spec, decode): shard for shard in shards}
+            for future in as_completed(futures):
+                shard = futures[future]
+                bar.update(shard.stop - shard.start)
+                yield future.result()
+
+
+def write_report(report: VerifyReport, path: str | os.PathLike) -> None:
+    """Write `report` as JSON to `path`."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report.to_dict(), f, indent=1, ensure_ascii=False)
+
+
+def write_fix_list(report: VerifyReport, path: str | os.PathLike) -> int:
+    """Write the ids of records to skip (one per line) to `path`; returns how many."""
+    ids = report.bad_ids()
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{rid}\n" for rid in ids)
+    return len(ids)
