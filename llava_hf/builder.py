@@ -22,6 +22,7 @@ from .catalog import SOURCES, Source, get_source
 from .convert import ShardSpec, SkipLog, convert_shard
 from .features import FEATURES
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
+from .reader import REPORT_FILENAME
 from .sources import (
     BATCH_ROWS,
     Inputs,
@@ -36,7 +37,6 @@ logger = logging.getLogger("llava_hf")
 
 # The schema version: bump it when the rows a config produces change shape.
 VERSION = datasets.Version("1.0.0")
-REPORT_FILENAME = "llava_hf_report.json"
 _SKIP_DIR = ".llava_hf_skips"
 
 OnBadImage = Literal["raise", "skip"]

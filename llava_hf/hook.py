@@ -65,19 +65,23 @@ def dataset_module(revision: str | Version | None = None) -> DatasetModule:
 
 
 def install() -> bool:
-    """Install the hook; False (with a warning) on a datasets version outside `TESTED_DATASETS`."""
+    """Install the hooks (load_dataset("llava_hf") and lazy file opening, see reader.py); False, with a
+    warning, on a datasets version outside `TESTED_DATASETS`."""
     original = datasets.load.dataset_module_factory
     if getattr(original, "__llava_hf__", False):
         return True
     if Version(datasets.__version__) not in TESTED_DATASETS:
         warnings.warn(
             f"llava_hf: datasets {datasets.__version__} is outside the tested range {TESTED_DATASETS}, so the "
-            f'datasets.load_dataset("llava_hf", ...) hook was not installed. llava_hf.load_dataset(...) works '
-            "as usual.",
+            f'datasets.load_dataset("llava_hf", ...) hook and the lazy opening of prepared files were not '
+            "installed. llava_hf.load_dataset(...) works as usual, with datasets' own file opening.",
             RuntimeWarning,
             stacklevel=3,
         )
         return False
+    from . import reader
+
+    reader.install()
 
     @wraps(original)
     def dataset_module_factory(path, *args, **kwargs):

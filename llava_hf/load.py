@@ -8,6 +8,7 @@ from typing import Any
 
 import datasets
 
+from . import reader
 from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
 from .catalog import get_source
 from .hook import MODULE_HASH, NAME
@@ -63,6 +64,7 @@ def load_dataset(
     token: bool | str | None = None,
     download_mode: datasets.DownloadMode | str | None = None,
     lock: LockMode | None = None,
+    lazy: bool | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
     """Prepare (once) and load one LLaVA config as a `datasets.Dataset`.
 
@@ -78,6 +80,8 @@ def load_dataset(
     sample: use the small sample shipped inside the package.
     lock: "flock" (default) or "lease" for shared storage without flock (default: LLAVA_HF_LOCK);
         every process sharing a cache must use the same.
+    lazy: open the prepared files lazily (headers only; reads follow the access pattern, see reader.py);
+        default True unless LLAVA_HF_LAZY=0. False opens them as datasets does.
 
     Raises `llava_hf.SourceError` naming the file, record index and id for bad source data, ValueError
     for bad options, FileNotFoundError when a source file is not in `data_dir`.
@@ -99,6 +103,8 @@ def load_dataset(
             raise ValueError("streaming reads in the consuming process; use DataLoader workers, not num_proc")
         return builder.as_streaming_dataset(split=split)
     builder.download_and_prepare(num_proc=num_proc, download_mode=download_mode)
+    if lazy is not None:
+        reader.set_policy(builder.cache_dir, lazy)
     return builder.as_dataset(split=split)
 
 
@@ -112,7 +118,11 @@ def prepare_report(dataset: datasets.Dataset | LlavaBuilder) -> dict[str, Any]:
     else:
         if not dataset.cache_files:
             raise ValueError("this dataset is not backed by prepared files, so it has no prepare report")
-        folder = os.path.dirname(dataset.cache_files[0]["filename"])
+        first = dataset.cache_files[0]["filename"]
+        # Derived datasets (map, flatten_indices...) may write their own files into the same folder.
+        if not os.path.basename(first).startswith(f"{NAME}-"):
+            raise ValueError(f"{first} is not a file prepared by llava_hf, so this dataset has no prepare report")
+        folder = os.path.dirname(first)
     path = os.path.join(folder, REPORT_FILENAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {REPORT_FILENAME} in {folder}: not a dataset prepared by llava_hf")

@@ -472,7 +472,7 @@ def test_map_style_mix_has_no_index_mapping(parts):
     assert ds._indices is None
     (cache_file,) = ds.cache_files
     assert cache_file["filename"].startswith(f"{parts.cache_dir}/llava_hf_mixes/mix-")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="is not a file prepared by llava_hf"):
         llava_hf.prepare_report(ds)  # a mix is not a prepared config
     again, _ = parts.mix(recipe("all_exhausted", {"proportion": 5}, {"proportion": 3}, {"proportion": 2}))
     assert again.cache_files == ds.cache_files

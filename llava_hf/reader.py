@@ -1,0 +1,274 @@
+"""Open prepared Arrow files lazily: a cold open reads headers only, and read advice follows the access.
+
+`datasets` memory-maps an Arrow file with `pyarrow.memory_map`, and pyarrow's memory-mapped reader
+advises the kernel to read every record batch it walks over (MADV_WILLNEED): opening a 27 GB prepared
+file reads 27 GB, on every node. Here the file is mapped with Python's `mmap`, advised MADV_RANDOM (so a
+page fault reads that page and no more), and handed to pyarrow as a plain buffer, so that opening only
+touches the few pages holding the record batch headers. Reads are then prefetched precisely:
+
+- random access (`ds[i]`, `ds[[i, j, ...]]`, DataLoader batches): the byte ranges of the requested rows'
+  values are advised MADV_WILLNEED before they are decoded, so each row costs about its own bytes, read
+  in one request instead of one page fault per 4 KiB;
+- sequential passes (`for row in ds`, `ds.iter`, `to_iterable_dataset`): the next `LOOKAHEAD_BYTES` of
+  the file are advised MADV_WILLNEED ahead of the reader, as the kernel's own readahead would.
+
+It applies to the files of llava_hf caches (a folder holding llava_hf's prepare report, or a mix written
+under "llava_hf_mixes"), in every process: a pickled table carries a small marker that imports llava_hf
+when it is unpickled (spawned DataLoader workers), and forked workers inherit the patched functions.
+`LLAVA_HF_LAZY=0` (or `load_dataset(..., lazy=False)`) keeps datasets' own behaviour. The hooks replace
+`datasets` internals, so they are installed only on the tested datasets range (see hook.TESTED_DATASETS).
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import ctypes.util
+import mmap
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+LAZY_ENV = "LLAVA_HF_LAZY"
+REPORT_FILENAME = "llava_hf_report.json"  # the builder's prepare report marks a llava_hf cache folder
+MIX_FOLDER = "llava_hf_mixes"
+# How far ahead of a sequential reader values are requested: enough to keep a disk or NFS busy while the
+# current batches are decoded, small next to memory.
+LOOKAHEAD_BYTES = 64 << 20
+_PAGE = mmap.PAGESIZE
+_ADVICE_PIECE = 128 << 10
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_madvise = getattr(_libc, "madvise", None)
+if _madvise is not None:
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    _madvise.restype = ctypes.c_int
+
+
+def default_lazy() -> bool:
+    """Whether llava_hf files open lazily when nothing else was said: LLAVA_HF_LAZY (default on)."""
+    return os.environ.get(LAZY_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# --- which files open lazily ---------------------------------------------------------------------------
+
+_policy: dict[str, bool] = {}  # folder -> lazy, as set by load_dataset(lazy=...) or carried by a pickle
+_policy_lock = threading.Lock()
+
+
+def set_policy(folder: str, lazy: bool) -> None:
+    """Files in `folder` open lazily (True) or as datasets opens them (False)."""
+    with _policy_lock:
+        _policy[os.path.abspath(folder)] = lazy
+
+
+def policy(path: str) -> bool | None:
+    """True/False for a file of a llava_hf cache (lazy or not), None for any other file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if folder in _policy:
+        return _policy[folder]
+    if os.path.exists(os.path.join(folder, REPORT_FILENAME)) or MIX_FOLDER in folder.split(os.sep):
+        return default_lazy()
+    return None
+
+
+class _Policy:
+    """Travels inside a pickled table: unpickling it imports llava_hf and restores the folder's policy."""
+
+    def __init__(self, folder: str, lazy: bool):
+        self.folder, self.lazy = folder, lazy
+
+    def __reduce__(self):
+        return (_restore_policy, (self.folder, self.lazy))
+
+
+def _restore_policy(folder: str, lazy: bool) -> _Policy:
+    import llava_hf  # noqa: F401  (installs the hooks in a freshly spawned process)
+
+    set_policy(folder, lazy)
+    return _Policy(folder, lazy)
+
+
+# --- lazily mapped files ---------------------------------------------------------------------------------
+
+_starts: list[int] = []  # sorted start addresses of lazy mappings
+_ends: dict[int, int] = {}
+_mappings_lock = threading.Lock()
+
+
+def _register(start: int, size: int) -> None:
+    with _mappings_lock:
+        bisect.insort(_starts, start)
+        _ends[start] = start + size
+
+
+def _unregister(start: int) -> None:
+    with _mappings_lock:
+        i = bisect.bisect_left(_starts, start)
+        if i < len(_starts) and _starts[i] == start:
+            del _starts[i]
+            del _ends[start]
+
+
+def _mapping_of(address: int) -> tuple[int, int] | None:
+    i = bisect.bisect_right(_starts, address) - 1
+    if i >= 0:
+        start = _starts[i]
+        if address < _ends[start]:
+            return start, _ends[start]
+    return None
+
+
+def open_lazy(path: str) -> pa.Table:
+    """The Arrow stream file at `path` as a table, reading only its record batch headers."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ValueError(f"{path} is empty, not an Arrow stream")
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_RANDOM)
+    buffer = pa.py_buffer(mapped)  # keeps `mapped` alive as long as any slice of the table lives
+    _register(buffer.address, size)
+    weakref.finalize(mapped, _unregister, buffer.address)
+    return pa.ipc.open_stream(buffer).read_all()
+
+
+def _advise(spans: list[tuple[int, int]]) -> None:
+    """MADV_WILLNEED on the pages of `spans` (address, length) that lie in lazy mappings."""
+    if _madvise is None or not _starts:
+        return
+    for address, length in spans:
+        mapping = _mapping_of(address)
+        if mapping is None or length <= 0:
+            continue
+        start = max(mapping[0], address - (address - mapping[0]) % _PAGE)
+        end = min(mapping[1], address + length)
+        # The kernel caps one WILLNEED request at the device's readahead size (128 KiB by default) and
+        # silently drops the rest: ask in pieces no larger than that.
+        for piece in range(start, end, _ADVICE_PIECE):
+            _madvise(piece, min(_ADVICE_PIECE, end - piece), mmap.MADV_WILLNEED)
+
+
+def value_spans(array: pa.Array, out: list[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """(address, length) of the memory holding the values of `array` (a slice included), children too."""
+    out = [] if out is None else out
+    n = len(array)
+    if n == 0:
+        return out
+    kind = array.type
+    buffers = array.buffers()
+    if buffers[0] is not None:  # validity bitmap
+        out.append((buffers[0].address + array.offset // 8, n // 8 + 2))
+    if (
+        pa.types.is_binary(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_large_string(kind)
+    ):
+        dtype = np.int64 if pa.types.is_large_binary(kind) or pa.types.is_large_string(kind) else np.int32
+        offsets = np.frombuffer(buffers[1], dtype=dtype, count=array.offset + n + 1)[array.offset :]
+        out.append((buffers[1].address + array.offset * dtype().itemsize, (n + 1) * dtype().itemsize))
+        if buffers[2] is not None:
+            first, last = int(offsets[0]), int(offsets[-1])
+            out.append((buffers[2].address + first, last - first))
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        out.append((buffers[1].address + array.offset * 4, (n + 1) * 4))
+        value_spans(array.flatten(), out)
+    elif pa.types.is_struct(kind):
+        for child in array.flatten():
+            value_spans(child, out)
+    elif kind.bit_width and len(buffers) > 1 and buffers[1] is not None:
+        width = kind.bit_width
+        out.append((buffers[1].address + array.offset * width // 8, (n * width + 7) // 8 + 1))
+    return out
+
+
+def table_spans(table: pa.Table) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for column in table.columns:
+        for chunk in column.chunks:
+            value_spans(chunk, spans)
+    return spans
+
+
+# --- the hooks ---------------------------------------------------------------------------------------------
+
+_installed = False
+
+
+def install() -> bool:
+    """Route datasets' Arrow file opens, row queries and sequential reads through this module."""
+    global _installed
+    if _installed:
+        return True
+    import datasets.arrow_dataset
+    import datasets.table
+
+    stock_open = datasets.table._memory_mapped_arrow_table_from_file
+    stock_getstate = datasets.table.MemoryMappedTable.__getstate__
+    stock_query = datasets.arrow_dataset.query_table
+    stock_table_iter = datasets.arrow_dataset.table_iter
+
+    def memory_mapped_arrow_table_from_file(filename: str) -> pa.Table:
+        return open_lazy(filename) if policy(filename) else stock_open(filename)
+
+    def getstate(self):
+        state = stock_getstate(self)
+        lazy = policy(self.path)
+        if lazy is not None:
+            state["llava_hf"] = _Policy(os.path.dirname(self.path), lazy)
+        return state
+
+    def query_table(table, key, indices=None):
+        result = stock_query(table, key, indices=indices)
+        if _starts and not isinstance(key, str):
+            _advise(table_spans(result))
+        return result
+
+    def table_iter(table, batch_size, drop_last_batch=False) -> Iterator[pa.Table]:
+        chunks = stock_table_iter(table, batch_size, drop_last_batch=drop_last_batch)
+        if not _starts:
+            yield from chunks
+            return
+        yield from _read_ahead(chunks)
+
+    datasets.table._memory_mapped_arrow_table_from_file = memory_mapped_arrow_table_from_file
+    datasets.table.MemoryMappedTable.__getstate__ = getstate
+    datasets.arrow_dataset.query_table = query_table
+    datasets.arrow_dataset.table_iter = table_iter
+    _installed = True
+    return True
+
+
+def _first_address(table: pa.Table) -> int | None:
+    addresses = []
+    for column in table.columns:
+        if column.num_chunks:
+            buffers = [b for b in column.chunk(0).buffers() if b is not None]
+            if buffers:
+                addresses.append(min(b.address for b in buffers))
+    return min(addresses, default=None)
+
+
+def _read_ahead(chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    # Record batches lie in file order, so a sequential reader is served by requesting the next
+    # LOOKAHEAD_BYTES of the file whenever it gets within half of that from the end of the last request:
+    # one cheap call per chunk and one madvise per 32 MiB, the kernel reading while batches are decoded.
+    advised_until: dict[int, int] = {}  # mapping start -> end of the last request
+    for chunk in chunks:
+        address = _first_address(chunk)
+        mapping = _mapping_of(address) if address is not None else None
+        if mapping is not None:
+            until = advised_until.get(mapping[0], 0)
+            if until - address < LOOKAHEAD_BYTES // 2:
+                start = max(address, until)
+                end = min(mapping[1], address + LOOKAHEAD_BYTES)
+                if end > start:
+                    _advise([(start, end - start)])
+                    advised_until[mapping[0]] = end
+        yield chunk

@@ -1,0 +1,165 @@
+"""Lazy opening of prepared files: residency after a cold open, bytes per random row, rows unchanged."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import ROOT, write_json
+
+import llava_hf
+from llava_hf import reader
+from llava_hf.pagecache import evict, resident_bytes
+
+PROCESS = str(ROOT / "tests" / "reader_process.py")
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A prepared detail_23k of ~300 MB: 2,400 rows of ~125 KB incompressible images, prepared elsewhere."""
+    root = tmp_path_factory.mktemp("lazy")
+    images = root / "images"
+    images.mkdir()
+    rng = random.Random(7)
+    for i in range(24):
+        (images / f"{i:012d}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + rng.randbytes(120_000 + 500 * i))
+    records = [
+        {
+            "id": f"r{i:05d}",
+            "image": f"{i % 24:012d}.jpg",
+            "conversations": [
+                {"from": "human", "value": f"<image>\nRow {i}?"},
+                {"from": "gpt", "value": "x" * (i % 50)},
+            ],
+        }
+        for i in range(2_400)
+    ]
+    write_json(root / "data" / "detail_23k.json", records)
+    paths = [str(root / "data"), str(images), str(root / "cache")]
+    code = "import sys, llava_hf; llava_hf.load_dataset('detail_23k', data_dir=sys.argv[1], image_dir=sys.argv[2], cache_dir=sys.argv[3])"
+    subprocess.run([sys.executable, "-c", code, *paths], check=True, capture_output=True)
+    builder = llava_hf.load_builder("detail_23k", data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    files = sorted(os.path.join(builder.cache_dir, f) for f in os.listdir(builder.cache_dir) if f.endswith(".arrow"))
+    assert sum(os.path.getsize(f) for f in files) > 290e6
+    return paths, files
+
+
+def run(*args, env=None) -> dict:
+    result = subprocess.run(
+        [sys.executable, PROCESS, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def cold(files):
+    for f in files:
+        evict(f)
+    assert sum(resident_bytes(f) for f in files) == 0
+
+
+def test_cold_open_reads_headers_only_and_rows_cost_their_own_bytes(big, tmp_path):
+    paths, files = big
+    cold(files)
+    lazy = run("open", *paths, "--pickle", tmp_path / "ds.pkl")
+    assert lazy["open_fraction"] < 0.05
+    assert lazy["read_over_payload"] < 1.2
+    cold(files)
+    stock = run("open", *paths, env={"LLAVA_HF_LAZY": "0"})
+    assert stock["open_fraction"] > 0.9  # datasets' own open reads (nearly) everything
+    assert stock["digest"] == lazy["digest"]
+    # a spawned process that unpickles the dataset, without importing llava_hf itself
+    cold(files)
+    spawned = run("unpickle", tmp_path / "ds.pkl")
+    assert spawned["llava_hf_imported"] is True
+    assert spawned["open_fraction"] < 0.05
+    assert spawned["read_over_payload"] < 1.2
+    assert spawned["digest"] == lazy["digest"]
+
+
+def digest_of_pass(ds) -> str:
+    """sha256 of every row, read in one sequential pass (`ds.iter`), as Arrow IPC bytes."""
+    digest = hashlib.sha256()
+    for table in ds.with_format("arrow").iter(batch_size=500):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue())
+    return digest.hexdigest()
+
+
+def test_off_switch_argument_and_identical_rows_in_sequential_passes(big):
+    paths, files = big
+    options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    total = sum(os.path.getsize(f) for f in files)
+    stock = llava_hf.load_dataset("detail_23k", lazy=False, **options)
+    expected = digest_of_pass(stock)
+    del stock
+    gc.collect()
+    cold(files)
+    lazy = llava_hf.load_dataset("detail_23k", lazy=True, **options)
+    assert sum(resident_bytes(f) for f in files) / total < 0.05
+    assert digest_of_pass(lazy) == expected
+    # the sequential pass read the whole file, ahead of itself
+    assert sum(resident_bytes(f) for f in files) / total > 0.99
+    del lazy
+    gc.collect()
+    reader.set_policy(os.path.dirname(files[0]), reader.default_lazy())
+
+
+def test_map_with_workers_and_a_shuffled_view(big):
+    paths, _ = big
+    ds = llava_hf.load_dataset("detail_23k", data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    raw = ds.cast_column("image", datasets.Image(decode=False))  # the images are random bytes
+    lengths = raw.select(range(300)).map(
+        lambda row: {"n": len(row["image"]["bytes"])},
+        num_proc=2,
+        remove_columns=ds.column_names,
+        features=datasets.Features({"n": datasets.Value("int64")}),
+    )
+    expected = [4 + 120_000 + 500 * (i % 24) for i in range(300)]
+    assert list(lengths["n"]) == expected
+    shuffled = ds.shuffle(seed=0).select_columns(["id"])
+    assert sorted(shuffled["id"]) == [f"r{i:05d}" for i in range(2_400)]
+
+
+def test_pickles_of_llava_hf_tables_carry_the_policy(big):
+    paths, files = big
+    ds = llava_hf.load_dataset("detail_23k", data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    state = ds.data.blocks[0][0].__getstate__() if hasattr(ds.data, "blocks") else ds.data.__getstate__()
+    assert state["llava_hf"].folder == os.path.dirname(files[0])
+    assert b"llava_hf.reader" in pickle.dumps(ds)
+
+
+def test_other_datasets_open_as_datasets_opens_them(tmp_path):
+    ds = datasets.Dataset.from_dict({"x": [1, 2, 3]})
+    ds.save_to_disk(tmp_path / "plain")
+    (path,) = [str(p) for p in (tmp_path / "plain").glob("*.arrow")]
+    assert reader.policy(path) is None
+    assert b"llava_hf" not in pickle.dumps(datasets.load_from_disk(str(tmp_path / "plain")))
+
+
+def test_value_spans_cover_exactly_the_values_of_a_slice():
+    values = [b"a" * 10, b"b" * 20, b"c" * 30, b"d" * 40]
+    array = pa.array(values, pa.binary())
+    spans = reader.value_spans(array.slice(1, 2))
+    data = array.buffers()[2]
+    assert (data.address + 10, 50) in spans  # bytes of rows 1 and 2: 20 + 30
+    nested = pa.array(
+        [[{"from": "human", "value": "hello"}], [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "bye"}]]
+    )
+    spans = reader.value_spans(nested.slice(1, 1))
+    value_data = nested.flatten().field("value").buffers()[2]
+    assert (value_data.address + 5, 5) in spans  # "hi" + "bye"
+    numbers = pa.array(np.arange(100, dtype=np.int64))
+    assert reader.value_spans(numbers.slice(10, 5)) == [(numbers.buffers()[1].address + 80, 41)]
