@@ -111,43 +111,50 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
     for chat, meta in zip(chat_batches, meta_batches):
         if meta is not None and len(meta) != len(chat):
             raise SourceError(spec.json_label, f"{spec.metadata_label} is not parallel to it", index)
-        rows, pictures, size = [], [], 0
+        rows, record_error = [], None
         for k, raw in enumerate(chat):
-            row = parse_record(
-                raw,
-                file=spec.json_label,
-                index=index,
-                config=spec.config,
-                source_from=spec.source_from,
-                metadata=meta[k] if meta is not None else None,
-                metadata_file=spec.metadata_label,
-            )
+            try:
+                rows.append(
+                    parse_record(
+                        raw,
+                        file=spec.json_label,
+                        index=index + k,
+                        config=spec.config,
+                        source_from=spec.source_from,
+                        metadata=meta[k] if meta is not None else None,
+                        metadata_file=spec.metadata_label,
+                    )
+                )
+            except SourceError as e:
+                record_error = e  # raised after the images of the records before it, in file order
+                break
+        # The batch's images are read together (a folder reads several at once), then checked in order.
+        named = [row.image for row in rows if row.image is not None]
+        found = iter(images.read_many(named, spec.embed_images) if images is not None and named else [])
+        kept, pictures, size = [], [], 0
+        for k, row in enumerate(rows):
             picture = None
             if row.image is not None:
-                try:
-                    picture = _image(row.image, images, spec.embed_images)
-                except BadImage as bad:
+                result = next(found) if images is not None else _no_root(row.image)
+                if isinstance(result, BadImage):
                     if spec.on_bad_image == "raise":
-                        raise SourceError(spec.json_label, str(bad), index, row.id, reason=bad.reason) from None
-                    skips.add(bad.reason, index, row.id, row.image, str(bad))
-                    index += 1
+                        raise SourceError(spec.json_label, str(result), index + k, row.id, reason=result.reason)
+                    skips.add(result.reason, index + k, row.id, row.image, str(result))
                     continue
-            rows.append(row)
+                # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
+                picture = (result[1], row.image) if spec.embed_images else (None, result)
+            kept.append(row)
             pictures.append(picture)
             size += len(picture[0]) if picture and picture[0] else 0
-            index += 1
             if size >= MAX_TABLE_BYTES:
-                yield rows_to_table(rows, pictures)
-                rows, pictures, size = [], [], 0
-        if rows:
-            yield rows_to_table(rows, pictures)
+                yield rows_to_table(kept, pictures)
+                kept, pictures, size = [], [], 0
+        if kept:
+            yield rows_to_table(kept, pictures)
+        if record_error is not None:
+            raise record_error
+        index += len(chat)
 
 
-def _image(name: str, images: ImageRoot | None, embed: bool) -> tuple[bytes | None, str]:
-    if images is None:
-        raise BadImage("missing", f"image {name!r} has no image root (pass image_dir)")
-    if embed:
-        # The bytes go in as they are; `path` keeps the name the source uses, so the cache is portable.
-        _, data = images.read(name)
-        return data, name
-    return None, images.locate(name)
+def _no_root(name: str) -> BadImage:
+    return BadImage("missing", f"image {name!r} has no image root (pass image_dir)")

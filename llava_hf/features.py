@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 from datasets import Features, Image, List, Value
 
@@ -42,10 +43,26 @@ IMAGE_TYPE = SCHEMA.field("image").type
 TURN_TYPE = SCHEMA.field("conversations").type.value_type
 
 
+def binary_array(values: Sequence[bytes | None]) -> pa.Array:
+    """A binary array of `values` (None for null), built from one join: 2-5x faster than `pa.array` on
+    batches of 100 images of 130 KB, where this copy is most of the CPU time of preparing."""
+    lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"{offsets[-1]:,} bytes do not fit one Arrow binary array")
+    nulls = sum(v is None for v in values)
+    validity = pa.array([v is not None for v in values], pa.bool_()).buffers()[1] if nulls else None
+    data = pa.py_buffer(b"".join(v for v in values if v is not None))
+    return pa.Array.from_buffers(
+        pa.binary(), len(values), [validity, pa.py_buffer(offsets.astype(np.int32)), data], nulls
+    )
+
+
 def image_array(images: Sequence[tuple[bytes | None, str] | None]) -> pa.StructArray:
     """The `image` column: one (bytes, path) pair per row, None for text-only rows."""
     mask = pa.array([image is None for image in images], pa.bool_())
-    data = pa.array([image[0] if image else None for image in images], pa.binary())
+    data = binary_array([image[0] if image else None for image in images])
     paths = pa.array([image[1] if image else None for image in images], pa.string())
     return pa.StructArray.from_arrays([data, paths], fields=list(IMAGE_TYPE), mask=mask)
 
