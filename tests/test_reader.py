@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 import random
@@ -163,3 +164,31 @@ def test_value_spans_cover_exactly_the_values_of_a_slice():
     assert (value_data.address + 5, 5) in spans  # "hi" + "bye"
     numbers = pa.array(np.arange(100, dtype=np.int64))
     assert reader.value_spans(numbers.slice(10, 5)) == [(numbers.buffers()[1].address + 80, 41)]
+
+
+def _read_in_child(ds, picks, queue):
+    payload = 0
+    raw = ds.with_format("arrow")
+    for i in picks:
+        payload += len(raw[i].column("image")[0]["bytes"].as_py())
+    queue.put(payload)
+
+
+def test_forked_workers_read_only_their_rows(big):
+    paths, files = big
+    cold(files)
+    ds = llava_hf.load_dataset("detail_23k", data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    opened = sum(resident_bytes(f) for f in files)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    picks = [[3, 700, 1500, 2300], [10, 900, 1800, 2399]]
+    workers = [context.Process(target=_read_in_child, args=(ds, p, queue)) for p in picks]
+    for w in workers:
+        w.start()
+    payload = queue.get(timeout=60) + queue.get(timeout=60)
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    read = sum(resident_bytes(f) for f in files) - opened
+    assert payload > 900_000
+    assert read / payload < 1.2
