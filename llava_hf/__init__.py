@@ -11,12 +11,12 @@ from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
 from .errors import SourceError
 from .features import FEATURES
-from .formats import to_llamafactory, to_llava, to_messages, to_trl
+from .formats import export_for_trainer, to_llamafactory, to_llava, to_messages, to_trl
 from .hub import export, push_to_hub
 from .load import load_builder, load_dataset, prepare_report
 from .preview import write_preview
 from .recipes import BUILTIN_RECIPES, MixReport, Recipe, RecipeError, load_recipe, mix, resolve, write_mix
-from .stats import compute_stats, stats_markdown, write_histograms
+from .stats import compute_stats, stats_markdown, write_histograms, write_stats
 from .verify import VerifyReport, verify
 
 try:
@@ -43,6 +43,7 @@ __all__ = [
     "VerifyReport",
     "compute_stats",
     "export",
+    "export_for_trainer",
     "load_builder",
     "load_dataset",
     "load_recipe",
@@ -59,4 +60,5 @@ __all__ = [
     "write_histograms",
     "write_mix",
     "write_preview",
+    "write_stats",
 ]

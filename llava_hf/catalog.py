@@ -7,6 +7,7 @@ Counts are the published sizes of the release files (see the "sources" table in 
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,6 +50,7 @@ class Source:
     filename: str
     num_records: int
     image_layout: str
+    # A Hub license id (https://hf.co/docs/hub/repositories-licenses), or "other" with the two fields below.
     license: str
     citation: str
     description: str
@@ -62,6 +64,22 @@ class Source:
     # Where the embedded sample keeps this source's files, relative to llava_hf/sample/.
     sample_data_dir: str = "LLaVA-Instruct-150K"
     sample_image_dir: str | None = "images/coco/train2017"
+    # With license "other", what the Hub card needs instead of a license id: a name for the terms
+    # (lowercase, digits, `-` and `.`) and the URL of the text that states them.
+    license_name: str | None = None
+    license_link: str | None = None
+
+    def __post_init__(self) -> None:
+        other = self.license == "other"
+        if other != (self.license_name is not None) or other != (self.license_link is not None):
+            raise ValueError(
+                f"{self.name}: license_name and license_link go with license 'other', and only with it; got "
+                f"license={self.license!r}, license_name={self.license_name!r}, license_link={self.license_link!r}"
+            )
+        if other and not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.license_name):
+            raise ValueError(
+                f"{self.name}: license_name must be lowercase letters, digits, '-' and '.', got {self.license_name!r}"
+            )
 
     @property
     def homepage(self) -> str:
@@ -150,6 +168,9 @@ SOURCES: tuple[Source, ...] = (
         ),
         sample_data_dir="LLaVA-CC3M-Pretrain-595K",
         sample_image_dir=None,
+        # No Hub license id covers these terms; the repo's card states them.
+        license_name="llava-cc3m-pretrain-595k",
+        license_link=f"https://huggingface.co/datasets/{CC3M_REPO}/blob/main/README.md",
     ),
     Source(
         name="blip_558k",
@@ -164,6 +185,9 @@ SOURCES: tuple[Source, ...] = (
         description="Concept-balanced 558K subset of LAION/CC/SBU with BLIP captions, LLaVA-1.5 pretraining.",
         sample_data_dir="LLaVA-Pretrain",
         sample_image_dir=None,
+        # No Hub license id covers these terms; the repo's card states them.
+        license_name="llava-pretrain",
+        license_link=f"https://huggingface.co/datasets/{LCS_REPO}/blob/main/README.md",
     ),
 )
 

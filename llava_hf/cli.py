@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
 from .catalog import CATALOG, CONFIG_NAMES
+from .formats import TRAINER_FORMATS
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -81,31 +84,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-CONVERT_FORMATS = {
-    "trl": "TRL messages (Parquet)",
-    "llamafactory": "LLaMA-Factory sharegpt (JSONL + images + dataset_info.json)",
-    "llava": "LLaVA JSON + image folder",
-}
-
-
-def _export_for_trainer(name: str, out: str, args: argparse.Namespace) -> None:
-    """Write one config in a trainer's format: TRL messages, LLaMA-Factory sharegpt, or LLaVA JSON + images."""
-    import json
-
-    from . import formats
-    from .load import load_dataset
-
-    ds = load_dataset(name, num_proc=args.num_proc, **_load_options(args))
-    logging.getLogger("llava_hf").info(
-        "%s: %s rows; writing %s to %s", name, f"{len(ds):,}", CONVERT_FORMATS[args.format], out
-    )
-    progress = not args.quiet
-    if args.format == "trl":
-        result = formats.to_trl(ds, out, progress=progress)
+def _print_trainer_export(format: str, result: dict) -> None:
+    out = result["out_dir"]
+    if format == "trl":
         print(f"wrote {result['rows']:,} rows ({result['images']:,} images) in {len(result['files'])} Parquet files")
         print(f'load with: datasets.load_dataset("parquet", data_dir={out!r}, split="train")')
-    elif args.format == "llamafactory":
-        result = formats.to_llamafactory(ds, out, progress=progress)
+    elif format == "llamafactory":
         print(f"wrote {result['rows']:,} rows to {result['file']} and {result['images']:,} images")
         if result["image_token_added"]:
             print(f"added <image> to {result['image_token_added']:,} rows whose text had none")
@@ -115,7 +99,6 @@ def _export_for_trainer(name: str, out: str, args: argparse.Namespace) -> None:
         print(f"registered in {result['dataset_info']} (dataset_dir: {out}, dataset: {result['name']}):")
         print(json.dumps(result["stanza"], indent=2))
     else:
-        result = formats.to_llava(ds, out, progress=progress)
         also = f" and {result['metadata']}" if result["metadata"] else ""
         print(f"wrote {result['rows']:,} records to {result['json']}{also}; {result['images']:,} images")
         print(f"train with: --data_path {result['json']} --image_folder {result['image_folder']}")
@@ -147,21 +130,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print the figures of one config and write them (stats.json) with PNG histograms."""
-    import json
-    import os
-
     from .load import load_dataset
-    from .stats import compute_stats, format_stats, write_histograms
+    from .stats import compute_stats, format_stats, write_stats
 
     ds = load_dataset(args.name, **_load_options(args))
-    out = args.out or f"{args.name}-stats"
     logging.getLogger("llava_hf").info("%s: %s rows; reading the text and image headers", args.name, f"{len(ds):,}")
     stats = compute_stats(ds, progress=not args.quiet)
     print(format_stats(stats, args.name))
-    paths = write_histograms(stats, out)
-    with open(os.path.join(out, "stats.json"), "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=1)
-    print(f"\nwrote {out}/stats.json and {len(paths)} histograms: {', '.join(os.path.basename(p) for p in paths)}")
+    path, *histograms = write_stats(stats, args.out or f"{args.name}-stats")
+    names = ", ".join(os.path.basename(p) for p in histograms)
+    print(f"\nwrote {path} and {len(histograms)} histograms: {names}")
     return 0
 
 
@@ -182,21 +160,35 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write configs in the Hub layout (Parquet shards with the images embedded, and a generated card), or
     in a trainer's format (one folder per config when several are named)."""
-    import os
-
-    from .hub import CARD_FILENAME, export
+    from .formats import export_for_trainer
+    from .hub import CARD_FILENAME, MAX_SHARD_SIZE, export
 
     if args.format != "hub":
-        for name in args.names:
-            _export_for_trainer(name, args.out_dir if len(args.names) == 1 else os.path.join(args.out_dir, name), args)
+        given = [
+            flag for flag, value in (("--max-shard-size", args.max_shard_size), ("--default", args.default)) if value
+        ]
+        if given:
+            print(f"llava-hf export: {', '.join(given)} only apply with --format hub", file=sys.stderr)
+            return 2
+        results = export_for_trainer(
+            args.names,
+            args.out_dir,
+            args.format,
+            num_proc=args.num_proc,
+            progress=not args.quiet,
+            **_load_options(args),
+        )
+        for result in results.values():
+            _print_trainer_export(args.format, result)
         return 0
 
     names = ", ".join(args.names)
-    print(f"exporting {names} to {args.out_dir} (Parquet shards of at most {args.max_shard_size})")
+    bound = args.max_shard_size or f"{MAX_SHARD_SIZE / 1e6:.0f}MB"
+    print(f"exporting {names} to {args.out_dir} (Parquet shards of at most {bound})")
     figures = export(
         args.names,
         args.out_dir,
-        max_shard_size=args.max_shard_size,
+        max_shard_size=bound,
         default=args.default,
         num_proc=args.num_proc,
         **_load_options(args),
@@ -255,11 +247,11 @@ def _print_mix_counts(report) -> None:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     """Write a mix of configs by a recipe with its report, or show the counts a recipe gives."""
-    from .recipes import BUILTIN_RECIPES, MixReport, load_recipe, resolve, write_mix
+    from .recipes import BUILTIN_RECIPES, load_recipe, published_counts, write_mix
 
     if args.list:
         for name, data in BUILTIN_RECIPES.items():
-            report = MixReport.from_plan(resolve(name), counted_from="catalog")
+            report = published_counts(name)
             print(f"{name}: {data['description']}")
             print(f"{report.stopping_strategy}, seed {report.seed}: {report.total:,} rows on the published files")
             _print_mix_counts(report)
@@ -286,7 +278,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
         if given:
             print(f"llava-hf mix: {', '.join(given)} only apply with --out", file=sys.stderr)
             return 2
-        report = MixReport.from_plan(resolve(recipe), counted_from="catalog")
+        report = published_counts(recipe)
         print(f"on the published files: {report.total:,} rows")
         _print_mix_counts(report)
         print("add --out DIR (and where the data is: --data-dir, --image-dir, or --sample) to write the mix")
@@ -372,12 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--out-dir", required=True, help="export folder; configs already there are kept")
     export.add_argument(
         "--format",
-        choices=("hub", *CONVERT_FORMATS),
+        choices=("hub", *TRAINER_FORMATS),
         default="hub",
         help="hub: Parquet shards + dataset card (default); "
-        + "; ".join(f"{name}: {label}" for name, label in CONVERT_FORMATS.items()),
+        + "; ".join(f"{name}: {label}" for name, label in TRAINER_FORMATS.items()),
     )
-    export.add_argument("--max-shard-size", default="500MB", help="bound of each Parquet file (default: 500MB)")
+    export.add_argument("--max-shard-size", help="hub: bound of each Parquet file, e.g. 200MB (default: 500MB)")
     export.add_argument(
         "--default", choices=CONFIG_NAMES, metavar="NAME", help="config loaded when none is named (default: kept)"
     )

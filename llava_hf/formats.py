@@ -24,6 +24,7 @@ an image block is harmless: templates choose a block by `type`, and TRL fills `i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import datasets
 import numpy as np
@@ -327,30 +328,37 @@ class ImageFolder:
         return name
 
 
-class JsonArrayWriter:
-    """A JSON array written one record at a time, into a temporary file renamed into place on success."""
+@contextlib.contextmanager
+def _replaced_on_success(path: str) -> Iterator[TextIO]:
+    """A text file written under a temporary name beside `path`, renamed to `path` only when the block
+    succeeds: a failed export leaves nothing that looks complete."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
-    def __init__(self, path: str):
-        self.path = path
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        self._file = os.fdopen(fd, "w", encoding="utf-8")
-        self._file.write("[")
+
+class JsonArrayWriter:
+    """A JSON array written into `file` one record at a time; `end()` closes the array."""
+
+    def __init__(self, file: TextIO):
+        self.file = file
+        self.file.write("[")
         self.count = 0
 
     def add(self, record: Any) -> None:
-        self._file.write(",\n" if self.count else "\n")
-        self._file.write(json.dumps(record, ensure_ascii=False))
+        self.file.write(",\n" if self.count else "\n")
+        self.file.write(json.dumps(record, ensure_ascii=False))
         self.count += 1
 
-    def close(self, ok: bool = True) -> None:
-        self._file.write("\n]\n")
-        self._file.close()
-        if ok:
-            os.replace(self._tmp, self.path)
-        else:
-            os.remove(self._tmp)
+    def end(self) -> None:
+        self.file.write("\n]\n")
 
 
 # --- back to LLaVA --------------------------------------------------------------------------------------
@@ -382,12 +390,13 @@ def to_llava(
     json_name = json_name or (source.filename if source else "llava.json")
     metadata_name = metadata_name or (source.metadata_filename if source else None)
     out = os.fspath(out_dir)
+    json_path = os.path.join(out, json_name)
+    metadata_path = os.path.join(out, metadata_name) if metadata_name else None
     folder = ImageFolder(os.path.join(out, image_folder))
-    chat = JsonArrayWriter(os.path.join(out, json_name))
-    metadata = JsonArrayWriter(os.path.join(out, metadata_name)) if metadata_name else None
     text_only = lost_metadata = 0
-    ok = False
-    try:
+    with contextlib.ExitStack() as files:
+        chat = JsonArrayWriter(files.enter_context(_replaced_on_success(json_path)))
+        metadata = JsonArrayWriter(files.enter_context(_replaced_on_success(metadata_path))) if metadata_path else None
         for row, where in _rows(ds, progress, "LLaVA JSON"):
             name = folder.write(row["image"], where) if row["image"] is not None else None
             text_only += name is None
@@ -397,11 +406,9 @@ def to_llava(
                 metadata.add(meta)
             elif any(row[k] is not None for k in ("caption", "blip_caption", "url")):
                 lost_metadata += 1
-        ok = True
-    finally:
-        chat.close(ok)
-        if metadata is not None:
-            metadata.close(ok)
+        for writer in (chat, metadata):
+            if writer is not None:
+                writer.end()
     if lost_metadata:
         logger.warning(
             "%s rows carry pretrain metadata (caption, blip_caption, url) that the chat JSON does not hold; "
@@ -409,8 +416,8 @@ def to_llava(
             f"{lost_metadata:,}",
         )
     return {
-        "json": chat.path,
-        "metadata": metadata.path if metadata else None,
+        "json": json_path,
+        "metadata": metadata_path,
         "image_folder": folder.root,
         "rows": chat.count,
         "images": folder.written,
@@ -468,51 +475,31 @@ def to_llamafactory(
     """
     name = name or f"llava_hf_{ds.info.config_name or 'dataset'}"
     out = os.fspath(out_dir)
-    file_name = f"{name}.jsonl"
+    path = os.path.join(out, f"{name}.jsonl")
     folder = ImageFolder(os.path.join(out, image_folder))
     if isinstance(ds, datasets.Dataset):
         check_rows(ds, roles=None)  # speakers LLaMA-Factory does not know are counted below, not refused
-    path = os.path.join(out, file_name)
-    os.makedirs(out, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=".jsonl")
-    rows = added = 0
+    rows = added = skipped = 0
     skips: list[str] = []
-    skipped = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row, where in _rows(ds, progress, "LLaMA-Factory"):
-                turns = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
-                problem = _token_problem([t["value"] for t in turns], row["image"] is not None)
-                if problem:
-                    raise ValueError(f"{where}: {problem}")
-                images = []
-                if row["image"] is not None:
-                    images.append(f"{image_folder}/{folder.write(row['image'], where)}")
-                    if not any(IMAGE_TOKEN in t["value"] for t in turns):
-                        added += 1
-                        first = next((t for t in turns if t["from"] == "human"), turns[0])
-                        first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
-                reason = _llamafactory_skip_reason(turns)
-                if reason:
-                    skipped += 1
-                    if len(skips) < LISTED_ROWS:
-                        skips.append(f"{where}: {reason}")
-                f.write(json.dumps({"id": row["id"], "conversations": turns, "images": images}, ensure_ascii=False))
-                f.write("\n")
-                rows += 1
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    stanza = llamafactory_stanza(name, file_name)
+    with _replaced_on_success(path) as f:
+        for row, where in _rows(ds, progress, "LLaMA-Factory"):
+            record, token_added = _llamafactory_record(row, where, folder, image_folder)
+            added += token_added
+            reason = _llamafactory_skip_reason(record["conversations"])
+            if reason:
+                skipped += 1
+                if len(skips) < LISTED_ROWS:
+                    skips.append(f"{where}: {reason}")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            rows += 1
+    stanza = llamafactory_stanza(name, os.path.basename(path))
     info_path = os.path.join(out, "dataset_info.json")
     info: dict[str, Any] = {}
     if os.path.exists(info_path):
         with open(info_path, encoding="utf-8") as f:
             info = json.load(f)
-    info.update(stanza)
-    with open(info_path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2, ensure_ascii=False)
+    with _replaced_on_success(info_path) as f:
+        json.dump({**info, **stanza}, f, indent=2, ensure_ascii=False)
         f.write("\n")
     if skipped:
         logger.warning("%s rows will be skipped by LLaMA-Factory: %s", f"{skipped:,}", "; ".join(skips))
@@ -528,6 +515,28 @@ def to_llamafactory(
     }
 
 
+def _llamafactory_record(
+    row: Mapping[str, Any], where: str, folder: ImageFolder, image_folder: str
+) -> tuple[dict[str, Any], bool]:
+    """(the JSONL record of one row, whether an `<image>` token was added to its text)."""
+    turns = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
+    problem = _token_problem([t["value"] for t in turns], row["image"] is not None)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
+    images = []
+    added = False
+    if row["image"] is not None:
+        images.append(f"{image_folder}/{folder.write(row['image'], where)}")
+        # LLaMA-Factory counts `<image>` tokens against images; LLaVA puts a missing one before the question.
+        if not any(IMAGE_TOKEN in t["value"] for t in turns):
+            if not turns:
+                raise ValueError(f"{where}: has an image but no turns to put it in")
+            first = next((t for t in turns if t["from"] == "human"), turns[0])
+            first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
+            added = True
+    return {"id": row["id"], "conversations": turns, "images": images}, added
+
+
 def _llamafactory_skip_reason(turns: Sequence[Mapping[str, str]]) -> str | None:
     # LLaMA-Factory's sharegpt converter: a leading system turn is the system prompt; then human and gpt
     # must alternate, starting with human, and there must be an even number of them.
@@ -541,6 +550,49 @@ def _llamafactory_skip_reason(turns: Sequence[Mapping[str, str]]) -> str | None:
     if not speakers or len(speakers) % 2:
         return f"{len(speakers)} human/gpt turns, LLaMA-Factory expects an even number"
     return None
+
+
+# --- prepared configs -> trainer formats -----------------------------------------------------------------
+
+TrainerFormat = Literal["trl", "llamafactory", "llava"]
+# What each format of `export_for_trainer` writes (and `llava-hf export --format` shows).
+TRAINER_FORMATS: dict[str, str] = {
+    "trl": "TRL messages (Parquet)",
+    "llamafactory": "LLaMA-Factory sharegpt (JSONL + images + dataset_info.json)",
+    "llava": "LLaVA JSON + image folder",
+}
+
+
+def export_for_trainer(
+    configs: str | Sequence[str],
+    out_dir: str | os.PathLike,
+    format: TrainerFormat,
+    *,
+    num_proc: int | None = None,
+    progress: bool = True,
+    **load_options: Any,
+) -> dict[str, dict]:
+    """Load configs and write each in a trainer's format: into `out_dir` for one config, into
+    `out_dir/<config>` for several.
+
+    Each config is `llava_hf.load_dataset(config, num_proc=num_proc, **load_options)` (prepared once, then
+    from the cache). format: "trl" (`to_trl`), "llamafactory" (`to_llamafactory`) or "llava" (`to_llava`).
+    Returns, by config name, what that function returns plus "out_dir" (the folder written). Raises
+    ValueError for an unknown format or config, and what loading and the writer raise.
+    """
+    from .load import load_dataset
+
+    writers = {"trl": to_trl, "llamafactory": to_llamafactory, "llava": to_llava}
+    if format not in writers:
+        raise ValueError(f"format must be one of {tuple(writers)}, got {format!r}")
+    names = [configs] if isinstance(configs, str) else list(configs)
+    results = {}
+    for name in names:
+        ds = load_dataset(name, num_proc=num_proc, **load_options)
+        out = os.fspath(out_dir) if len(names) == 1 else os.path.join(out_dir, name)
+        logger.info("%s: %s rows; writing %s to %s", name, f"{len(ds):,}", TRAINER_FORMATS[format], out)
+        results[name] = {"out_dir": out, **writers[format](ds, out, progress=progress)}
+    return results
 
 
 # --- shared iteration -----------------------------------------------------------------------------------

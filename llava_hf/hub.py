@@ -13,6 +13,7 @@ metadata, so `image` loads as `Image()`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -43,6 +44,7 @@ from .catalog import CATALOG, CONFIG_NAMES, get_source
 from .features import FEATURES, SCHEMA
 from .images import BAD_IMAGE_REASONS
 from .load import load_builder, prepare_report
+from .stats import STATS_CONVENTIONS, StatsAccumulator, stats_markdown
 
 logger = logging.getLogger("llava_hf")
 
@@ -302,6 +304,39 @@ def _public_source(source: Mapping[str, Any]) -> dict[str, Any]:
     return public
 
 
+def _write_shards(
+    paths: Sequence[str], folder: str, num_rows: int, max_shard_size: int, row_group_size: int, desc: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One pass over the prepared Arrow files: the Parquet shards in `folder`, and the statistics of the rows.
+
+    The statistics read the row groups on their way to the writer, so the image bytes are read once and
+    memory stays at one row group.
+    """
+    writer = _ShardWriter(folder, max_shard_size)
+    statistics = StatsAccumulator()
+    try:
+        with tqdm(total=num_rows, unit=" rows", desc=desc) as progress:
+            for table, estimate in _row_groups(_prepared_batches(paths), row_group_size):
+                writer.write(table, estimate)
+                statistics.add(table)
+                progress.update(table.num_rows)
+        return writer.finish(), statistics.result()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _replace_folder(staging: str, final: str) -> None:
+    # Swapped whole, so the folder never mixes shards of two exports (stale shards would be loaded).
+    if os.path.exists(final):
+        old = staging + ".old"
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, final)
+
+
 def _export_config(
     name: str,
     out_dir: str,
@@ -331,25 +366,20 @@ def _export_config(
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(staging + ".old", ignore_errors=True)
     os.makedirs(staging)
-    writer = _ShardWriter(staging, max_shard_size)
     try:
-        rows = images = turns = 0
-        with tqdm(total=split.num_examples, unit=" rows", desc=f"Exporting {name}") as progress:
-            for table, estimate in _row_groups(_prepared_batches(paths), row_group_size):
-                writer.write(table, estimate)
-                rows += table.num_rows
-                images += table.num_rows - table.column("image").null_count
-                turns += sum(len(chunk.flatten()) for chunk in table.column("conversations").chunks)
-                progress.update(table.num_rows)
-        shards = writer.finish()
-        if rows != split.num_examples:
-            raise RuntimeError(f"{name}: the prepared dataset has {split.num_examples} rows but {rows} were read")
+        shards, stats = _write_shards(
+            paths, staging, split.num_examples, max_shard_size, row_group_size, desc=f"Exporting {name}"
+        )
+        if stats["rows"] != split.num_examples:
+            raise RuntimeError(
+                f"{name}: the prepared dataset has {split.num_examples} rows but {stats['rows']} were read"
+            )
         figures = {
             "config": name,
-            "rows": rows,
-            "images": images,
-            "text_only": rows - images,
-            "turns": turns,
+            "rows": stats["rows"],
+            "images": stats["image_rows"],
+            "text_only": stats["text_only_rows"],
+            "turns": stats["words_per_turn"]["all"]["count"],  # one word count per turn
             "records": report["records"],
             "skipped": report["skipped"]["counts"],
             "on_bad_image": report["options"]["on_bad_image"],
@@ -359,22 +389,14 @@ def _export_config(
             "shards": shards,
             "max_shard_size": max_shard_size,
             "row_group_size": row_group_size,
+            "stats": stats,
             "llava_hf": __version__,
         }
         with open(os.path.join(staging, EXPORT_FILENAME), "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=1)
             f.write("\n")
-        final = os.path.join(out_dir, name)
-        if os.path.exists(final):
-            # Swapped whole, so the folder never mixes shards of two exports (stale shards would be loaded).
-            old = staging + ".old"
-            os.rename(final, old)
-            os.rename(staging, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, final)
+        _replace_folder(staging, os.path.join(out_dir, name))
     except BaseException:
-        writer.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return figures
@@ -395,8 +417,9 @@ def export(
 
     Each config is prepared (or taken from the cache) as `llava_hf.load_dataset(config, **load_options)`
     would, then streamed into Parquet shards with the image bytes embedded; memory holds one row group at
-    a time, whatever the dataset size. Configs already in `out_dir` are kept; an exported config replaces
-    its previous export whole. The card is then rendered from every config in the folder.
+    a time, whatever the dataset size. The same pass computes the config's statistics (`compute_stats`:
+    text, and each unique image's header) for the card. Configs already in `out_dir` are kept; an exported
+    config replaces its previous export whole. The card is then rendered from every config in the folder.
 
     max_shard_size: bytes (or "500MB") per Parquet file. Row groups are added to a shard while the file,
         with the next group and room for its footer, stays within the bound; a shard is larger only when it
@@ -407,7 +430,8 @@ def export(
         default, or the first of `configs`.
     num_proc, download_mode: passed to the preparation.
 
-    Returns the figures the card shows for each exported config. Re-exporting unchanged inputs writes
+    Returns the figures the card shows for each exported config (what `llava_hf_export.json` holds: rows,
+    images, text_only, turns, skipped, source, shards, stats, ...). Re-exporting unchanged inputs writes
     byte-identical Parquet files. Raises ValueError for an unknown config or option (for instance
     embed_images=False: the Hub copy must carry the images), and whatever preparing raises.
     """
@@ -445,7 +469,9 @@ def write_card(
 ) -> str:
     """Render `<out_dir>/README.md` from the configs exported there (plus `more_figures`); returns its path.
 
-    `default` must be one of the configs; None keeps the card's current default (or the first config).
+    `default` is marked as the default config; None, or a config not in the folder yet (export writes the
+    card after each config), keeps the card's current default, or else takes the first config. Raises
+    ValueError when the folder holds no export.
     """
     out_dir = os.fspath(out_dir)
     figures = {**(more_figures or {}), **read_exports(out_dir)}
@@ -472,8 +498,10 @@ def _size_category(rows: int) -> str:
     return "1M<n<10M" if rows < 10_000_000 else "10M<n<100M"
 
 
-def _md_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if h in _NUMERIC else "---" for h in header) + "|"]
+def _md_table(header: Sequence[str], rows: Iterable[Sequence[object]], numeric: int = 0) -> str:
+    """A Markdown table; the last `numeric` columns are right-aligned."""
+    align = ["---"] * (len(header) - numeric) + ["---:"] * numeric
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -482,21 +510,21 @@ def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else ("" if value is None else str(value))
 
 
-# The per-config figures in the card's table, as (header, key in the figures). A figure computed later
-# (e.g. by a statistics pass) is shown by adding it to the export's figures and a column here.
+def _repo_link(repo_id: str) -> str:
+    return f"[{repo_id}](https://huggingface.co/datasets/{repo_id})"
+
+
+# The per-config figures in the card's table, as (header, key in the figures).
 CARD_COLUMNS: tuple[tuple[str, str], ...] = (
     ("rows", "rows"),
     ("images", "images"),
     ("text-only rows", "text_only"),
     ("turns", "turns"),
 )
-_NUMERIC = {header for header, _ in CARD_COLUMNS} | {"skipped", "shards", "Parquet MB", "skipped rows"}
-_NUMERIC |= {f"skipped: {reason}" for reason in BAD_IMAGE_REASONS}
 
 
 def _source_cell(source: Mapping[str, Any]) -> tuple[str, str]:
-    repo = source.get("repo_id", "")
-    link = f"[{repo}](https://huggingface.co/datasets/{repo})"
+    link = _repo_link(source.get("repo_id", ""))
     origin = source.get("origin")
     if origin == "hub":
         where = f"{link} at commit `{source.get('revision')}`"
@@ -512,29 +540,25 @@ def _source_cell(source: Mapping[str, Any]) -> tuple[str, str]:
     return where, "<br>".join(files)
 
 
-def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id: str | None = None) -> str:
-    """The dataset card (README.md text) for the configs in `figures`, one dict of figures per config.
-
-    Each dict holds at least what an export writes to `llava_hf_export.json`: rows, images, text_only,
-    turns, skipped (counts per reason), source (repo_id, origin, revision, files with sha256), num_bytes,
-    download_size, shards. Extra figures are ignored unless a column of `CARD_COLUMNS` shows them.
-    """
-    from . import __version__
-
-    names = _ordered(figures)
-    if default not in figures:
-        raise ValueError(f"default config {default!r} is not among {names}")
-    sources = {name: CATALOG.get(name) for name in names}
-    all_sample = all(figures[n]["source"].get("origin") == "sample" for n in names)
-    pretty_name = "LLaVA training data" + (" (llava_hf embedded sample)" if all_sample else "")
-
-    licenses = list(dict.fromkeys(s.license for s in sources.values() if s is not None))
+def _card_data(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str], default: str) -> DatasetCardData:
+    """The card's YAML header: license, tags, the `configs` (one default) and each config's `dataset_info`."""
+    sources = [CATALOG[n] for n in names if n in CATALOG]
+    licenses = list(dict.fromkeys(s.license for s in sources))
+    # The Hub takes one license_name and license_link for "other"; configs under several such terms
+    # share a name, and the link goes to this card, whose License section lists each one.
+    others = list(dict.fromkeys((s.license_name, s.license_link) for s in sources if s.license == "other"))
+    other_terms = {}
+    if len(others) == 1:
+        other_terms = {"license_name": others[0][0], "license_link": others[0][1]}
+    elif others:
+        other_terms = {"license_name": "-and-".join(n for n, _ in others), "license_link": CARD_FILENAME}
     card_data = DatasetCardData(
         license=licenses[0] if len(licenses) == 1 else licenses,
+        **other_terms,
         language=["en"],
         task_categories=["image-text-to-text"],
         size_categories=[_size_category(sum(figures[n]["rows"] for n in names))],
-        pretty_name=pretty_name,
+        pretty_name=_pretty_name(figures, names),
         tags=["llava", "llava_hf"],
     )
     MetadataConfigs(
@@ -557,64 +581,101 @@ def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id:
             dataset_size=figures[name]["num_bytes"],
         )
     DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    return card_data
 
+
+def _pretty_name(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
+    all_sample = all(figures[n]["source"].get("origin") == "sample" for n in names)
+    return "LLaVA training data" + (" (llava_hf embedded sample)" if all_sample else "")
+
+
+def _config_table(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str], default: str) -> str:
     reasons = [r for r in BAD_IMAGE_REASONS if any(figures[n]["skipped"].get(r) for n in names)]
     reasons += sorted({r for n in names for r in figures[n]["skipped"]} - set(BAD_IMAGE_REASONS) - set(reasons))
     skip_headers = [f"skipped: {r}" for r in reasons] or ["skipped rows"]
-    config_rows = []
+    rows = []
     for name in names:
         fig = figures[name]
         label = f"`{name}`" + (" (default)" if name == default else "")
-        description = sources[name].description if sources[name] else ""
+        description = CATALOG[name].description if name in CATALOG else ""
         skipped = [_number(fig["skipped"].get(r, 0)) for r in reasons] or ["0"]
-        config_rows.append(
+        rows.append(
             [label, description, *(_number(fig.get(key)) for _, key in CARD_COLUMNS), *skipped]
             + [_number(len(fig["shards"])), f"{fig['download_size'] / 1e6:,.1f}"]
         )
-    config_table = _md_table(
-        ["config", "description", *(h for h, _ in CARD_COLUMNS), *skip_headers, "shards", "Parquet MB"], config_rows
+    header = ["config", "description", *(h for h, _ in CARD_COLUMNS), *skip_headers, "shards", "Parquet MB"]
+    return _md_table(header, rows, numeric=len(header) - 2)
+
+
+def _skipped_section(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
+    rows = [[f"`{n}`", r, _number(c)] for n in names for r, c in figures[n]["skipped"].items() if c]
+    if not rows:
+        return "None: every record of the source files is a row."
+    return (
+        "Rows whose image was missing, empty, not an image or outside the image folder were left out "
+        '(`on_bad_image="skip"`) and are counted here; every other record is a row.\n\n'
+        + _md_table(["config", "reason", "skipped rows"], rows, numeric=1)
     )
-    source_table = _md_table(
-        ["config", "built from", "source files"], [[f"`{n}`", *_source_cell(figures[n]["source"])] for n in names]
-    )
-    skipped_rows = [[f"`{n}`", r, _number(c)] for n in names for r, c in figures[n]["skipped"].items() if c]
-    if skipped_rows:
-        skipped_section = (
-            "Rows whose image was missing, empty, not an image or outside the image folder were left out "
-            '(`on_bad_image="skip"`) and are counted here; every other record is a row.\n\n'
-            + _md_table(["config", "reason", "skipped rows"], skipped_rows)
-        )
-    else:
-        skipped_section = "None: every record of the source files is a row."
-    by_license: dict[str, list[str]] = {}
+
+
+def _license_section(names: Sequence[str]) -> str:
+    by_terms: dict[tuple[str, str | None, str | None], list[str]] = {}
     for name in names:
-        if sources[name] is not None:
-            by_license.setdefault(sources[name].license, []).append(name)
-    license_lines = []
-    for license_, members in by_license.items():
-        repos = dict.fromkeys(sources[n].repo_id for n in members)
-        links = ", ".join(f"[{r}](https://huggingface.co/datasets/{r})" for r in repos)
-        configs_ = ", ".join(f"`{n}`" for n in members)
-        license_lines.append(f"- {configs_}: `{license_}`, as declared by {links}.")
-    license_section = "\n".join(license_lines) + (
+        if name in CATALOG:
+            source = CATALOG[name]
+            by_terms.setdefault((source.license, source.license_name, source.license_link), []).append(name)
+    lines = []
+    for (license_, license_name, license_link), members in by_terms.items():
+        links = ", ".join(_repo_link(r) for r in dict.fromkeys(CATALOG[n].repo_id for n in members))
+        terms = f"`{license_}`" if license_name is None else f"`{license_}` ([{license_name}]({license_link}))"
+        lines.append(f"- {', '.join(f'`{n}`' for n in members)}: {terms}, as declared by {links}.")
+    return "\n".join(lines) + (
         "\n\nThe terms of use of the images and of the generated text are those stated in the source "
         "repositories' cards, which this copy does not change."
     )
-    citations = list(dict.fromkeys(s.citation for s in sources.values() if s is not None and s.citation))
-    citation = "```bibtex\n" + "\n\n".join(citations) + "\n```" if citations else "See the source repositories."
 
+
+def _statistics_section(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> str:
+    sections = []
+    for name in names:
+        stats = figures[name].get("stats")
+        if stats is None:  # exported by a llava_hf version that did not compute them
+            sections.append(f"### `{name}`\n\nNot computed for this config.\n")
+        else:
+            sections.append(stats_markdown(stats, heading=f"### `{name}`", conventions=False))
+    return "\n".join(sections) + "\n" + STATS_CONVENTIONS
+
+
+def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id: str | None = None) -> str:
+    """The dataset card (README.md text) for the configs in `figures`, one dict of figures per config.
+
+    Each dict holds what an export writes to `llava_hf_export.json`: rows, images, text_only, turns,
+    skipped (counts per reason), source (repo_id, origin, revision, files with sha256), num_bytes,
+    download_size, shards, and stats (`compute_stats` figures; a config without them is shown as not
+    computed). Raises ValueError when `default` is not one of the configs.
+    """
+    from . import __version__
+
+    names = _ordered(figures)
+    if default not in figures:
+        raise ValueError(f"default config {default!r} is not among {names}")
+    sources = [CATALOG[n] for n in names if n in CATALOG]
+    citations = list(dict.fromkeys(s.citation for s in sources if s.citation))
     template = resources.files("llava_hf").joinpath("dataset_card.md").read_text(encoding="utf-8")
     text = string.Template(template).substitute(
-        card_data=card_data.to_yaml(),
-        pretty_name=pretty_name,
+        card_data=_card_data(figures, names, default).to_yaml(),
+        pretty_name=_pretty_name(figures, names),
         repo_id=repo_id or REPO_PLACEHOLDER,
         default_config=default,
         llava_hf_version=__version__,
-        config_table=config_table,
-        source_table=source_table,
-        skipped_section=skipped_section,
-        license_section=license_section,
-        citation=citation,
+        config_table=_config_table(figures, names, default),
+        source_table=_md_table(
+            ["config", "built from", "source files"], [[f"`{n}`", *_source_cell(figures[n]["source"])] for n in names]
+        ),
+        statistics_section=_statistics_section(figures, names),
+        skipped_section=_skipped_section(figures, names),
+        license_section=_license_section(names),
+        citation="```bibtex\n" + "\n\n".join(citations) + "\n```" if citations else "See the source repositories.",
     )
     DatasetCard(text)  # parses the YAML header: a broken card fails here, not on the Hub
     return text
@@ -722,9 +783,10 @@ def push_to_hub(
     export_options.setdefault("token", token)
     if source_revision is not None:
         export_options["revision"] = source_revision
-    if out_dir is not None:
-        export(name, out_dir, **export_options)
-        return push(out_dir, repo_id, private=private, revision=revision, token=token, commit_message=commit_message)
-    with tempfile.TemporaryDirectory(prefix="llava_hf-export-") as folder:
+    if out_dir is None:
+        folder_context = tempfile.TemporaryDirectory(prefix="llava_hf-export-")
+    else:
+        folder_context = contextlib.nullcontext(os.fspath(out_dir))
+    with folder_context as folder:
         export(name, folder, **export_options)
         return push(folder, repo_id, private=private, revision=revision, token=token, commit_message=commit_message)

@@ -51,7 +51,11 @@ def write_preview(
     takes the first `n` rows, and so does an `IterableDataset`. Images are downscaled to `thumbnail_side`
     pixels and embedded as JPEG (PNG when they have transparency); an image PIL cannot decode is shown as a
     note instead of stopping the page. Text-only rows show a "text-only" box and no `<img>`.
+    Raises ValueError when `n` or `thumbnail_side` is below 1.
     """
+    for name, value in (("n", n), ("thumbnail_side", thumbnail_side)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
     rows = _sample(ds, n, seed)
     title = title or f"{ds.info.config_name or 'dataset'}: {len(rows)} rows"
     parts = [

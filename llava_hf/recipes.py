@@ -94,10 +94,6 @@ class RecipeError(ValueError):
     """A recipe that breaks the rules; the message names the recipe, the source and the field."""
 
 
-def _choices(values: Sequence[str]) -> str:
-    return ", ".join(values)
-
-
 def _hint(key: str, valid: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(key), valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -331,10 +327,10 @@ def _source_from_dict(entry: Any, index: int) -> MixSource:
     for key in entry:
         if key not in _SOURCE_KEYS:
             raise RecipeError(
-                f"{where}: unknown field {key!r}{_hint(key, _SOURCE_KEYS)}; a source takes: {_choices(_SOURCE_KEYS)}"
+                f"{where}: unknown field {key!r}{_hint(key, _SOURCE_KEYS)}; a source takes: {', '.join(_SOURCE_KEYS)}"
             )
     if "config" not in entry:
-        raise RecipeError(f"{where}: config is required (one of: {_choices(CONFIG_NAMES)})")
+        raise RecipeError(f"{where}: config is required (one of: {', '.join(CONFIG_NAMES)})")
     return MixSource(**entry, index=index)
 
 
@@ -343,12 +339,12 @@ def _recipe_from_native(data: Mapping[str, Any], label: str, seed: int | None) -
         if key not in _RECIPE_KEYS:
             raise RecipeError(
                 f"{label}: unknown recipe key {key!r}{_hint(key, _RECIPE_KEYS)}; "
-                f"a recipe takes: {_choices(_RECIPE_KEYS)}"
+                f"a recipe takes: {', '.join(_RECIPE_KEYS)}"
             )
     if seed is None and "seed" not in data:
         raise RecipeError(f"{label}: seed is required: a whole number that fixes every random choice of the mix")
     if "stopping_strategy" not in data:
-        raise RecipeError(f"{label}: stopping_strategy is required (one of: {_choices(STOPPING_STRATEGIES)})")
+        raise RecipeError(f"{label}: stopping_strategy is required (one of: {', '.join(STOPPING_STRATEGIES)})")
     entries = data.get("sources")
     if not isinstance(entries, list) or not entries:
         raise RecipeError(f"{label}: sources must be a non-empty list of sources, got {entries!r}")
@@ -442,7 +438,7 @@ def load_recipe(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, *, seed:
                     raise RecipeError(f"{label}: not valid YAML: {e}") from None
         else:
             raise RecipeError(
-                f"recipe {text!r} is neither a built-in recipe ({_choices(BUILTIN_RECIPES)}) nor an existing file"
+                f"recipe {text!r} is neither a built-in recipe ({', '.join(BUILTIN_RECIPES)}) nor an existing file"
             )
     else:
         data = recipe
@@ -727,6 +723,12 @@ class MixReport:
         ]
 
 
+def published_counts(recipe: str | os.PathLike | Mapping[str, Any] | Recipe) -> MixReport:
+    """The report a recipe gives on the published source files (the catalog's record counts); nothing is
+    read. Raises RecipeError like `resolve`."""
+    return MixReport.from_plan(resolve(recipe), counted_from="catalog")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Applying: defaults, loading, and the map-style and streaming results.
 
@@ -743,7 +745,7 @@ def _check_defaults(name: str, value: Any) -> None:
             if key != "*" and key not in CATALOG:
                 raise ValueError(
                     f"{name}: {key!r} is not a config; map config names (or '*' for the others) to folders: "
-                    f"{_choices(CONFIG_NAMES)}"
+                    f"{', '.join(CONFIG_NAMES)}"
                 )
 
 
@@ -910,56 +912,62 @@ def _map_style(
     return selected.flatten_indices(cache_file_name=path, num_proc=num_proc)
 
 
-def _prepare(
-    recipe: Recipe,
-    *,
-    streaming: bool,
-    token: bool | str | None,
-    num_proc: int | None,
-    flatten: bool,
-) -> tuple[datasets.Dataset | datasets.IterableDataset, MixReport]:
+def _streaming_mix(recipe: Recipe, token: bool | str | None) -> tuple[datasets.IterableDataset, MixReport]:
+    counts = [_count_records(source, token) for source in recipe.sources]
+    for source, count in zip(recipe.sources, counts):
+        logger.info("%s: %s records", source.where, f"{count:,}")
+    plan = resolve(recipe, counts)
+    schedule = {
+        "options": tuple({"name": s.config, "token": token, **s.load_options()} for s in recipe.sources),
+        "labels": tuple(f"{recipe.label}: {s.where}" for s in recipe.sources),
+        "source_ids": plan.source_ids,
+        "rows": plan.rows,
+    }
+    digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode())
+    digest.update(plan.source_ids.tobytes() + plan.rows.tobytes())
+    builder = _MixStream(
+        schedule=schedule, cache_dir=_mixes_dir(recipe), dataset_name="llava_hf_mix", hash=digest.hexdigest()[:32]
+    )
+    return builder.as_streaming_dataset(split="train"), MixReport.from_plan(
+        plan, counted_from="records", streaming=True
+    )
+
+
+def _map_style_mix(
+    recipe: Recipe, token: bool | str | None, num_proc: int | None, flatten: bool
+) -> tuple[datasets.Dataset, MixReport]:
     from .load import load_dataset, prepare_report
 
+    parts, records = [], []
+    for source in recipe.sources:
+        part = load_dataset(source.config, num_proc=num_proc, token=token, **source.load_options())
+        if part.features != FEATURES:
+            raise ValueError(f"{recipe.label}: {source.where}: the prepared rows do not have the llava_hf schema")
+        parts.append(part)
+        records.append(prepare_report(part)["records"])
+        logger.info("%s: %s rows", source.where, f"{len(part):,}")
+    plan = resolve(recipe, [len(part) for part in parts], records=records)
+    dataset = _map_style(recipe, parts, plan, flatten=flatten, num_proc=num_proc)
+    return dataset, MixReport.from_plan(plan, counted_from="prepared")
+
+
+def _applied(
+    recipe: str | os.PathLike | Mapping[str, Any] | Recipe, seed: int | None, streaming: bool | None, **defaults: Any
+) -> Recipe:
+    # The recipe as a mix applies it: seed and streaming overridden, defaults filled, folders absolute.
+    loaded = load_recipe(recipe, seed=seed)
+    if streaming is not None:
+        loaded = replace(loaded, streaming=streaming)
+    applied = _resolved_recipe(apply_defaults(loaded, **defaults))
     logger.info(
         "mix %s: %d sources, %s, seed %d%s",
-        recipe.label,
-        len(recipe.sources),
-        recipe.stopping_strategy,
-        recipe.seed,
-        ", streaming" if streaming else "",
+        applied.label,
+        len(applied.sources),
+        applied.stopping_strategy,
+        applied.seed,
+        ", streaming" if applied.streaming else "",
     )
-    if streaming:
-        counts = [_count_records(source, token) for source in recipe.sources]
-        for source, count in zip(recipe.sources, counts):
-            logger.info("%s: %s records", source.where, f"{count:,}")
-        plan = resolve(recipe, counts)
-        schedule = {
-            "options": tuple({"name": s.config, "token": token, **s.load_options()} for s in recipe.sources),
-            "labels": tuple(f"{recipe.label}: {s.where}" for s in recipe.sources),
-            "source_ids": plan.source_ids,
-            "rows": plan.rows,
-        }
-        digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode())
-        digest.update(plan.source_ids.tobytes() + plan.rows.tobytes())
-        builder = _MixStream(
-            schedule=schedule, cache_dir=_mixes_dir(recipe), dataset_name="llava_hf_mix", hash=digest.hexdigest()[:32]
-        )
-        dataset = builder.as_streaming_dataset(split="train")
-        report = MixReport.from_plan(plan, counted_from="records", streaming=True)
-    else:
-        parts, records = [], []
-        for source in recipe.sources:
-            part = load_dataset(source.config, num_proc=num_proc, token=token, **source.load_options())
-            if part.features != FEATURES:
-                raise ValueError(f"{recipe.label}: {source.where}: the prepared rows do not have the llava_hf schema")
-            parts.append(part)
-            records.append(prepare_report(part)["records"])
-            logger.info("%s: %s rows", source.where, f"{len(part):,}")
-        plan = resolve(recipe, [len(part) for part in parts], records=records)
-        dataset = _map_style(recipe, parts, plan, flatten=flatten, num_proc=num_proc)
-        report = MixReport.from_plan(plan, counted_from="prepared")
-    logger.info("mix %s: %s rows", recipe.label, f"{report.total:,}")
-    return dataset, report
+    return applied
 
 
 def mix(
@@ -994,24 +1002,28 @@ def mix(
     Raises RecipeError (a ValueError) naming the recipe, the source and the field for a bad recipe or a
     source too small for its knob; otherwise what `llava_hf.load_dataset` raises.
     """
-    base = load_recipe(recipe, seed=seed)
-    if streaming is not None:
-        base = replace(base, streaming=streaming)
-    resolved = _resolved_recipe(
-        apply_defaults(
-            base,
-            data_dir=data_dir,
-            image_dir=image_dir,
-            cache_dir=cache_dir,
-            sample=sample,
-            embed_images=embed_images,
-            on_bad_image=on_bad_image,
-            revision=revision,
-        )
+    applied = _applied(
+        recipe,
+        seed,
+        streaming,
+        data_dir=data_dir,
+        image_dir=image_dir,
+        cache_dir=cache_dir,
+        sample=sample,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+        revision=revision,
     )
-    if resolved.streaming and num_proc is not None:
-        raise ValueError("num_proc prepares the sources; a streaming mix reads them as it goes and prepares nothing")
-    return _prepare(resolved, streaming=resolved.streaming, token=token, num_proc=num_proc, flatten=True)
+    if applied.streaming:
+        if num_proc is not None:
+            raise ValueError(
+                "num_proc prepares the sources; a streaming mix reads them as it goes and prepares nothing"
+            )
+        dataset, report = _streaming_mix(applied, token)
+    else:
+        dataset, report = _map_style_mix(applied, token, num_proc, flatten=True)
+    logger.info("mix %s: %s rows", applied.label, f"{report.total:,}")
+    return dataset, report
 
 
 def write_mix(
@@ -1037,20 +1049,20 @@ def write_mix(
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder for the mix")
-    base = replace(load_recipe(recipe, seed=seed), streaming=False)
-    resolved = _resolved_recipe(
-        apply_defaults(
-            base,
-            data_dir=data_dir,
-            image_dir=image_dir,
-            cache_dir=cache_dir,
-            sample=sample,
-            embed_images=embed_images,
-            on_bad_image=on_bad_image,
-            revision=revision,
-        )
+    applied = _applied(
+        recipe,
+        seed,
+        False,
+        data_dir=data_dir,
+        image_dir=image_dir,
+        cache_dir=cache_dir,
+        sample=sample,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+        revision=revision,
     )
-    dataset, report = _prepare(resolved, streaming=False, token=token, num_proc=num_proc, flatten=False)
+    dataset, report = _map_style_mix(applied, token, num_proc, flatten=False)
+    logger.info("mix %s: %s rows", applied.label, f"{report.total:,}")
     # save_to_disk writes the selected rows itself, so the index mapping is never flattened twice.
     dataset.save_to_disk(out_dir, num_proc=num_proc)
     report.save(os.path.join(out_dir, REPORT_FILENAME))
@@ -1072,6 +1084,7 @@ __all__ = [
     "apply_defaults",
     "load_recipe",
     "mix",
+    "published_counts",
     "resolve",
     "write_mix",
 ]

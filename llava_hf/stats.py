@@ -1,8 +1,10 @@
 """Statistics of a prepared dataset: counts, distributions, image sizes and formats, and PNG histograms.
 
 `compute_stats(ds)` makes one pass over the dataset in Arrow batches and returns plain figures (a
-JSON-serialisable dict); `format_stats`, `stats_markdown` and `write_histograms` only render that dict,
-so the dataset card and the CLI show the same numbers.
+JSON-serialisable dict); `StatsAccumulator` is that pass one batch at a time, for a pass that reads the
+rows anyway (the Hub export puts the figures in its card without reading the rows twice).
+`format_stats`, `stats_markdown`, `write_histograms` and `write_stats` only render that dict, so the
+dataset card and the CLI show the same numbers.
 
 Conventions, so that every figure is exact and reproducible:
 - percentiles are nearest-rank (the smallest observed value with at least p% of values at or below it);
@@ -13,12 +15,11 @@ Conventions, so that every figure is exact and reproducible:
 
 from __future__ import annotations
 
-import io
+import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import datasets
@@ -31,10 +32,10 @@ from .records import IMAGE_TOKEN
 
 PERCENTILES = (10, 50, 90, 99)
 HISTOGRAM_BINS = 30
-# Header bytes handed to PIL first; enough for the size of nearly every JPEG/PNG/GIF. If PIL cannot find
-# the size there (a JPEG with a big EXIF block before its frame header), the whole file is used.
-HEAD_BYTES = 64 << 10
 BATCH_ROWS = 1000
+STATS_FILENAME = "stats.json"
+COLUMNS = ("image", "conversations", "source")
+_PLACES = ("start", "end", "inside", "absent")
 
 
 class _Tally:
@@ -43,10 +44,7 @@ class _Tally:
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
 
-    def add(self, values: Iterable[int]) -> None:
-        self.counts.update(int(v) for v in values)
-
-    def add_counts(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray) -> None:
         uniques, counts = np.unique(values, return_counts=True)
         for value, count in zip(uniques.tolist(), counts.tolist(), strict=True):
             self.counts[value] += count
@@ -86,6 +84,97 @@ class _Tally:
         return {"edges": edges, "counts": counts, "overflow": overflow}
 
 
+class StatsAccumulator:
+    """The figures of `compute_stats`, gathered one Arrow batch at a time: `add` each batch, then `result`.
+
+    Memory is bounded by the distinct values counted, plus the set of image names already seen (unique
+    images are counted by name): about 100 bytes per unique image.
+    """
+
+    def __init__(self) -> None:
+        self.rows = self.image_rows = 0
+        self.sources: Counter[str] = Counter()
+        self.token_places: Counter[str] = Counter()
+        self.turns, self.words = _Tally(), _Tally()
+        self.words_by_speaker: dict[str, _Tally] = {}
+        self.widths, self.heights = _Tally(), _Tally()
+        self.formats: Counter[str] = Counter()
+        self.seen: set[str] = set()
+
+    def add(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """Count `rows`; they need the image, conversations and source columns (KeyError if not)."""
+        # Record batch by record batch: combining a table's chunks would copy its image bytes.
+        for batch in rows.to_batches() if isinstance(rows, pa.Table) else (rows,):
+            self._add_batch(batch)
+
+    def _add_batch(self, batch: pa.RecordBatch) -> None:
+        image, conversations, source = (batch.column(name) for name in COLUMNS)
+        self.rows += batch.num_rows
+        for item in pc.value_counts(source).to_pylist():
+            self.sources[item["values"]] += item["counts"]
+        self.turns.add(pc.list_value_length(conversations).to_numpy(zero_copy_only=False))
+        turns = conversations.flatten()
+        values = turns.field("value")
+        counts = _word_counts(values)
+        self.words.add(counts)
+        speakers = turns.field("from").to_numpy(zero_copy_only=False)
+        for speaker in np.unique(speakers).tolist():
+            self.words_by_speaker.setdefault(speaker, _Tally()).add(counts[speakers == speaker])
+        present = pc.is_valid(image).to_numpy(zero_copy_only=False)
+        self.image_rows += int(present.sum())
+        self._count_token_places(values, pc.list_parent_indices(conversations).to_numpy(), present)
+        self._read_new_images(image, present)
+
+    def result(self) -> dict[str, Any]:
+        """The figures as `compute_stats` returns them."""
+        return {
+            "rows": self.rows,
+            "image_rows": self.image_rows,
+            "text_only_rows": self.rows - self.image_rows,
+            "unique_images": len(self.seen),
+            "sources": dict(sorted(self.sources.items())),
+            "image_token": {place: self.token_places[place] for place in _PLACES},
+            "turns": self.turns.summary(),
+            "words_per_turn": {
+                "all": self.words.summary(),
+                "by_speaker": {speaker: tally.summary() for speaker, tally in sorted(self.words_by_speaker.items())},
+            },
+            "image_width": self.widths.summary(),
+            "image_height": self.heights.summary(),
+            "image_formats": dict(sorted(self.formats.items(), key=lambda item: (-item[1], item[0]))),
+        }
+
+    def _count_token_places(self, values: pa.StringArray, parents: np.ndarray, present: np.ndarray) -> None:
+        # Where `<image>` sits in the first turn that holds it (`values` are the turns' texts, `parents`
+        # their rows), for the rows with an image.
+        holds = np.flatnonzero(pc.match_substring(values, IMAGE_TOKEN).to_numpy(zero_copy_only=False))
+        rows, first = np.unique(parents[holds], return_index=True)
+        texts = values.take(pa.array(holds[first], pa.int64()))
+        start = pc.starts_with(texts, IMAGE_TOKEN).to_numpy(zero_copy_only=False)
+        end = pc.ends_with(texts, IMAGE_TOKEN).to_numpy(zero_copy_only=False) & ~start
+        with_image = present[rows]
+        self.token_places["start"] += int((start & with_image).sum())
+        self.token_places["end"] += int((end & with_image).sum())
+        self.token_places["inside"] += int((~start & ~end & with_image).sum())
+        self.token_places["absent"] += int(present.sum() - with_image.sum())
+
+    def _read_new_images(self, image: pa.StructArray, present: np.ndarray) -> None:
+        paths = image.field("path").to_pylist()
+        data = image.field("bytes")
+        for i in np.flatnonzero(present).tolist():
+            if paths[i] in self.seen:
+                continue
+            self.seen.add(paths[i])
+            header = _image_header(data[i].as_buffer(), paths[i])
+            if header is None:
+                self.formats["unreadable"] += 1
+                continue
+            (width, height), fmt = header
+            self.widths.counts[width] += 1
+            self.heights.counts[height] += 1
+            self.formats[fmt] += 1
+
+
 def compute_stats(ds: datasets.Dataset | datasets.IterableDataset, *, progress: bool = False) -> dict[str, Any]:
     """Figures about a dataset in the llava_hf schema, as a JSON-serialisable dict.
 
@@ -94,60 +183,21 @@ def compute_stats(ds: datasets.Dataset | datasets.IterableDataset, *, progress: 
     conversation), words_per_turn ({"all": ..., "by_speaker": {"human": ..., "gpt": ...}}), image_width and
     image_height (pixels, per unique image), image_formats (unique images per PIL format; "unreadable" for
     files PIL cannot open). Distributions are {count, min, max, mean, p10, p50, p90, p99, histogram:
-    {edges, counts}}.
+    {edges, counts, overflow}}.
 
     Reads the text and each unique image's header; nothing is decoded. Raises KeyError when a column of
     the llava_hf schema is missing.
     """
     from datasets.utils.tqdm import tqdm
 
-    rows = image_rows = 0
-    sources: Counter[str] = Counter()
-    token_places: Counter[str] = Counter()
-    turns, words = _Tally(), _Tally()
-    words_by_speaker: dict[str, _Tally] = {}
-    widths, heights = _Tally(), _Tally()
-    formats: Counter[str] = Counter()
-    seen: set[str] = set()
-
-    columns = ["image", "conversations", "source"]
-    batches = ds.select_columns(columns).with_format("arrow").iter(batch_size=BATCH_ROWS)
+    accumulator = StatsAccumulator()
+    batches = ds.select_columns(list(COLUMNS)).with_format("arrow").iter(batch_size=BATCH_ROWS)
     total = len(ds) if isinstance(ds, datasets.Dataset) else None
     with tqdm(total=total, unit=" rows", desc="statistics", disable=not progress) as bar:
         for batch in batches:
-            rows += batch.num_rows
-            sources.update(batch.column("source").to_pylist())
-            conversations = batch.column("conversations").combine_chunks()
-            turns.add_counts(pc.list_value_length(conversations).to_numpy(zero_copy_only=False))
-            values = conversations.flatten()
-            counts = _word_counts(values.field("value"))
-            words.add_counts(counts)
-            speakers = values.field("from").to_numpy(zero_copy_only=False)
-            for speaker in np.unique(speakers).tolist():
-                words_by_speaker.setdefault(speaker, _Tally()).add_counts(counts[speakers == speaker])
-            image = batch.column("image").combine_chunks()
-            present = pc.is_valid(image).to_numpy(zero_copy_only=False)
-            image_rows += int(present.sum())
-            _count_token_places(conversations, present, token_places)
-            _read_new_images(image, present, seen, widths, heights, formats)
+            accumulator.add(batch)
             bar.update(batch.num_rows)
-
-    return {
-        "rows": rows,
-        "image_rows": image_rows,
-        "text_only_rows": rows - image_rows,
-        "unique_images": len(seen),
-        "sources": dict(sorted(sources.items())),
-        "image_token": {place: token_places[place] for place in ("start", "end", "inside", "absent")},
-        "turns": turns.summary(),
-        "words_per_turn": {
-            "all": words.summary(),
-            "by_speaker": {speaker: tally.summary() for speaker, tally in sorted(words_by_speaker.items())},
-        },
-        "image_width": widths.summary(),
-        "image_height": heights.summary(),
-        "image_formats": dict(sorted(formats.items(), key=lambda item: (-item[1], item[0]))),
-    }
+    return accumulator.result()
 
 
 def _word_counts(values: pa.Array) -> np.ndarray:
@@ -157,89 +207,44 @@ def _word_counts(values: pa.Array) -> np.ndarray:
     return np.where(pc.equal(text, "").to_numpy(zero_copy_only=False), 0, pieces)
 
 
-def _count_token_places(conversations: pa.ListArray, present: np.ndarray, places: Counter[str]) -> None:
-    for has_image, turns in zip(present.tolist(), conversations.to_pylist(), strict=True):
-        if not has_image:
-            continue
-        text = next((t["value"] for t in turns if IMAGE_TOKEN in t["value"]), None)
-        if text is None:
-            places["absent"] += 1
-        elif text.startswith(IMAGE_TOKEN):
-            places["start"] += 1
-        elif text.endswith(IMAGE_TOKEN):
-            places["end"] += 1
-        else:
-            places["inside"] += 1
+def _image_header(data: pa.Buffer | None, path: str) -> tuple[tuple[int, int], str] | None:
+    """((width, height), format) of one image, or None when PIL cannot read it.
 
-
-def _read_new_images(
-    image: pa.StructArray, present: np.ndarray, seen: set[str], widths: _Tally, heights: _Tally, formats: Counter
-) -> None:
-    paths = image.field("path").to_pylist()
-    heads = pc.binary_slice(image.field("bytes"), 0, HEAD_BYTES).to_pylist()
-    for i, (has_image, path, head) in enumerate(zip(present.tolist(), paths, heads, strict=True)):
-        if not has_image or path in seen:
-            continue
-        seen.add(path)
-        header = _image_header(head, path, lambda i=i: image.field("bytes")[i].as_py())
-        if header is None:
-            formats["unreadable"] += 1
-            continue
-        (width, height), fmt = header
-        widths.add((width,))
-        heights.add((height,))
-        formats[fmt] += 1
-
-
-def _image_header(head: bytes | None, path: str, read_whole: Callable[[], bytes]) -> tuple[tuple[int, int], str] | None:
-    """((width, height), format) from an image's first bytes, or None when PIL cannot read it.
-
-    `read_whole` gives the whole file, for the rare header that does not fit in `head`.
+    PIL reads only the header from the file object, wherever in the file the frame header is: the embedded
+    bytes are wrapped without a copy, and an image prepared with embed_images=False (`path` a local path or
+    a zip:// URL) is opened with fsspec.
     """
-    if head is None:
-        # Prepared with embed_images=False: `path` is a local path or a zip:// URL that fsspec opens.
+    try:
+        if data is not None:
+            return _header(pa.BufferReader(data))
         import fsspec
 
-        def read_whole() -> bytes:
-            with fsspec.open(path, "rb") as f:
-                return f.read()
-
-        try:
-            with fsspec.open(path, "rb") as f:
-                head = f.read(HEAD_BYTES)
-        except OSError:
-            return None
-    try:
-        return _header(head)
+        with fsspec.open(path, "rb") as f:
+            return _header(f)
     except Exception:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) on malformed data
-        if len(head) < HEAD_BYTES:
-            return None  # the head was the whole file
-    try:
-        return _header(read_whole())
-    except Exception:
         return None
 
 
-def _header(data: bytes) -> tuple[tuple[int, int], str]:
-    with Image.open(io.BytesIO(data)) as im:
+def _header(file: Any) -> tuple[tuple[int, int], str]:
+    with Image.open(file) as im:
         return im.size, im.format or "unknown"
 
 
 # --- rendering ------------------------------------------------------------------------------------------
 
-_DISTRIBUTIONS = (
-    ("turns", "turns per conversation"),
-    ("image_width", "image width (px)"),
-    ("image_height", "image height (px)"),
-)
 
-
-def _distribution_rows(stats: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [(label, stats[key]) for key, label in _DISTRIBUTIONS[:1]]
-    rows.append(("words per turn", stats["words_per_turn"]["all"]))
-    rows += [(f"words per turn ({s})", d) for s, d in stats["words_per_turn"]["by_speaker"].items()]
-    rows += [(label, stats[key]) for key, label in _DISTRIBUTIONS[1:]]
-    return [(label, d) for label, d in rows if d.get("count")]
+def _distributions(stats: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(file slug, label, distribution) of every distribution with observations, in display order."""
+    words = stats["words_per_turn"]
+    rows = [("turns", "turns per conversation", stats["turns"]), ("words_per_turn", "words per turn", words["all"])]
+    for speaker, d in words["by_speaker"].items():
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", speaker)
+        rows.append((f"words_per_turn_{slug}", f"words per turn ({speaker})", d))
+    rows += [
+        ("image_width", "image width (px)", stats["image_width"]),
+        ("image_height", "image height (px)", stats["image_height"]),
+    ]
+    return [row for row in rows if row[2].get("count")]
 
 
 def _share(count: int, total: int) -> str:
@@ -260,7 +265,7 @@ def format_stats(stats: dict[str, Any], name: str = "dataset") -> str:
     header = ("", "min", *(f"p{p}" for p in PERCENTILES), "max", "mean")
     table = [header] + [
         (label, d["min"], *(d[f"p{p}"] for p in PERCENTILES), d["max"], d["mean"])
-        for label, d in _distribution_rows(stats)
+        for _, label, d in _distributions(stats)
     ]
     widths = [max(len(f"{row[i]}") for row in table) for i in range(len(header))]
     for row in table:
@@ -269,8 +274,18 @@ def format_stats(stats: dict[str, Any], name: str = "dataset") -> str:
     return "\n".join(lines)
 
 
-def stats_markdown(stats: dict[str, Any], heading: str = "## Statistics") -> str:
-    """A dataset card section (Markdown) with the figures of `compute_stats`."""
+STATS_CONVENTIONS = (
+    "Percentiles are nearest-rank; words are whitespace-separated, `<image>` not counted; image sizes "
+    "count each distinct image name once."
+)
+
+
+def stats_markdown(stats: dict[str, Any], heading: str = "## Statistics", *, conventions: bool = True) -> str:
+    """A dataset card section (Markdown) with the figures of `compute_stats`, under `heading`.
+
+    conventions: end with the line that says how the figures are counted (`STATS_CONVENTIONS`); a card
+    with several such sections says it once instead.
+    """
     rows = stats["rows"]
     lines = [
         heading,
@@ -285,21 +300,18 @@ def stats_markdown(stats: dict[str, Any], heading: str = "## Statistics") -> str
         "| distribution | min | " + " | ".join(f"p{p}" for p in PERCENTILES) + " | max | mean |",
         "|---|" + "---:|" * (len(PERCENTILES) + 3),
     ]
-    for label, d in _distribution_rows(stats):
+    for _, label, d in _distributions(stats):
         cells = [d["min"], *(d[f"p{p}"] for p in PERCENTILES), d["max"], d["mean"]]
         lines.append(f"| {label} | " + " | ".join(f"{c:,}" for c in cells) + " |")
-    lines += ["", "Rows per source: " + ", ".join(f"`{s}` {_share(c, rows)}" for s, c in stats["sources"].items())]
+    lines += ["", "- Rows per source: " + ", ".join(f"`{s}` {_share(c, rows)}" for s, c in stats["sources"].items())]
     if stats["image_formats"]:
         formats = ", ".join(f"{f} {c:,}" for f, c in stats["image_formats"].items())
-        lines.append(f"Image formats (unique images, read from the file headers): {formats}.")
+        lines.append(f"- Image formats (unique images, read from the file headers): {formats}.")
     places = ", ".join(f"{p} {c:,}" for p, c in stats["image_token"].items() if c)
     if places:
-        lines.append(f"Where `<image>` sits in its turn: {places}.")
-    lines += [
-        "",
-        "Percentiles are nearest-rank; words are whitespace-separated, `<image>` not counted; image sizes "
-        "count each distinct image name once.",
-    ]
+        lines.append(f"- Where `<image>` sits in its turn: {places}.")
+    if conventions:
+        lines += ["", STATS_CONVENTIONS]
     return "\n".join(lines) + "\n"
 
 
@@ -310,23 +322,26 @@ def write_histograms(stats: dict[str, Any], out_dir: str | os.PathLike) -> list[
     (a distribution with no observations gets no file).
     """
     os.makedirs(out_dir, exist_ok=True)
-    charts = [("turns", "turns per conversation", stats["turns"])]
-    charts.append(("words_per_turn", "words per turn", stats["words_per_turn"]["all"]))
-    for speaker, d in stats["words_per_turn"]["by_speaker"].items():
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", speaker)
-        charts.append((f"words_per_turn_{slug}", f"words per turn ({speaker})", d))
-    charts += [
-        ("image_width", "image width (px), unique images", stats["image_width"]),
-        ("image_height", "image height (px), unique images", stats["image_height"]),
-    ]
     paths = []
-    for slug, title, d in charts:
-        if not d.get("count"):
-            continue
+    for slug, label, d in _distributions(stats):
+        title = f"{label}, unique images" if slug.startswith("image_") else label
         path = os.path.join(os.fspath(out_dir), f"{slug}.png")
         draw_histogram(d["histogram"], title, f"n={d['count']:,}  p50={d['p50']:,}  p90={d['p90']:,}").save(path)
         paths.append(path)
     return paths
+
+
+def write_stats(stats: dict[str, Any], out_dir: str | os.PathLike) -> list[str]:
+    """Write `stats` to `out_dir/stats.json` and its histograms beside it (`write_histograms`).
+
+    Returns the paths written, stats.json first. The folder is created if missing.
+    """
+    paths = write_histograms(stats, out_dir)
+    path = os.path.join(os.fspath(out_dir), STATS_FILENAME)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=1)
+        f.write("\n")
+    return [path, *paths]
 
 
 def draw_histogram(histogram: dict[str, list[int]], title: str, note: str = "", size=(720, 420)) -> Image.Image:

@@ -23,26 +23,27 @@ def test_list(capsys):
     assert lines[-1].split()[:4] == ["blip_558k", "558,128", "liuhaotian/LLaVA-Pretrain", "blip_laion_cc_sbu_558k.json"]
 
 
+def prepare_args(release, name: str, cache_dir: str, *more: str) -> list[str]:
+    options = release.options(name)
+    return [
+        "prepare",
+        name,
+        "--data-dir",
+        options["data_dir"],
+        "--image-dir",
+        options["image_dir"],
+        "--cache-dir",
+        cache_dir,
+        *more,
+    ]
+
+
 def test_prepare_reports_what_it_found_and_wrote(release, cache_dir, capsys):
     options = release.options("llava_v1_5_mix665k")
     (release.image_dir("llava_v1_5_mix665k") / "gqa/images/n161313.jpg").write_bytes(b"")
-    code = main(
-        [
-            "prepare",
-            "llava_v1_5_mix665k",
-            "--data-dir",
-            options["data_dir"],
-            "--image-dir",
-            options["image_dir"],
-            "--cache-dir",
-            cache_dir,
-            "--on-bad-image",
-            "skip",
-            "--num-proc",
-            "2",
-        ]
+    assert (
+        main(prepare_args(release, "llava_v1_5_mix665k", cache_dir, "--on-bad-image", "skip", "--num-proc", "2")) == 0
     )
-    assert code == 0
     captured = capsys.readouterr()
     found = [line for line in captured.err.splitlines() if "found" in line]
     assert found[0].startswith(f"llava_v1_5_mix665k: found {options['data_dir']}/llava_v1_5_mix665k.json (8 records,")
@@ -60,22 +61,8 @@ def test_prepare_reports_what_it_found_and_wrote(release, cache_dir, capsys):
 
 
 def test_prepare_bad_data_exits_with_the_message(release, cache_dir, capsys):
-    options = release.options("detail_23k")
     (release.image_dir("detail_23k") / "000000398214.jpg").unlink()
-    code = main(
-        [
-            "prepare",
-            "detail_23k",
-            "--data-dir",
-            options["data_dir"],
-            "--image-dir",
-            options["image_dir"],
-            "--cache-dir",
-            cache_dir,
-            "-q",
-        ]
-    )
-    assert code == 1
+    assert main(prepare_args(release, "detail_23k", cache_dir, "-q")) == 1
     assert (
         capsys.readouterr()
         .err.splitlines()[-1]

@@ -13,10 +13,12 @@ from PIL import Image
 import llava_hf
 from llava_hf import formats
 from llava_hf.cli import main
+from llava_hf.features import FEATURES
 from llava_hf.formats import (
     ImageFolder,
     content_blocks,
     conversation_to_messages,
+    export_for_trainer,
     to_llamafactory,
     to_llava,
     to_messages,
@@ -370,6 +372,39 @@ def test_llamafactory_counts_rows_it_would_skip_and_adds_missing_tokens(release,
     }
 
 
+def test_llamafactory_refuses_an_image_with_no_turn_to_hold_its_token(tmp_path):
+    row = {"id": "x", "image": {"bytes": b"\xff\xd8\xff", "path": "x.jpg"}, "conversations": []}
+    ds = datasets.Dataset.from_list(
+        [{**row, "source": "t", "caption": None, "blip_caption": None, "url": None, "extra": None}], features=FEATURES
+    )
+    with pytest.raises(ValueError) as caught:
+        to_llamafactory(ds, tmp_path, name="x", progress=False)
+    assert str(caught.value) == "row 0 (id='x'): has an image but no turns to put it in"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no JSONL, no dataset_info.json
+
+
+# --- several configs at once -----------------------------------------------------------------------------
+
+
+def test_export_for_trainer_writes_one_folder_per_config(cache_dir, tmp_path):
+    results = export_for_trainer(
+        ["detail_23k", "blip_558k"], tmp_path / "out", "llava", sample=True, cache_dir=cache_dir, progress=False
+    )
+    assert list(results) == ["detail_23k", "blip_558k"]
+    for name, rows in (("detail_23k", 3), ("blip_558k", 4)):
+        out = str(tmp_path / "out" / name)
+        assert results[name]["out_dir"] == out
+        assert (results[name]["json"], results[name]["rows"]) == (f"{out}/{llava_hf.CATALOG[name].filename}", rows)
+    (one,) = export_for_trainer("detail_23k", tmp_path / "one", "trl", sample=True, cache_dir=cache_dir).values()
+    assert one == {"out_dir": str(tmp_path / "one"), "files": [str(tmp_path / "one" / "train-00000.parquet")]} | {
+        "rows": 3,
+        "images": 3,
+    }
+    with pytest.raises(ValueError) as caught:
+        export_for_trainer("detail_23k", tmp_path / "x", "sharegpt", sample=True)
+    assert str(caught.value) == "format must be one of ('trl', 'llamafactory', 'llava'), got 'sharegpt'"
+
+
 # --- CLI -------------------------------------------------------------------------------------------------
 
 
@@ -397,3 +432,11 @@ def test_cli_export_for_trainers(release, cache_dir, tmp_path, capsys):
     stanza = json.loads(out_text[out_text.index("{") :])
     assert stanza["llava_hf_detail_23k"]["file_name"] == "llava_hf_detail_23k.jsonl"
     assert os.path.exists(tmp_path / "lf" / "images" / "000000319154.jpg")
+
+    # the Hub layout's options mean nothing to a trainer's format: refused, not silently ignored
+    code = main(
+        ["export", "detail_23k", "--format", "trl", "-o", str(tmp_path / "t"), "--sample", "--default", "detail_23k"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err == "llava-hf export: --default only apply with --format hub\n"
+    assert not (tmp_path / "t").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import llava_hf
 from llava_hf import hub
 from llava_hf.cli import main
 from llava_hf.features import FEATURES, SCHEMA
+from llava_hf.stats import STATS_CONVENTIONS, compute_stats, stats_markdown
 
 SAMPLE_CONFIGS = ["detail_23k", "llava_v1_5_mix665k", "cc3m_595k", "blip_558k"]
 SECRET = "hf_thisIsAFakeTokenThatMustNeverBeWritten"
@@ -144,6 +146,8 @@ def test_card_yaml_configs_and_dataset_info(sample_export):
     assert [name for name, c in configs.items() if c.get("default")] == ["detail_23k"]
     assert configs["cc3m_595k"]["data_files"] == [{"split": "train", "path": "cc3m_595k/train-*.parquet"}]
     assert meta["license"] == ["cc-by-4.0", "other"]
+    # two configs under two "other" terms: one name for both, and the card's License section as the link
+    assert (meta["license_name"], meta["license_link"]) == ("llava-cc3m-pretrain-595k-and-llava-pretrain", "README.md")
     infos = DatasetInfosDict.from_dataset_card_data(DatasetCard.load(out / "README.md").data)
     for name in SAMPLE_CONFIGS:
         assert infos[name].features == FEATURES
@@ -168,11 +172,79 @@ def test_card_body_names_sources_counts_license_and_citation(sample_export):
             assert source["metadata"]["sha256"] in text
     assert "the llava_hf embedded sample" in text
     assert "@inproceedings{liu2023llava" in text and "@inproceedings{liu2024improved" in text
-    (line,) = [
-        line for line in text.splitlines() if line.startswith("- `cc3m_595k`, `blip_558k`: `other`, as declared by")
+    licenses = [line for line in text.splitlines() if line.startswith("- `")]
+    assert licenses == [
+        "- `detail_23k`, `llava_v1_5_mix665k`: `cc-by-4.0`, as declared by "
+        "[liuhaotian/LLaVA-Instruct-150K](https://huggingface.co/datasets/liuhaotian/LLaVA-Instruct-150K).",
+        "- `cc3m_595k`: `other` ([llava-cc3m-pretrain-595k](https://huggingface.co/datasets/liuhaotian/"
+        "LLaVA-CC3M-Pretrain-595K/blob/main/README.md)), as declared by [liuhaotian/LLaVA-CC3M-Pretrain-595K]"
+        "(https://huggingface.co/datasets/liuhaotian/LLaVA-CC3M-Pretrain-595K).",
+        "- `blip_558k`: `other` ([llava-pretrain](https://huggingface.co/datasets/liuhaotian/LLaVA-Pretrain/blob/"
+        "main/README.md)), as declared by [liuhaotian/LLaVA-Pretrain](https://huggingface.co/datasets/liuhaotian/"
+        "LLaVA-Pretrain).",
     ]
-    assert "[liuhaotian/LLaVA-CC3M-Pretrain-595K](" in line and "[liuhaotian/LLaVA-Pretrain](" in line
     assert 'load_dataset("<org>/<name>", "detail_23k"' in text
+
+
+def test_card_license_fields_come_from_the_catalog(sample_export):
+    _, _, figures = sample_export
+    expected = {
+        "detail_23k": ("cc-by-4.0", None, None),
+        "cc3m_595k": (
+            "other",
+            "llava-cc3m-pretrain-595k",
+            "https://huggingface.co/datasets/liuhaotian/LLaVA-CC3M-Pretrain-595K/blob/main/README.md",
+        ),
+        "blip_558k": (
+            "other",
+            "llava-pretrain",
+            "https://huggingface.co/datasets/liuhaotian/LLaVA-Pretrain/blob/main/README.md",
+        ),
+    }
+    for name, (license_, license_name, license_link) in expected.items():
+        data = DatasetCard(hub.render_card({name: figures[name]}, default=name)).data
+        assert (data.license, data.get("license_name"), data.get("license_link")) == (
+            license_,
+            license_name,
+            license_link,
+        )
+    # one "other" beside cc-by-4.0: its own name and link
+    data = DatasetCard(hub.render_card({n: figures[n] for n in ("detail_23k", "blip_558k")}, "detail_23k")).data
+    assert (data.license, data.license_name) == (["cc-by-4.0", "other"], "llava-pretrain")
+
+
+def test_catalog_refuses_license_fields_that_do_not_fit():
+    entry = llava_hf.CATALOG["blip_558k"]
+    with pytest.raises(ValueError) as caught:
+        dataclasses.replace(entry, license_link=None)
+    assert str(caught.value) == (
+        "blip_558k: license_name and license_link go with license 'other', and only with it; got license='other', "
+        "license_name='llava-pretrain', license_link=None"
+    )
+    with pytest.raises(ValueError, match="^blip_558k: license_name must be lowercase letters, digits, '-' and '.', "):
+        dataclasses.replace(entry, license_name="LLaVA Pretrain")
+    with pytest.raises(ValueError, match="^detail_23k: license_name and license_link go with license 'other'"):
+        dataclasses.replace(llava_hf.CATALOG["detail_23k"], license_name="x", license_link="https://x")
+
+
+def test_card_statistics_are_those_of_the_exported_rows(sample_export):
+    out, cache, figures = sample_export
+    text = (out / "README.md").read_text(encoding="utf-8")
+    statistics = text[text.index("## Statistics\n") : text.index("## Sources\n")]
+    for name in SAMPLE_CONFIGS:
+        stats = compute_stats(llava_hf.load_dataset(name, sample=True, cache_dir=cache))
+        assert figures[name]["stats"] == stats
+        assert json.loads((out / name / "llava_hf_export.json").read_text())["stats"] == stats
+        assert stats_markdown(stats, heading=f"### `{name}`", conventions=False) in statistics
+    mix = statistics[statistics.index("### `llava_v1_5_mix665k`") : statistics.index("### `cc3m_595k`")]
+    assert "| rows with an image | 7 (87.5%) |" in mix
+    assert "| words per turn (human) | 4 | 4 | 7 | 13 | 14 | 14 | 8.7 |" in mix
+    assert "- Image formats (unique images, read from the file headers): JPEG 5, GIF 1, PNG 1." in mix
+    assert statistics.count(STATS_CONVENTIONS) == 1
+    # a config exported before the statistics existed (kept on the repo by a push) says so
+    older = {key: value for key, value in figures["cc3m_595k"].items() if key != "stats"}
+    card = hub.render_card({"detail_23k": figures["detail_23k"], "cc3m_595k": older}, default="detail_23k")
+    assert "### `cc3m_595k`\n\nNot computed for this config.\n" in card
 
 
 def test_card_shows_skipped_rows_per_reason(release, cache_dir, tmp_path):

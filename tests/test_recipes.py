@@ -184,6 +184,16 @@ def test_seed_moves_random_choices_only():
         ]
 
 
+def test_published_counts_read_nothing():
+    report = recipes.published_counts("instruct_parts")
+    assert (report.counted_from, report.total, report.streaming) == ("catalog", 156_564, False)
+    assert [(c.config, c.records, c.skipped, c.mixed) for c in report.sources] == [
+        ("conversation_58k", 56_681, 0, 56_681),
+        ("detail_23k", 23_240, 0, 23_240),
+        ("complex_reasoning_77k", 76_643, 0, 76_643),
+    ]
+
+
 def test_percentages_round_up_like_llava_next():
     plan = resolve(recipe("concatenate", {"sampling_strategy": "first:10%"}, configs=["llava_v1_5_mix665k"]))
     assert plan.counts[0].selected == 66_530  # ceil(665,298 / 10)

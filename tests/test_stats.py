@@ -16,7 +16,15 @@ import llava_hf
 from llava_hf.cli import main
 from llava_hf.features import FEATURES
 from llava_hf.preview import write_preview
-from llava_hf.stats import HEAD_BYTES, _image_header, _Tally, compute_stats, stats_markdown, write_histograms
+from llava_hf.stats import (
+    STATS_CONVENTIONS,
+    StatsAccumulator,
+    _Tally,
+    compute_stats,
+    stats_markdown,
+    write_histograms,
+    write_stats,
+)
 
 
 def load(release, name, cache_dir, **kw):
@@ -87,9 +95,15 @@ def test_mix665k_figures_exactly(release, cache_dir):
     assert (words["count"], words["p50"], words["p90"], words["mean"]) == (20, 5, 13, 6.5)
     # unique images by name, sizes from the headers: GIF and PNG under .jpg names are told by content
     assert stats["image_formats"] == {"JPEG": 5, "GIF": 1, "PNG": 1}
-    assert stats["image_width"]["count"] == 7
-    assert (stats["image_width"]["min"], stats["image_width"]["max"]) == (96, 96)
-    assert (stats["image_height"]["min"], stats["image_height"]["max"]) == (72, 72)
+    for key, side in (("image_width", 96), ("image_height", 72)):
+        assert stats[key] == {
+            "count": 7,
+            "min": side,
+            "max": side,
+            "mean": float(side),
+            **{f"p{p}": side for p in (10, 50, 90, 99)},
+            "histogram": {"edges": [side, side + 1], "counts": [7], "overflow": 0},
+        }
     assert json.loads(json.dumps(stats)) == stats
 
 
@@ -129,20 +143,37 @@ def test_words_ignore_the_image_token_and_whitespace():
 def test_image_sizes_come_from_headers_even_when_far_into_the_file():
     picture = Image.new("RGB", (640, 480), "red")
     buffer = io.BytesIO()
-    picture.save(buffer, "JPEG", icc_profile=b"\0" * (HEAD_BYTES + 10_000))  # frame header after 74 KB
-    data = buffer.getvalue()
-    assert _image_header(data[:HEAD_BYTES], "x.jpg", lambda: data) == ((640, 480), "JPEG")
-    assert _image_header(b"not an image", "y.jpg", lambda: b"") is None
+    picture.save(buffer, "JPEG", icc_profile=b"\0" * 80_000)  # the frame header comes after 80 KB
     ds = table_of(
         [
-            {"id": "big", "image": {"bytes": data, "path": "big.jpg"}, "conversations": turns("<image>\nq", "a")},
+            {
+                "id": "big",
+                "image": {"bytes": buffer.getvalue(), "path": "big.jpg"},
+                "conversations": turns("<image>\nq", "a"),
+            },
             {"id": "bad", "image": {"bytes": b"GIF89a-broken", "path": "bad.gif"}, "conversations": turns("q", "a")},
+            {"id": "mid", "image": {"bytes": jpeg(2), "path": "mid.jpg"}, "conversations": turns("q <image> q", "a")},
+            {"id": "end", "image": {"bytes": jpeg(3), "path": "end.jpg"}, "conversations": turns("q", "a\n<image>")},
         ]
     )
     stats = compute_stats(ds)
-    assert stats["image_formats"] == {"JPEG": 1, "unreadable": 1}
+    assert stats["image_formats"] == {"JPEG": 3, "unreadable": 1}
     assert (stats["image_width"]["max"], stats["image_height"]["max"]) == (640, 480)
-    assert stats["image_token"] == {"start": 1, "end": 0, "inside": 0, "absent": 1}
+    assert (stats["image_width"]["min"], stats["image_height"]["min"]) == (96, 72)
+    # the first turn that holds `<image>` decides, whoever speaks it
+    assert stats["image_token"] == {"start": 1, "end": 1, "inside": 1, "absent": 1}
+
+
+def test_accumulator_gives_the_figures_of_compute_stats_whatever_the_batches(release, cache_dir):
+    ds = load(release, "llava_v1_5_mix665k", cache_dir)
+    table = ds.with_format("arrow")[:]
+    for size in (1, 3, 8):
+        accumulator = StatsAccumulator()
+        for batch in table.to_batches(max_chunksize=size):
+            accumulator.add(batch)
+        assert accumulator.result() == compute_stats(ds)
+    with pytest.raises(KeyError):
+        StatsAccumulator().add(table.drop_columns(["source"]))
 
 
 def test_paths_of_unembedded_images_are_read(release, cache_dir):
@@ -165,6 +196,11 @@ def test_markdown_section_and_histograms(release, cache_dir, tmp_path):
     for path in paths:
         with Image.open(path) as im:
             assert (im.format, im.size) == ("PNG", (720, 420))
+    written = write_stats(stats, tmp_path / "all")
+    assert written == [str(tmp_path / "all" / "stats.json"), *(str(tmp_path / "all" / f"{n}.png") for n in names)]
+    assert json.loads((tmp_path / "all" / "stats.json").read_text()) == stats
+    assert not stats_markdown(stats, conventions=False).endswith(STATS_CONVENTIONS + "\n")
+    assert stats_markdown(stats).endswith("\n\n" + STATS_CONVENTIONS + "\n")
 
 
 def test_cli_stats(release, cache_dir, tmp_path, capsys):
@@ -225,6 +261,10 @@ def test_preview_escapes_text_and_survives_a_bad_image(tmp_path):
     assert "id <code>&lt;b&gt;x&lt;/b&gt;</code>" in page
     assert "image &#x27;a.jpg&#x27; could not be decoded" in page
     assert len(IMG.findall(page)) == 1
+    with pytest.raises(ValueError) as caught:
+        write_preview(ds, tmp_path / "none.html", n=0)
+    assert str(caught.value) == "n must be a whole number of at least 1, got 0"
+    assert not (tmp_path / "none.html").exists()
 
 
 def test_preview_sample_is_seeded(release, cache_dir, tmp_path):
