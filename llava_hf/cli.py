@@ -18,7 +18,8 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for n, row in enumerate(cells):
-        print("  ".join(cell.rjust(w) if cell[:1].isdigit() else cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        line = "  ".join(cell.rjust(w) if cell[:1].isdigit() else cell.ljust(w) for cell, w in zip(row, widths))
+        print(line.rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
 

@@ -138,11 +138,24 @@ def open_lazy(path: str) -> pa.Table:
     return pa.ipc.open_stream(buffer).read_all()
 
 
+def _merged(spans: list[tuple[int, int]], gap: int = 64 << 10) -> list[tuple[int, int]]:
+    # Neighbouring values (a row's columns lie close together in its record batch) become one request.
+    merged: list[list[int]] = []
+    for address, length in sorted(spans):
+        if length <= 0:
+            continue
+        if merged and address <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], address + length)
+        else:
+            merged.append([address, address + length])
+    return [(start, end - start) for start, end in merged]
+
+
 def _advise(spans: list[tuple[int, int]]) -> None:
     """MADV_WILLNEED on the pages of `spans` (address, length) that lie in lazy mappings."""
     if _madvise is None or not _starts:
         return
-    for address, length in spans:
+    for address, length in _merged(spans):
         mapping = _mapping_of(address)
         if mapping is None or length <= 0:
             continue
@@ -188,6 +201,29 @@ def value_spans(array: pa.Array, out: list[tuple[int, int]] | None = None) -> li
     return out
 
 
+# Buffers up to this size (a record batch's ids, captions, conversations...) are requested whole, once;
+# bigger ones (the image bytes) only for the rows asked for.
+SMALL_BUFFER = 256 << 10
+_requested: set[int] = set()  # addresses of small buffers already requested
+
+
+def row_spans(table: pa.Table) -> list[tuple[int, int]]:
+    """The memory to request for the rows of `table` (a few rows of a lazily mapped table), cheaply: the
+    values of the rows in big buffers, and each small buffer whole the first time it is met."""
+    spans: list[tuple[int, int]] = []
+    for column in table.columns:
+        for chunk in column.chunks:
+            buffers = [b for b in chunk.buffers() if b is not None]
+            if any(b.size > SMALL_BUFFER for b in buffers):
+                value_spans(chunk, spans)
+                continue
+            for b in buffers:
+                if b.address not in _requested and _mapping_of(b.address) is not None:
+                    _requested.add(b.address)
+                    spans.append((b.address, b.size))
+    return spans
+
+
 def table_spans(table: pa.Table) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for column in table.columns:
@@ -227,7 +263,7 @@ def install() -> bool:
     def query_table(table, key, indices=None):
         result = stock_query(table, key, indices=indices)
         if _starts and not isinstance(key, str):
-            _advise(table_spans(result))
+            _advise(row_spans(result))
         return result
 
     def table_iter(table, batch_size, drop_last_batch=False) -> Iterator[pa.Table]:
