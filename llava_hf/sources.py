@@ -32,7 +32,7 @@ BATCH_ROWS = 100
 MIN_SHARDS = 16
 SHARD_ROWS = 10_000
 
-_CHUNK = 16 << 20  # bytes read per step of the scan
+_CHUNK = 4 << 20  # bytes read per step of the scan
 _MAX_RECORD = 64 << 20  # a single record larger than this is reported as malformed
 _WS = re.compile(r"[ \t\r\n]*")
 
