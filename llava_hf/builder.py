@@ -19,19 +19,11 @@ from datasets.builder import Key
 from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
-from .convert import ShardSpec, SkipLog, convert_shard
+from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .features import FEATURES
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .reader import REPORT_FILENAME
-from .sources import (
-    BATCH_ROWS,
-    Inputs,
-    first_mismatch,
-    index_json_array,
-    input_identity,
-    plan_shards,
-    resolve_inputs,
-)
+from .sources import BATCH_ROWS, input_identity
 
 logger = logging.getLogger("llava_hf")
 
@@ -138,20 +130,13 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         self.name = self.info.builder_name = "llava_hf"
         self._source: Source = get_source(self.config.name)
         self._check_inputs()
-        self._inputs: Inputs | None = None
-        self._facts: dict[str, Any] = {}
+        self._plan: Plan | None = None
         self._skip_dir: str | None = None
         self._main_pid: int | None = None
 
     def _check_inputs(self) -> None:
-        config, source = self.config, self._source
-        if config.sample and (config.data_dir or config.image_dir):
-            raise ValueError(f"{source.name}: sample=True reads the embedded sample; drop data_dir and image_dir")
-        if not config.sample and config.image_dir is None and source.image_archive is None:
-            raise ValueError(
-                f"{source.name} needs image_dir: the folder of its images ({source.image_layout}); "
-                "or pass sample=True for the embedded sample"
-            )
+        config = self.config
+        check_options(self._source, data_dir=config.data_dir, image_dir=config.image_dir, sample=config.sample)
 
     def _info(self) -> datasets.DatasetInfo:
         source = get_source(self.config.name)
@@ -165,31 +150,28 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _split_generators(self, dl_manager):
         source, config = self._source, self.config
-        inputs = resolve_inputs(
+        plan = plan_source(
             source,
             data_dir=config.data_dir,
             image_dir=config.image_dir,
             sample=config.sample,
             revision=config.revision,
             token=self.token,
+            embed_images=config.embed_images,
+            on_bad_image=config.on_bad_image,
         )
-        chat = index_json_array(inputs.json_path, source.filename)
-        metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
-        if metadata is not None and metadata.num_records != chat.num_records:
-            raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
-        shards = plan_shards(chat, metadata)
-        images = inputs.image_location or "none"
+        chat, metadata = plan.chat, plan.metadata
         logger.info(
             "%s: found %s (%s records, %.1f MB)%s; images from %s; %d shards",
             source.name,
-            inputs.json_path,
+            chat.path,
             f"{chat.num_records:,}",
             chat.size / 1e6,
             f" and {metadata.path}" if metadata else "",
-            images,
-            len(shards),
+            plan.inputs.image_location or "none",
+            len(plan.shards),
         )
-        if inputs.origin != "sample" and chat.num_records != source.num_records:
+        if plan.inputs.origin != "sample" and chat.num_records != source.num_records:
             logger.warning(
                 "%s: %s has %s records; the published file has %s",
                 source.name,
@@ -197,28 +179,9 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 f"{chat.num_records:,}",
                 f"{source.num_records:,}",
             )
-        self._inputs = inputs
-        self._facts = {
-            "records": chat.num_records,
-            "files": {
-                role: {"file": os.path.basename(index.path), "bytes": index.size, "sha256": index.sha256}
-                for role, index in (("chat", chat), ("metadata", metadata))
-                if index is not None
-            },
-        }
-        spec = ShardSpec(
-            config=source.name,
-            json_path=inputs.json_path,
-            json_label=source.filename,
-            metadata_path=inputs.metadata_path,
-            metadata_label=source.metadata_filename,
-            image_location=inputs.image_location,
-            image_aliases=source.image_aliases,
-            source_from=source.source_from,
-            embed_images=config.embed_images,
-            on_bad_image=config.on_bad_image,
-        )
-        generator = datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"shards": shards, "spec": spec})
+        self._plan = plan
+        gen_kwargs = {"shards": plan.shards, "spec": plan.spec}
+        generator = datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=gen_kwargs)
         generator.split_info.num_examples = chat.num_records  # the progress bar's total
         return [generator]
 
@@ -281,7 +244,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 parts.append(json.load(f))
         skips = SkipLog.merge(parts)
         rows = self.info.splits["train"].num_examples
-        records = self._facts["records"]
+        records = self._plan.chat.num_records
         if rows + skips.total() != records:
             raise RuntimeError(f"{self.config.name}: {records} records but {rows} rows + {skips.total()} skipped")
         if skips.total():
@@ -293,7 +256,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 skips.summary(),
                 REPORT_FILENAME,
             )
-        inputs = self._inputs
+        inputs = self._plan.inputs
         report = {
             "config": self.config.name,
             "records": records,
@@ -303,7 +266,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 "repo_id": self._source.repo_id,
                 "origin": inputs.origin,
                 "revision": inputs.revision,
-                **self._facts["files"],
+                **self._plan.files(),
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": _version()},

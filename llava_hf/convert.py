@@ -17,11 +17,21 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from .catalog import Source
 from .errors import BadImage, SourceError
 from .features import rows_to_table
 from .images import BAD_IMAGE_REASONS, ImageRoot, open_root
-from .records import parse_record
-from .sources import Shard, read_batches
+from .records import Row, parse_record
+from .sources import (
+    Inputs,
+    JsonIndex,
+    Shard,
+    first_mismatch,
+    index_json_array,
+    plan_shards,
+    read_batches,
+    resolve_inputs,
+)
 
 logger = logging.getLogger("llava_hf")
 
@@ -48,6 +58,100 @@ class ShardSpec:
 
     def open_images(self) -> ImageRoot | None:
         return open_root(self.image_location, self.image_aliases) if self.image_location else None
+
+    def parse(self, raw: Any, meta: Any, index: int) -> Row:
+        return parse_record(
+            raw,
+            file=self.json_label,
+            index=index,
+            config=self.config,
+            source_from=self.source_from,
+            metadata=meta,
+            metadata_file=self.metadata_label,
+        )
+
+
+def check_options(source: Source, *, data_dir: Any, image_dir: Any, sample: bool) -> None:
+    """ValueError for inputs that cannot work, before anything is read."""
+    if sample and (data_dir or image_dir):
+        raise ValueError(f"{source.name}: sample=True reads the embedded sample; drop data_dir and image_dir")
+    if not sample and image_dir is None and source.image_archive is None:
+        raise ValueError(
+            f"{source.name} needs image_dir: the folder of its images ({source.image_layout}); "
+            "or pass sample=True for the embedded sample"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A config's inputs, resolved and indexed, cut into shards, with the spec every worker gets."""
+
+    inputs: Inputs
+    chat: JsonIndex
+    metadata: JsonIndex | None
+    shards: list[Shard]
+    spec: ShardSpec
+
+    def files(self) -> dict[str, dict[str, Any]]:
+        """Name, size and sha256 of each source file (for reports and cards)."""
+        return {
+            role: {"file": os.path.basename(index.path), "bytes": index.size, "sha256": index.sha256}
+            for role, index in (("chat", self.chat), ("metadata", self.metadata))
+            if index is not None
+        }
+
+
+def plan_source(
+    source: Source,
+    *,
+    data_dir: str | None,
+    image_dir: str | None,
+    sample: bool,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    embed_images: bool = True,
+    on_bad_image: Literal["raise", "skip"] = "raise",
+) -> Plan:
+    """Resolve and scan the source files of `source` and cut them into shards.
+
+    Raises FileNotFoundError for a missing source file, SourceError for malformed JSON or chat and
+    metadata files that are not parallel (reason "not_parallel", naming the first differing row).
+    """
+    inputs = resolve_inputs(
+        source, data_dir=data_dir, image_dir=image_dir, sample=sample, revision=revision, token=token
+    )
+    chat = index_json_array(inputs.json_path, source.filename)
+    metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
+    if metadata is not None and metadata.num_records != chat.num_records:
+        raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
+    spec = ShardSpec(
+        config=source.name,
+        json_path=inputs.json_path,
+        json_label=source.filename,
+        metadata_path=inputs.metadata_path,
+        metadata_label=source.metadata_filename,
+        image_location=inputs.image_location,
+        image_aliases=source.image_aliases,
+        source_from=source.source_from,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+    )
+    return Plan(inputs, chat, metadata, plan_shards(chat, metadata), spec)
+
+
+def iter_batches(shard: Shard, spec: ShardSpec) -> Iterator[tuple[int, list[Any], list[Any] | None]]:
+    """(index of the first record, chat records, metadata records or None) for each batch of `shard`."""
+    chat_batches = read_batches(spec.json_path, shard.chat, shard.start, shard.stop, spec.json_label)
+    if spec.metadata_path is not None and shard.metadata is not None:
+        meta_batches = read_batches(spec.metadata_path, shard.metadata, shard.start, shard.stop, spec.metadata_label)
+    else:
+        meta_batches = repeat(None)
+    index = shard.start
+    for chat, meta in zip(chat_batches, meta_batches):
+        if meta is not None and len(meta) != len(chat):
+            raise SourceError(spec.json_label, f"{spec.metadata_label} is not parallel to it", index)
+        yield index, chat, meta
+        index += len(chat)
 
 
 @dataclass
@@ -102,29 +206,11 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
     Raises SourceError (file, record index, id, problem) for a bad record, and for a bad image unless
     `spec.on_bad_image == "skip"`, in which case the row is counted in `skips` instead.
     """
-    chat_batches = read_batches(spec.json_path, shard.chat, shard.start, shard.stop, spec.json_label)
-    if spec.metadata_path is not None and shard.metadata is not None:
-        meta_batches = read_batches(spec.metadata_path, shard.metadata, shard.start, shard.stop, spec.metadata_label)
-    else:
-        meta_batches = repeat(None)
-    index = shard.start
-    for chat, meta in zip(chat_batches, meta_batches):
-        if meta is not None and len(meta) != len(chat):
-            raise SourceError(spec.json_label, f"{spec.metadata_label} is not parallel to it", index)
+    for index, chat, meta in iter_batches(shard, spec):
         rows, record_error = [], None
         for k, raw in enumerate(chat):
             try:
-                rows.append(
-                    parse_record(
-                        raw,
-                        file=spec.json_label,
-                        index=index + k,
-                        config=spec.config,
-                        source_from=spec.source_from,
-                        metadata=meta[k] if meta is not None else None,
-                        metadata_file=spec.metadata_label,
-                    )
-                )
+                rows.append(spec.parse(raw, meta[k] if meta is not None else None, index + k))
             except SourceError as e:
                 record_error = e  # raised after the images of the records before it, in file order
                 break
@@ -153,7 +239,6 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
             yield rows_to_table(kept, pictures)
         if record_error is not None:
             raise record_error
-        index += len(chat)
 
 
 def _no_root(name: str) -> BadImage:

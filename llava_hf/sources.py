@@ -366,6 +366,7 @@ def first_mismatch(chat: JsonIndex, metadata: JsonIndex, chat_label: str, metada
                     f"{metadata.num_records:,} records",
                     row,
                     chat_id,
+                    reason="not_parallel",
                 )
             row += 1
     return SourceError(
@@ -373,4 +374,5 @@ def first_mismatch(chat: JsonIndex, metadata: JsonIndex, chat_label: str, metada
         f"has {chat.num_records:,} records but {metadata_label} has {metadata.num_records:,}; the first "
         f"{n:,} rows match, record {n} is the first without a partner",
         n,
+        reason="not_parallel",
     )

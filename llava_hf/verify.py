@@ -18,18 +18,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from itertools import repeat
 from multiprocessing import get_context
 from typing import Any
 
 from PIL import Image
 
 from .catalog import get_source
-from .convert import ShardSpec
+from .convert import ShardSpec, check_options, iter_batches, plan_source
 from .errors import BadImage, SourceError
 from .images import BAD_IMAGE_REASONS, ImageRoot, sniff_format
-from .records import IMAGE_TOKEN, Row, parse_record
-from .sources import Shard, first_mismatch, index_json_array, plan_shards, read_batches, resolve_inputs
+from .records import IMAGE_TOKEN, Row
+from .sources import Shard, index_json_array, resolve_inputs
 
 logger = logging.getLogger("llava_hf")
 
@@ -193,44 +192,27 @@ def _verify_shard(shard: Shard, spec: ShardSpec, decode: bool) -> tuple[list[Pro
         if counts[reason] <= EXAMPLES_PER_REASON:
             problems.append(Problem(reason, spec.json_label, index, None if rid is None else str(rid), detail, image))
 
-    chat_batches = read_batches(spec.json_path, shard.chat, shard.start, shard.stop, spec.json_label)
-    if spec.metadata_path is not None and shard.metadata is not None:
-        meta_batches: Iterable = read_batches(
-            spec.metadata_path, shard.metadata, shard.start, shard.stop, spec.metadata_label
-        )
-    else:
-        meta_batches = repeat(None)
-    index = shard.start
-    for chat, meta in zip(chat_batches, meta_batches):
+    for first, chat, meta in iter_batches(shard, spec):
+        rows: list[tuple[int, Row]] = []
         for k, raw in enumerate(chat):
             try:
-                row = parse_record(
-                    raw,
-                    file=spec.json_label,
-                    index=index,
-                    config=spec.config,
-                    source_from=spec.source_from,
-                    metadata=meta[k] if meta is not None else None,
-                    metadata_file=spec.metadata_label,
-                )
+                rows.append((first + k, spec.parse(raw, meta[k] if meta is not None else None, first + k)))
             except SourceError as e:
-                add("bad_record", index, e.record_id, e.problem)
-                index += 1
-                continue
+                add("bad_record", first + k, e.record_id, e.problem)
+        named = [row.image for _, row in rows if row.image is not None]
+        found = iter(root.read_many(named) if root is not None and named else [])
+        for index, row in rows:
             for reason, detail in check_conversation(row):
                 add(reason, index, row.id, detail, row.image)
-            if row.image is not None:
-                images_checked += 1
-                try:
-                    if root is None:
-                        raise BadImage("missing", f"image {row.image!r} has no image root (pass image_dir)")
-                    _, data = root.read(row.image)
-                except BadImage as bad:
-                    add(bad.reason, index, row.id, str(bad), row.image)
-                else:
-                    for reason, detail in check_image_bytes(row.image, data, decode):
-                        add(reason, index, row.id, detail, row.image)
-            index += 1
+            if row.image is None:
+                continue
+            images_checked += 1
+            result = next(found) if root is not None else BadImage("missing", f"image {row.image!r} has no image root")
+            if isinstance(result, BadImage):
+                add(result.reason, index, row.id, str(result), row.image)
+                continue
+            for reason, detail in check_image_bytes(row.image, result[1], decode):
+                add(reason, index, row.id, detail, row.image)
     return problems, counts, images_checked
 
 
@@ -259,50 +241,38 @@ def verify(
     unknown = [r for r in ignored if r not in PROBLEM_REASONS]
     if unknown:
         raise ValueError(f"unknown problem reason(s) {unknown}; choose from {', '.join(PROBLEM_REASONS)}")
-    if sample and (data_dir or image_dir):
-        raise ValueError(f"{name}: sample=True reads the embedded sample; drop data_dir and image_dir")
-    if not sample and image_dir is None and source.image_archive is None:
-        raise ValueError(f"{name} needs image_dir: the folder of its images ({source.image_layout})")
-    inputs = resolve_inputs(
-        source,
-        data_dir=os.fspath(data_dir) if data_dir else None,
-        image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
-        sample=sample,
-        revision=revision,
-        token=token,
-    )
-    chat = index_json_array(inputs.json_path, source.filename)
-    metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
-    files = {"chat": {"file": source.filename, "sha256": chat.sha256, "bytes": chat.size}}
-    if metadata is not None and metadata.num_records != chat.num_records:
-        error = first_mismatch(chat, metadata, source.filename, source.metadata_filename)
+    check_options(source, data_dir=data_dir, image_dir=image_dir, sample=sample)
+    try:
+        plan = plan_source(
+            source,
+            data_dir=os.fspath(data_dir) if data_dir else None,
+            image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
+            sample=sample,
+            revision=revision,
+            token=token,
+        )
+    except SourceError as error:
+        if error.reason != "not_parallel":
+            raise
+        # Chat and metadata files that are not parallel: one problem, the first row where they part.
         problem = Problem("bad_record", error.file, error.index, error.record_id, error.problem)
-        return VerifyReport(name, chat.num_records, 0, {"bad_record": 1}, [problem], ignored, decode, files)
-    spec = ShardSpec(
-        config=name,
-        json_path=inputs.json_path,
-        json_label=source.filename,
-        metadata_path=inputs.metadata_path,
-        metadata_label=source.metadata_filename,
-        image_location=inputs.image_location,
-        image_aliases=source.image_aliases,
-        source_from=source.source_from,
-        embed_images=True,
-        on_bad_image="raise",
-    )
-    shards = plan_shards(chat, metadata)
+        json_path = resolve_inputs(
+            source, data_dir=data_dir, image_dir=None, sample=sample, revision=revision
+        ).json_path
+        records = index_json_array(json_path, source.filename).num_records
+        return VerifyReport(name, records, 0, {"bad_record": 1}, [problem], ignored, decode)
     logger.info(
         "%s: verifying %s records of %s, images from %s%s",
         name,
-        f"{chat.num_records:,}",
-        inputs.json_path,
-        inputs.image_location,
+        f"{plan.chat.num_records:,}",
+        plan.inputs.json_path,
+        plan.inputs.image_location,
         "" if decode else " (no decoding)",
     )
     problems: list[Problem] = []
     counts: Counter = Counter()
     images = 0
-    for shard_problems, shard_counts, shard_images in _run(shards, spec, decode, num_proc, progress):
+    for shard_problems, shard_counts, shard_images in _run(plan.shards, plan.spec, decode, num_proc, progress):
         problems.extend(shard_problems)
         counts.update(shard_counts)
         images += shard_images
@@ -312,7 +282,7 @@ def verify(
     for reason in sorted(counts, key=order.__getitem__):
         kept.extend([p for p in problems if p.reason == reason][:EXAMPLES_PER_REASON])
     ordered_counts = {reason: counts[reason] for reason in sorted(counts, key=order.__getitem__)}
-    return VerifyReport(name, chat.num_records, images, ordered_counts, kept, ignored, decode, files)
+    return VerifyReport(name, plan.chat.num_records, images, ordered_counts, kept, ignored, decode, plan.files())
 
 
 def _run(shards: list[Shard], spec: ShardSpec, decode: bool, num_proc: int | None, progress: bool):

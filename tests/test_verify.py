@@ -201,6 +201,7 @@ def test_metadata_not_parallel_is_one_problem(release):
     meta.write_text(json.dumps(records[:3]))
     report = verify("cc3m_595k", data_dir=release.data_dir("cc3m_595k"), progress=False)
     assert [(p.reason, p.index) for p in report.problems] == [("bad_record", 3)]
+    assert (report.records, report.clean) == (4, False)
 
 
 def test_zip_sources_are_verified_in_place(release, tmp_path):
