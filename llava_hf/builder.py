@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import socket
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -20,7 +21,9 @@ from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
+from .errors import BadImage, SourceError
 from .features import FEATURES
+from .images import open_root
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .reader import REPORT_FILENAME
 from .sources import BATCH_ROWS, input_identity
@@ -89,7 +92,12 @@ class LlavaConfig(datasets.BuilderConfig):
                 continue
             kept[key] = value
         identity = input_identity(
-            get_source(self.name), data_dir=self.data_dir, image_dir=self.image_dir, sample=self.sample
+            get_source(self.name),
+            data_dir=self.data_dir,
+            image_dir=self.image_dir,
+            sample=self.sample,
+            embed_images=self.embed_images,
+            revision=self.revision,
         )
         if self.sample:
             kept["sample"] = True
@@ -191,6 +199,45 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 super().download_and_prepare(*args, **kwargs)
         except OSError as e:
             raise explain_lock_error(e) from e
+        if self._plan is None:  # reused, not prepared here
+            self._check_reused_images()
+
+    def _check_reused_images(self) -> None:
+        # The cache key names an image folder by its last two path components, so that a cache is found
+        # again through another mount point. Two different folders with the same tail (a resized copy
+        # of coco/train2017) share the entry: when the folder given now is not the one the entry was
+        # prepared from, compare a few embedded images with it (two reads) and say so if they differ.
+        config = self.config
+        path = os.path.join(self.cache_dir, REPORT_FILENAME)
+        if not config.embed_images or config.image_dir is None or not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)["source"].get("images")
+        if recorded in (None, config.image_dir) or not os.path.exists(config.image_dir):
+            return
+        samples = self.as_dataset("train").select_columns(["image"]).with_format("arrow")
+        root = open_root(config.image_dir, self._source.image_aliases)
+        checked = 0
+        for batch in samples.iter(batch_size=BATCH_ROWS):
+            for image in batch.column("image").to_pylist():
+                if image is None:
+                    continue
+                try:
+                    same = bytes(root.read(image["path"])[1]) == image["bytes"]
+                except BadImage:
+                    same = False
+                if not same:
+                    message = (
+                        f"{config.name}: reusing data prepared from the images in {recorded}, but "
+                        f"{image['path']!r} differs in {config.image_dir}; to prepare from these images, pass "
+                        "download_mode='force_redownload' or another cache_dir"
+                    )
+                    logger.warning(message)
+                    warnings.warn(message, stacklevel=3)
+                    return
+                checked += 1
+                if checked == 2:
+                    return
 
     def _generate_tables(self, shards, spec: ShardSpec):
         images = spec.open_images()
@@ -210,10 +257,17 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         # A worker whose preparing process was killed would go on writing shards into the folder the next
         # run cleans and reuses. Its lock (inherited flock, or a lease nobody refreshes) outlives its parent
         # only until here: leave at once, writing nothing more.
+        # Liveness, not parentage: under forkserver or spawn a worker's parent is not the preparing process.
         pid = self._main_pid
-        if pid is not None and os.getpid() != pid and os.getppid() != pid:
+        if pid is None or os.getpid() == pid:
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
             logger.error("%s: the preparing process %d is gone; worker %d stops", self.config.name, pid, os.getpid())
             os._exit(1)
+        except PermissionError:
+            pass  # the pid exists (owned by someone else): we cannot tell, go on
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
         self._main_pid = os.getpid()
@@ -247,15 +301,21 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         records = self._plan.chat.num_records
         if rows + skips.total() != records:
             raise RuntimeError(f"{self.config.name}: {records} records but {rows} rows + {skips.total()} skipped")
-        if skips.total():
-            logger.warning(
-                "%s: skipped %s of %s records with bad images (%s); listed in %s",
-                self.config.name,
-                f"{skips.total():,}",
-                f"{records:,}",
-                skips.summary(),
-                REPORT_FILENAME,
+        if rows == 0:
+            # Raised before the folder is renamed into place: an unmounted or mistyped image folder must
+            # not leave an empty dataset in the cache for every later run to reuse.
+            raise SourceError(
+                self._source.filename,
+                f"all {records:,} records were skipped for bad images ({skips.summary()}); is image_dir "
+                f"{self._plan.inputs.image_location} the right folder?",
             )
+        if skips.total():
+            message = (
+                f"{self.config.name}: skipped {skips.total():,} of {records:,} records with bad images "
+                f"({skips.summary()}); listed in {REPORT_FILENAME}"
+            )
+            logger.warning(message)
+            warnings.warn(message, stacklevel=2)
         inputs = self._plan.inputs
         report = {
             "config": self.config.name,
@@ -267,6 +327,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 "origin": inputs.origin,
                 "revision": inputs.revision,
                 **self._plan.files(),
+                "images": inputs.image_location,
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": _version()},

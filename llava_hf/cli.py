@@ -125,7 +125,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     write_report(report, report_path)
     print(f"report: {report_path}")
     if args.fix_list:
-        print(f"fix list: {write_fix_list(report, args.fix_list):,} ids to skip in {args.fix_list}")
+        print(f"fix list: {write_fix_list(report, args.fix_list):,} records (index, id) to skip in {args.fix_list}")
     return 0 if report.clean else 1
 
 
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore", action="append", metavar="REASON", help="a reason that does not fail the check (repeatable)"
     )
     check.add_argument("--report", help="where to write the JSON report (default: NAME-verify.json)")
-    check.add_argument("--fix-list", help="write the ids of the records with problems, one per line, to this file")
+    check.add_argument("--fix-list", help="write the records with problems to this file, one 'index<TAB>id' a line")
 
     stats = add("stats", cmd_stats, "print statistics of one config and write them with PNG histograms")
     stats.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")

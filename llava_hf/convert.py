@@ -21,7 +21,7 @@ from .catalog import Source
 from .errors import BadImage, SourceError
 from .features import rows_to_table
 from .images import BAD_IMAGE_REASONS, ImageRoot, open_root
-from .records import Row, parse_record
+from .records import Row, parse_record, text_problem
 from .sources import (
     Inputs,
     JsonIndex,
@@ -36,7 +36,9 @@ from .sources import (
 logger = logging.getLogger("llava_hf")
 
 # A table is cut early when its images reach this size (Arrow binary arrays hold at most 2 GB).
-MAX_TABLE_BYTES = 512 << 20
+MAX_TABLE_BYTES = 256 << 20
+# Images read at once by a worker (two per reading thread).
+READ_AHEAD = 16
 # How many skipped records per reason the report lists by name.
 SKIP_EXAMPLES = 20
 
@@ -120,10 +122,17 @@ def plan_source(
     inputs = resolve_inputs(
         source, data_dir=data_dir, image_dir=image_dir, sample=sample, revision=revision, token=token
     )
+    # One stat of the root, nothing under it, and only when the sources are read (a prepared cache loads
+    # without its images): a mistyped or unmounted folder fails here, not as N missing images.
+    if inputs.image_location is not None and not os.path.exists(inputs.image_location):
+        location = inputs.image_location
+        raise FileNotFoundError(f"{source.name}: image_dir {location} does not exist (not mounted, or mistyped?)")
     chat = index_json_array(inputs.json_path, source.filename)
     metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
     if metadata is not None and metadata.num_records != chat.num_records:
         raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
+    if chat.num_records == 0:
+        raise SourceError(source.filename, "holds an empty array: there is nothing to prepare")
     spec = ShardSpec(
         config=source.name,
         json_path=inputs.json_path,
@@ -206,39 +215,55 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
     Raises SourceError (file, record index, id, problem) for a bad record, and for a bad image unless
     `spec.on_bad_image == "skip"`, in which case the row is counted in `skips` instead.
     """
-    for index, chat, meta in iter_batches(shard, spec):
+    for first, chat, meta in iter_batches(shard, spec):
         rows, record_error = [], None
         for k, raw in enumerate(chat):
             try:
-                rows.append(spec.parse(raw, meta[k] if meta is not None else None, index + k))
+                rows.append((first + k, spec.parse(raw, meta[k] if meta is not None else None, first + k)))
             except SourceError as e:
                 record_error = e  # raised after the images of the records before it, in file order
                 break
-        # The batch's images are read together (a folder reads several at once), then checked in order.
-        named = [row.image for row in rows if row.image is not None]
-        found = iter(images.read_many(named, spec.embed_images) if images is not None and named else [])
         kept, pictures, size = [], [], 0
-        for k, row in enumerate(rows):
-            picture = None
-            if row.image is not None:
-                result = next(found) if images is not None else _no_root(row.image)
-                if isinstance(result, BadImage):
-                    if spec.on_bad_image == "raise":
-                        raise SourceError(spec.json_label, str(result), index + k, row.id, reason=result.reason)
-                    skips.add(result.reason, index + k, row.id, row.image, str(result))
-                    continue
-                # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
-                picture = (result[1], row.image) if spec.embed_images else (None, result)
-            kept.append(row)
-            pictures.append(picture)
-            size += len(picture[0]) if picture and picture[0] else 0
-            if size >= MAX_TABLE_BYTES:
-                yield rows_to_table(kept, pictures)
-                kept, pictures, size = [], [], 0
+        # Images are read READ_AHEAD at a time (several in flight from a folder): whatever the files weigh,
+        # a worker holds at most those and one table's worth of bytes.
+        for start in range(0, len(rows), READ_AHEAD):
+            group = rows[start : start + READ_AHEAD]
+            named = [row.image for _, row in group if row.image is not None]
+            found = iter(images.read_many(named, spec.embed_images) if images is not None and named else [])
+            for index, row in group:
+                picture = None
+                if row.image is not None:
+                    result = next(found) if images is not None else _no_root(row.image)
+                    if isinstance(result, BadImage):
+                        if spec.on_bad_image == "raise":
+                            raise SourceError(spec.json_label, str(result), index, row.id, reason=result.reason)
+                        skips.add(result.reason, index, row.id, row.image, str(result))
+                        continue
+                    # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
+                    picture = (result[1], row.image) if spec.embed_images else (None, result)
+                kept.append((index, row))
+                pictures.append(picture)
+                size += len(picture[0]) if picture and picture[0] else 0
+                if size >= MAX_TABLE_BYTES:
+                    yield _table(kept, pictures, spec)
+                    kept, pictures, size = [], [], 0
         if kept:
-            yield rows_to_table(kept, pictures)
+            yield _table(kept, pictures, spec)
         if record_error is not None:
             raise record_error
+
+
+def _table(rows: list[tuple[int, Row]], pictures: list, spec: ShardSpec) -> pa.Table:
+    try:
+        return rows_to_table([row for _, row in rows], pictures)
+    except UnicodeEncodeError:
+        # Text Arrow cannot store (an unpaired UTF-16 surrogate, written as a lone \ud83d escape in the
+        # JSON): name the record instead of failing somewhere inside pyarrow.
+        for index, row in rows:
+            problem = text_problem(row)
+            if problem:
+                raise SourceError(spec.json_label, problem, index, row.id, reason="bad_text") from None
+        raise
 
 
 def _no_root(name: str) -> BadImage:

@@ -20,9 +20,9 @@ from .errors import BadImage
 # Every reason an image can be refused, in the order reports list them.
 BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_large", "unreadable")
 
-# No LLaVA image comes near this; a bigger "image" is refused before it is read, so a hostile or broken
-# file can never make a worker allocate gigabytes.
-MAX_IMAGE_BYTES = 256 << 20
+# No LLaVA image comes near this (the largest are a few MB); a bigger "image" is refused before it is
+# read, so a hostile or broken file can never make a worker allocate gigabytes.
+MAX_IMAGE_BYTES = 64 << 20
 
 # Threads reading image files of a folder root at the same time, in each worker process.
 READ_THREADS = 8
@@ -83,7 +83,7 @@ def _check_head(head: bytes, size: int, where: str) -> None:
     if size == 0:
         raise BadImage("empty", f"image file {where} is empty (0 bytes)")
     if sniff_format(head) is None:
-        raise BadImage("not_an_image", f"image file {where} is not an image (starts with {head[:8]!r})")
+        raise BadImage("not_an_image", f"image file {where} is not an image (starts with {bytes(head[:8])!r})")
 
 
 @dataclass
@@ -124,11 +124,9 @@ class ImageRoot:
         tried = f" (also tried {', '.join(repr(c) for _, c in options[1:])})" if len(options) > 1 else ""
         raise BadImage("missing", f"image {name!r} not found under {self.location}{tried}")
 
-    def read(self, name: str) -> tuple[str, bytes]:
+    def read(self, name: str) -> tuple[str, bytes | bytearray]:
         """(resolved name, bytes) of the image called `name`; BadImage when it cannot be embedded."""
-        candidate, data = self._first(name, self._read)
-        _check_head(data[:HEAD_SIZE], len(data), self.describe(candidate))
-        return candidate, data
+        return self._first(name, self._read)
 
     def locate(self, name: str) -> str:
         """A path (or fsspec URL) that `datasets.Image` can open for `name`, after the same checks as `read`."""
@@ -174,7 +172,8 @@ class ImageRoot:
     def url(self, name: str) -> str:
         raise NotImplementedError
 
-    def _read(self, name: str) -> bytes | None:
+    def _read(self, name: str) -> bytes | bytearray | None:
+        """The file's bytes after the size and signature checks, or None when there is no such file."""
         raise NotImplementedError
 
     def _probe(self, name: str) -> tuple[bytes, int] | None:
@@ -193,12 +192,26 @@ class FolderRoot(ImageRoot):
     def url(self, name: str) -> str:
         return os.path.join(self.location, name)
 
-    def _read(self, name: str) -> bytes | None:
+    def _read(self, name: str) -> bytearray | None:
         path = os.path.join(self.location, name)
         try:
-            with open(path, "rb") as f:
-                _check_size(os.fstat(f.fileno()).st_size, path)
-                return f.read()
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                _check_size(size, path)
+                # The signature is checked before anything else is read or allocated: a big file that is
+                # no image costs 16 bytes. The rest lands in one buffer of the file's size.
+                head = f.read(HEAD_SIZE)
+                _check_head(head, size, path)
+                data = bytearray(size)
+                view = memoryview(data)
+                got = len(head)
+                view[:got] = head
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                return data if got == size else data[:got]
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -253,7 +266,10 @@ class ZipRoot(ImageRoot):
             return None
         _check_size(info.file_size, self.describe(name))
         try:
-            return self._archive().read(info)
+            with self._archive().open(info) as f:
+                head = f.read(HEAD_SIZE)
+                _check_head(head, info.file_size, self.describe(name))
+                return head + f.read()
         except (OSError, zipfile.BadZipFile, EOFError) as e:
             raise BadImage("unreadable", f"{self.describe(name)} cannot be read: {e}") from None
 

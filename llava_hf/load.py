@@ -103,8 +103,7 @@ def load_dataset(
             raise ValueError("streaming reads in the consuming process; use DataLoader workers, not num_proc")
         return builder.as_streaming_dataset(split=split)
     builder.download_and_prepare(num_proc=num_proc, download_mode=download_mode)
-    if lazy is not None:
-        reader.set_policy(builder.cache_dir, lazy)
+    reader.set_policy(builder.cache_dir, lazy)  # None: back to the default, whatever an earlier call said
     return builder.as_dataset(split=split)
 
 

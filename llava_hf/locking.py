@@ -14,7 +14,9 @@ same mode: a flock and a lease do not exclude each other.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +30,9 @@ from filelock import SoftFileLease
 LockMode = Literal["flock", "lease"]
 LOCK_ENV = "LLAVA_HF_LOCK"
 # Long enough that a busy or briefly stalled holder keeps its lease (the heartbeat refreshes it every
-# third of this); short enough that a crashed node's lock frees itself within a minute.
-LEASE_SECONDS = 60.0
+# third of this); short enough that a crashed node's lock frees itself within a minute. Every process
+# sharing a cache must use the same value (LLAVA_HF_LEASE_SECONDS).
+LEASE_SECONDS = float(os.environ.get("LLAVA_HF_LEASE_SECONDS", "60"))
 
 
 def lock_mode(option: str | None = None) -> LockMode:
@@ -51,7 +54,17 @@ class LeaseLock(SoftFileLease):
     def __init__(self, lock_file, *args, **kwargs):
         kwargs.pop("mode", None)
         path = FileLock.hash_filename_if_too_long(os.fspath(lock_file) + ".lease")
-        super().__init__(path, lease_duration=LEASE_SECONDS, **kwargs)
+        super().__init__(path, lease_duration=LEASE_SECONDS, on_compromise=_lease_lost, **kwargs)
+
+
+def _lease_lost(compromise) -> None:
+    # A holder stalled past its lease (a paused process, a hung mount) has been replaced by another
+    # process, which is now cleaning and writing the same folder: this one must not write another byte.
+    # The heartbeat thread cannot raise into the writer, so the process ends; its workers follow it.
+    message = f"llava_hf: lost the cache lease ({compromise}); stopping this process"
+    logging.getLogger("llava_hf").critical(message)
+    print(message, file=sys.stderr, flush=True)  # the process ends now: say why even where logging is silent
+    os._exit(70)
 
 
 _swap_guard = threading.Lock()

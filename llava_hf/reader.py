@@ -60,10 +60,13 @@ _policy: dict[str, bool] = {}  # folder -> lazy, as set by load_dataset(lazy=...
 _policy_lock = threading.Lock()
 
 
-def set_policy(folder: str, lazy: bool) -> None:
-    """Files in `folder` open lazily (True) or as datasets opens them (False)."""
+def set_policy(folder: str, lazy: bool | None) -> None:
+    """Files in `folder` open lazily (True), as datasets opens them (False), or by default (None)."""
     with _policy_lock:
-        _policy[os.path.abspath(folder)] = lazy
+        if lazy is None:
+            _policy.pop(os.path.abspath(folder), None)
+        else:
+            _policy[os.path.abspath(folder)] = lazy
 
 
 def policy(path: str) -> bool | None:
@@ -112,6 +115,7 @@ def _unregister(start: int) -> None:
         if i < len(_starts) and _starts[i] == start:
             del _starts[i]
             del _ends[start]
+        _requested.pop(start, None)  # a later mapping at the same address starts afresh
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
@@ -204,7 +208,7 @@ def value_spans(array: pa.Array, out: list[tuple[int, int]] | None = None) -> li
 # Buffers up to this size (a record batch's ids, captions, conversations...) are requested whole, once;
 # bigger ones (the image bytes) only for the rows asked for.
 SMALL_BUFFER = 256 << 10
-_requested: set[int] = set()  # addresses of small buffers already requested
+_requested: dict[int, set[int]] = {}  # mapping start -> addresses of its small buffers already requested
 
 
 def row_spans(table: pa.Table) -> list[tuple[int, int]]:
@@ -218,9 +222,12 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
                 value_spans(chunk, spans)
                 continue
             for b in buffers:
-                if b.address not in _requested and _mapping_of(b.address) is not None:
-                    _requested.add(b.address)
-                    spans.append((b.address, b.size))
+                mapping = _mapping_of(b.address)
+                if mapping is not None:
+                    done = _requested.setdefault(mapping[0], set())
+                    if b.address not in done:
+                        done.add(b.address)
+                        spans.append((b.address, b.size))
     return spans
 
 

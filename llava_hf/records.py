@@ -15,6 +15,7 @@ with the turns) and `@metadata` (extra keys of the pretrain metadata record).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,24 @@ class Row:
     blip_caption: str | None = None
     url: str | None = None
     extra: str | None = None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(row: Row) -> str | None:
+    """What makes `row`'s text impossible to store as UTF-8 (an unpaired UTF-16 surrogate, which JSON
+    allows as a lone escape such as \\ud83d), or None."""
+    fields = [("id", row.id), ("image", row.image), ("source", row.source)]
+    fields += [(name, getattr(row, name)) for name in (*METADATA_FIELDS, "extra")]
+    for k, (role, value) in enumerate(row.conversations):
+        fields += [(f"turn {k} 'from'", role), (f"turn {k} 'value'", value)]
+    for where, value in fields:
+        match = _LONE_SURROGATE.search(value) if value else None
+        if match:
+            code = f"\\u{ord(match.group()):04x}"
+            return f"{where} holds an unpaired UTF-16 surrogate ({code} at character {match.start()}), not valid text"
+    return None
 
 
 def record_id(raw: Any) -> object:

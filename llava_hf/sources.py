@@ -9,6 +9,7 @@ worker reads and parses only its own bytes, and nothing bigger than a few intege
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ SHARD_ROWS = 10_000
 _CHUNK = 4 << 20  # bytes read per step of the scan
 _MAX_RECORD = 64 << 20  # a single record larger than this is reported as malformed
 _WS = re.compile(r"[ \t\r\n]*")
+_SEPARATORS = re.compile(r"[ \t\r\n,]*")
 
 
 @dataclass(frozen=True)
@@ -89,22 +91,26 @@ def _local(source: Source, folder: str, image_dir: str | None, origin: str) -> I
     return Inputs(json_path, metadata_path, image_dir, origin)
 
 
-def _hub(source: Source, image_dir: str | None, *, revision: str | None, token: bool | str | None) -> Inputs:
+def _hub_file(source: Source, name: str, *, revision: str | None, token: bool | str | None) -> str:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    try:
+        # No cache_dir: hf_hub_download(cache_dir=...) would ignore the user's HF_HUB_CACHE.
+        return hf_hub_download(source.repo_id, name, repo_type="dataset", revision=revision, token=token)
+    except LocalEntryNotFoundError as e:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
+        raise FileNotFoundError(
+            f"{source.name}: {name} of {source.repo_id} (revision {revision or 'main'}) is not in the Hugging "
+            f"Face cache {constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}; download it "
+            f"first, or pass data_dir=<the folder holding {name}>"
+        ) from e
+
+
+def _hub(source: Source, image_dir: str | None, *, revision: str | None, token: bool | str | None) -> Inputs:
     def fetch(name: str) -> str:
         logger.info("%s: fetching %s from the Hub repo %s", source.name, name, source.repo_id)
-        try:
-            # No cache_dir: hf_hub_download(cache_dir=...) would ignore the user's HF_HUB_CACHE.
-            return hf_hub_download(source.repo_id, name, repo_type="dataset", revision=revision, token=token)
-        except LocalEntryNotFoundError as e:
-            offline = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
-            raise FileNotFoundError(
-                f"{source.name}: {name} of {source.repo_id} (revision {revision or 'main'}) is not in the Hugging "
-                f"Face cache {constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}; download it "
-                f"first, or pass data_dir=<the folder holding {name}>"
-            ) from e
+        return _hub_file(source, name, revision=revision, token=token)
 
     json_path = fetch(source.filename)
     metadata_path = fetch(source.metadata_filename) if source.metadata_filename else None
@@ -116,13 +122,13 @@ def _hub(source: Source, image_dir: str | None, *, revision: str | None, token: 
 
 
 _FINGERPRINT_BYTES = 1 << 20
+_MEMO_NAME = "llava_hf_hashes.json"
 
 
 def fingerprint_file(path: str) -> str:
-    """A cheap content identity of a file: its size and the sha256 of its first and last MiB.
+    """A cheap content identity of a big file: its size and the sha256 of its first and last MiB.
 
-    Used in cache keys instead of paths, so that a prepared dataset is found again when the same files
-    are reached through another mount point; reading 2 MiB costs nothing next to preparing.
+    For the image zips (6.5 and 27 GB), where any change rewrites the central directory at the end.
     """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,13 +140,59 @@ def fingerprint_file(path: str) -> str:
     return f"{size}:{digest.hexdigest()[:16]}"
 
 
-def input_identity(source: Source, *, data_dir: str | None, image_dir: str | None, sample: bool) -> dict[str, str]:
+def _memo_path() -> str:
+    from datasets import config
+
+    return os.path.join(str(config.HF_DATASETS_CACHE), _MEMO_NAME)
+
+
+def content_hash(path: str) -> str:
+    """The sha256 of a whole file, remembered per machine by (path, size, mtime) so that a file read
+    before is not read again; a touched file is hashed again and, unchanged, gives the same hash."""
+    stat = os.stat(path)
+    key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    memo_path = _memo_path()
+    try:
+        with open(memo_path, encoding="utf-8") as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    memo[key] = digest.hexdigest()
+    try:
+        os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+        tmp = f"{memo_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(memo, f)
+        os.replace(tmp, memo_path)  # concurrent writers may drop each other's entries: they are hashed again
+    except OSError:
+        pass
+    return memo[key]
+
+
+def input_identity(
+    source: Source,
+    *,
+    data_dir: str | None,
+    image_dir: str | None,
+    sample: bool,
+    embed_images: bool = True,
+    revision: str | None = None,
+    token: bool | str | None = None,
+) -> dict[str, str]:
     """What the cache key holds about the inputs, independent of where they are mounted.
 
-    Source files (JSON, metadata, a zip of images) are identified by content (`fingerprint_file`); an image
-    folder, which cannot be fingerprinted cheaply, by its last two path components ("coco/train2017"),
-    which survive a different mount point. Files read from the Hub are identified by repo and revision,
-    which are config options of their own. Raises FileNotFoundError when a source file is missing.
+    The source JSON files by the sha256 of their content (`content_hash`); a zip of images by size and
+    the hash of its ends (`fingerprint_file`); an image folder, which cannot be hashed cheaply, by its last
+    two path components ("coco/train2017"), which survive a different mount point — unless the rows store
+    paths (`embed_images=False`), which then depend on the absolute location. Files of the Hub repo by the
+    commit the revision resolves to (fetched through the Hugging Face cache, as preparing would). Raises
+    FileNotFoundError when a source file is missing.
     """
     if sample:
         folder = str(SAMPLE_DIR / source.sample_data_dir)
@@ -150,12 +202,17 @@ def input_identity(source: Source, *, data_dir: str | None, image_dir: str | Non
     identity: dict[str, str] = {}
     if folder is not None:
         inputs = _local(source, folder, image_dir, origin="")
-        identity["json"] = fingerprint_file(inputs.json_path)
+        identity["json"] = content_hash(inputs.json_path)
         if inputs.metadata_path:
-            identity["metadata"] = fingerprint_file(inputs.metadata_path)
+            identity["metadata"] = content_hash(inputs.metadata_path)
         image_dir = inputs.image_location
+    else:
+        json_path = _hub_file(source, source.filename, revision=revision, token=token)
+        identity["commit"] = Path(json_path).parent.name  # files of the Hub cache: snapshots/<commit>/
     if image_dir is not None:
-        if image_dir.lower().endswith(".zip"):
+        if not embed_images:
+            identity["images"] = os.path.abspath(image_dir)
+        elif image_dir.lower().endswith(".zip"):
             identity["images"] = fingerprint_file(image_dir)
         else:
             identity["images"] = "/".join(Path(image_dir).parts[-2:])
@@ -337,10 +394,37 @@ def read_batches(path: str, offsets: tuple[int, ...], start: int, stop: int, lab
             try:
                 records = json.loads(b"[" + data + b"]")
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-                raise SourceError(label, f"records {first} to {last} cannot be decoded: {e}") from None
+                raise _undecodable(data, begin, first, label) or SourceError(
+                    label, f"records {first} to {last} cannot be decoded: {e}"
+                ) from None
             if len(records) != last - first + 1:
                 raise SourceError(label, f"records {first} to {last}: the file changed while it was being read")
             yield records
+
+
+def _undecodable(data: bytes, begin: int, first: int, label: str) -> SourceError | None:
+    """The error naming the record of a batch that does not decode (bytes that are not UTF-8), found by
+    decoding the batch's records one at a time; None if each decodes alone."""
+    text = data.decode("latin-1")  # one char per byte: positions are byte offsets
+    decoder = json.JSONDecoder()
+    pos = 0
+    for k in itertools.count():
+        pos = _SEPARATORS.match(text, pos).end()
+        if pos >= len(text):
+            return None
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        rid = _latin1_fix(record.get("id")) if isinstance(record, dict) else None
+        try:
+            json.loads(data[pos:end])
+        except UnicodeDecodeError as e:
+            at = begin + pos + e.start
+            return SourceError(label, f"byte {at} is not UTF-8 ({data[pos + e.start : pos + e.end]!r})", first + k, rid)
+        except (json.JSONDecodeError, RecursionError) as e:
+            return SourceError(label, f"cannot be decoded at byte {begin + pos}: {e}", first + k, rid)
+        pos = end
 
 
 def first_mismatch(chat: JsonIndex, metadata: JsonIndex, chat_label: str, metadata_label: str) -> SourceError:

@@ -27,7 +27,7 @@ from .catalog import get_source
 from .convert import ShardSpec, check_options, iter_batches, plan_source
 from .errors import BadImage, SourceError
 from .images import BAD_IMAGE_REASONS, ImageRoot, sniff_format
-from .records import IMAGE_TOKEN, Row
+from .records import IMAGE_TOKEN, Row, text_problem
 from .sources import Shard, index_json_array, resolve_inputs
 
 logger = logging.getLogger("llava_hf")
@@ -35,6 +35,7 @@ logger = logging.getLogger("llava_hf")
 # Every reason verify reports, in the order its summary lists them.
 PROBLEM_REASONS = (
     "bad_record",
+    "bad_text",
     *BAD_IMAGE_REASONS,
     "undecodable",
     "decompression_bomb",
@@ -94,12 +95,13 @@ class VerifyReport:
     def clean(self) -> bool:
         return not any(count for reason, count in self.counts.items() if reason not in self.ignored)
 
-    def bad_ids(self) -> list[str]:
-        """Ids of the records with a problem not in `ignored`, in file order, each once."""
-        seen: dict[str, None] = {}
+    def bad_records(self) -> list[tuple[int, str | None]]:
+        """(index, id) of the records with a problem not in `ignored`, in file order, each once. Ids repeat
+        in some files (llava_instruct_150k), so the index is what names one record."""
+        seen: dict[tuple[int, str | None], None] = {}
         for problem in sorted(self.problems, key=lambda p: (p.index is None, p.index or 0)):
-            if problem.reason not in self.ignored and problem.id is not None:
-                seen.setdefault(problem.id, None)
+            if problem.reason not in self.ignored and problem.index is not None:
+                seen.setdefault((problem.index, problem.id), None)
         return list(seen)
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +204,9 @@ def _verify_shard(shard: Shard, spec: ShardSpec, decode: bool) -> tuple[list[Pro
         named = [row.image for _, row in rows if row.image is not None]
         found = iter(root.read_many(named) if root is not None and named else [])
         for index, row in rows:
+            text = text_problem(row)
+            if text:
+                add("bad_text", index, row.id, text, row.image)
             for reason, detail in check_conversation(row):
                 add(reason, index, row.id, detail, row.image)
             if row.image is None:
@@ -313,8 +318,11 @@ def write_report(report: VerifyReport, path: str | os.PathLike) -> None:
 
 
 def write_fix_list(report: VerifyReport, path: str | os.PathLike) -> int:
-    """Write the ids of records to skip (one per line) to `path`; returns how many."""
-    ids = report.bad_ids()
+    """Write the records to skip to `path`, one "index<TAB>id" line each; returns how many.
+
+    Drop them with `ds.select(i for i in range(len(ds)) if i not in skip)` on a dataset prepared from
+    the same file (row i is record i unless rows were skipped while preparing)."""
+    records = report.bad_records()
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{rid}\n" for rid in ids)
-    return len(ids)
+        f.writelines(f"{index}\t{rid}\n" for index, rid in records)
+    return len(records)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 import zipfile
 
 import datasets
 import pytest
-from conftest import DATA_DIRS, sha256, zip_folder
+from conftest import DATA_DIRS, jpeg, sha256, zip_folder
 
 import llava_hf
 from llava_hf import SourceError, load_dataset, prepare_report
@@ -150,14 +151,37 @@ def test_reload_comes_from_the_cache_without_reading_images(release, cache_dir):
     assert raw_rows(again) == raw_rows(first)
 
 
-def test_a_changed_source_file_is_a_new_cache_entry(release, cache_dir):
+def test_a_changed_source_file_is_a_new_cache_entry_even_at_the_same_size(release, cache_dir):
     first = load(release, "detail_23k", cache_dir)
     path = release.data_dir("detail_23k") / "detail_23k.json"
-    records = json.loads(path.read_text())
-    path.write_text(json.dumps(records[:2], indent=2))
+    text = path.read_text()
+    path.write_text(text.replace("two cooks", "two chefs", 1))  # same length, in the middle
     second = load(release, "detail_23k", cache_dir)
     assert second.cache_files != first.cache_files
-    assert (len(first), len(second)) == (3, 2)
+    assert "two chefs" in second[0]["conversations"][1]["value"]
+    os.utime(path)  # touching the file changes nothing
+    assert load(release, "detail_23k", cache_dir).cache_files == second.cache_files
+
+
+def test_image_folders_with_the_same_tail(release, cache_dir, tmp_path):
+    coco = release.image_dir("detail_23k")
+    other = tmp_path / "elsewhere" / "coco" / "train2017"
+    shutil.copytree(coco, other)
+    # Embedded bytes: the same tail is one entry (a cache found through another mount point) ...
+    a = load(release, "detail_23k", cache_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # same images: no warning
+        b = load(release, "detail_23k", cache_dir, image_dir=str(other))
+    assert a.cache_files == b.cache_files
+    # ... and different images there are pointed out.
+    (other / "000000398214.jpg").write_bytes(jpeg(99))
+    with pytest.warns(UserWarning, match=r"reusing data prepared from the images in .*differs in"):
+        load(release, "detail_23k", cache_dir, image_dir=str(other))
+    # Stored paths depend on the folder: two entries.
+    c = load(release, "detail_23k", cache_dir, embed_images=False)
+    d = load(release, "detail_23k", cache_dir, embed_images=False, image_dir=str(other))
+    assert c.cache_files != d.cache_files
+    assert raw_rows(d)[0]["image"]["path"] == str(other / "000000319154.jpg")
 
 
 @pytest.mark.parametrize("name", ["detail_23k", "llava_v1_5_mix665k", "blip_558k"])
@@ -402,3 +426,58 @@ def test_cache_key_ignores_spelling_of_defaults_and_paths(release, cache_dir, mo
         "detail_23k", cache_dir=cache_dir, on_bad_image="skip", **release.options("detail_23k")
     )
     assert other.cache_dir != plain.cache_dir
+
+
+# --- text, empty and missing inputs ---------------------------------------------------------------------
+
+
+def test_unpaired_surrogate_names_the_record(release, cache_dir):
+    path = release.data_dir("detail_23k") / "detail_23k.json"
+    records = json.loads(path.read_text())
+    records[2]["conversations"][1]["value"] = "broken emoji \ud83d here"
+    path.write_text(json.dumps(records))  # json writes the lone surrogate as the escape \ud83d
+    with pytest.raises(SourceError) as info:
+        load(release, "detail_23k", cache_dir)
+    assert str(info.value) == (
+        "detail_23k.json: record 2 (id='000000033471'): turn 1 'value' holds an unpaired UTF-16 surrogate "
+        "(\\ud83d at character 13), not valid text"
+    )
+    assert_no_complete_cache(cache_dir)
+
+
+def test_every_row_skipped_is_an_error_not_an_empty_cache(release, cache_dir, tmp_path):
+    empty = tmp_path / "not-yet-mounted"
+    empty.mkdir()
+    with pytest.raises(SourceError) as info:
+        load(release, "detail_23k", cache_dir, image_dir=str(empty), on_bad_image="skip")
+    assert str(info.value) == (
+        f"detail_23k.json: all 3 records were skipped for bad images (missing: 3); is image_dir {empty} the "
+        "right folder?"
+    )
+    assert_no_complete_cache(cache_dir)
+    assert len(load(release, "detail_23k", cache_dir, on_bad_image="skip")) == 3  # once the images are there
+
+
+def test_missing_image_dir_and_empty_source(release, cache_dir, tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load(release, "detail_23k", cache_dir, image_dir=str(tmp_path / "nope"))
+    assert str(info.value) == f"detail_23k: image_dir {tmp_path / 'nope'} does not exist (not mounted, or mistyped?)"
+    (release.data_dir("detail_23k") / "detail_23k.json").write_text("[]")
+    with pytest.raises(SourceError) as info:
+        load(release, "detail_23k", cache_dir)
+    assert str(info.value) == "detail_23k.json: holds an empty array: there is nothing to prepare"
+
+
+def test_a_big_file_that_is_no_image_is_refused_after_16_bytes(tmp_path):
+    import tracemalloc
+
+    from llava_hf.images import open_root
+
+    (tmp_path / "zeros.jpg").write_bytes(b"\0" * (40 << 20))
+    root = open_root(str(tmp_path))
+    tracemalloc.start()
+    (result,) = root.read_many(["zeros.jpg"])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert result.reason == "not_an_image"
+    assert peak < 1 << 20

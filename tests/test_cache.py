@@ -189,3 +189,59 @@ def test_preparing_twice_gives_identical_arrow_files(release, tmp_path):
     (a,), (b,) = one.cache_files, two.cache_files
     assert a["filename"] != b["filename"]
     assert Path(a["filename"]).read_bytes() == Path(b["filename"]).read_bytes()
+
+
+HOLD_LEASE = """
+import sys, time
+from llava_hf.locking import LeaseLock
+lock = LeaseLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_that_lost_its_lease_stops(tmp_path):
+    lock_path = str(tmp_path / "entry_builder.lock")
+    env = {**os.environ, "LLAVA_HF_LEASE_SECONDS": "2"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LEASE, lock_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGSTOP)  # a paused holder: alive, but its heartbeat stops
+    take_over = (
+        "import sys; from llava_hf.locking import LeaseLock; LeaseLock(sys.argv[1]).acquire(timeout=30); print('taken')"
+    )
+    taker = subprocess.run(
+        [sys.executable, "-c", take_over, lock_path], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert taker.stdout.strip() == "taken", taker.stderr
+    holder.send_signal(signal.SIGCONT)
+    assert holder.wait(timeout=30) == 70
+    assert "lost the cache lease" in holder.stderr.read()
+
+
+FORKSERVER_PREPARE = """
+import sys, multiprocess, llava_hf
+if __name__ == "__main__":
+    multiprocess.set_start_method("forkserver", force=True)
+    ds = llava_hf.load_dataset("detail_23k", data_dir=sys.argv[1], image_dir=sys.argv[2], cache_dir=sys.argv[3], num_proc=2)
+    print(len(ds), len(ds.cache_files))
+"""
+
+
+def test_num_proc_under_the_forkserver_start_method(big_source, tmp_path):
+    script = tmp_path / "prepare_forkserver.py"
+    script.write_text(FORKSERVER_PREPARE)
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, big_source), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["12000", "2"]

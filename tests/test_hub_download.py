@@ -87,3 +87,26 @@ def test_offline_without_the_file_in_the_cache_says_so(tmp_path):
         f"the Hugging Face cache {tmp_path / 'hub'} and the Hub cannot be reached (HF_HUB_OFFLINE is set); download "
         "it first, or pass data_dir=<the folder holding detail_23k.json>"
     )
+
+
+def test_a_moved_main_branch_is_a_new_cache_entry(release, tmp_path):
+    hub = tmp_path / "hub"
+    instruct = release.data_dir("detail_23k")
+    records = json.loads((instruct / "detail_23k.json").read_text())
+    lay_out_repo(hub, "liuhaotian/LLaVA-Instruct-150K", {"detail_23k.json": json.dumps(records).encode()}, MAIN, "main")
+    code = f"""
+        import llava_hf
+        ds = llava_hf.load_dataset("detail_23k", image_dir={str(release.image_dir("detail_23k"))!r}, cache_dir={str(tmp_path / "c")!r})
+        print(len(ds), llava_hf.prepare_report(ds)["source"]["revision"])
+    """
+    env = dict(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), HF_HOME=str(tmp_path / "home"))
+    first = run_python(code, cwd=tmp_path, **env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split()[-2:] == ["3", MAIN]
+    # `hf download` brought a new commit of main into the cache
+    lay_out_repo(
+        hub, "liuhaotian/LLaVA-Instruct-150K", {"detail_23k.json": json.dumps(records[:2]).encode()}, V1, "main"
+    )
+    second = run_python(code, cwd=tmp_path, **env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split()[-2:] == ["2", V1]

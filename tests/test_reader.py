@@ -115,7 +115,7 @@ def test_off_switch_argument_and_identical_rows_in_sequential_passes(big):
     assert sum(resident_bytes(f) for f in files) / total > 0.99
     del lazy
     gc.collect()
-    reader.set_policy(os.path.dirname(files[0]), reader.default_lazy())
+    reader.set_policy(os.path.dirname(files[0]), None)
 
 
 def test_map_with_workers_and_a_shuffled_view(big):

@@ -105,13 +105,16 @@ def test_malformed_json_names_the_record(tmp_path, text, message):
     assert str(info.value) == message
 
 
-def test_invalid_utf8_names_the_rows(tmp_path):
+def test_invalid_utf8_names_the_record_and_byte(tmp_path):
     path = tmp_path / "x.json"
-    path.write_bytes(b'[{"id": "a"}, {"id": "\xff\xfe"}]')
+    records = [json.dumps({"id": f"r{i}", "v": "caf\u00e9"}, ensure_ascii=False).encode() for i in range(250)]
+    records[160] = b'{"id": "r160", "v": "caf\xe9"}'  # latin-1 e-acute: not UTF-8
+    path.write_bytes(b"[" + b",\n".join(records) + b"]")
     index = index_json_array(str(path))
     with pytest.raises(SourceError) as info:
         rows_of(path, index)
-    assert str(info.value).startswith("x.json: records 1 to 1 cannot be decoded:")
+    offset = path.read_bytes().index(b"caf\xe9") + 3
+    assert str(info.value) == f"x.json: record 160 (id='r160'): byte {offset} is not UTF-8 (b'\\xe9')"
 
 
 def test_first_mismatch_names_the_first_differing_row(tmp_path):

@@ -135,7 +135,7 @@ def test_every_problem_is_reported_with_file_index_id_and_detail(seeded, num_pro
         "image_token_count": 3,
     }
     assert (report.records, report.images, report.clean) == (18, 16, False)
-    assert report.bad_ids() == [f"r{i:02d}" for i in range(1, 17)] + ["17"]
+    assert report.bad_records() == [(i, f"r{i:02d}") for i in range(1, 17)] + [(17, "17")]
 
 
 def test_verify_cli_writes_the_report_and_fix_list(seeded, tmp_path, capsys):
@@ -168,7 +168,7 @@ def test_verify_cli_writes_the_report_and_fix_list(seeded, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["counts"]["undecodable"] == 2 and report["clean"] is False
     assert len(report["problems"]) == len(EXPECTED)
-    assert fix.read_text().split() == [f"r{i:02d}" for i in range(1, 17)] + ["17"]
+    assert fix.read_text().splitlines() == [f"{i}\tr{i:02d}" for i in range(1, 17)] + ["17\t17"]
 
 
 def test_ignored_reasons_do_not_fail_the_check(capsys):
@@ -296,3 +296,19 @@ def test_image_reads_refuse_huge_files_before_reading(tmp_path, monkeypatch):
         "too_large",
         f"image file {tmp_path}/big.jpg has 5,003 bytes, more than the 1,000 allowed",
     )
+
+
+def test_unpaired_surrogates_are_reported(release):
+    path = release.data_dir("detail_23k") / "detail_23k.json"
+    records = json.loads(path.read_text())
+    records[1]["conversations"][0]["value"] = "\udc00<image>\nhalf a pair"
+    path.write_text(json.dumps(records))
+    report = verify("detail_23k", **release.options("detail_23k"), num_proc=1, progress=False)
+    assert [(p.reason, p.index, p.id, p.detail) for p in report.problems] == [
+        (
+            "bad_text",
+            1,
+            "000000398214",
+            "turn 0 'value' holds an unpaired UTF-16 surrogate (\\udc00 at character 0), not valid text",
+        )
+    ]
