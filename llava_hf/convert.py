@@ -35,10 +35,9 @@ from .sources import (
 
 logger = logging.getLogger("llava_hf")
 
-# A table is cut early when its images reach this size (Arrow binary arrays hold at most 2 GB).
+# A table is cut early when its images reach this size (Arrow binary arrays hold at most 2 GB); with the
+# reads in flight (images.READ_AHEAD) it bounds the image bytes a worker holds, whatever the files weigh.
 MAX_TABLE_BYTES = 256 << 20
-# Images read at once by a worker (two per reading thread).
-READ_AHEAD = 16
 # How many skipped records per reason the report lists by name.
 SKIP_EXAMPLES = 20
 
@@ -224,29 +223,25 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                 record_error = e  # raised after the images of the records before it, in file order
                 break
         kept, pictures, size = [], [], 0
-        # Images are read READ_AHEAD at a time (several in flight from a folder): whatever the files weigh,
-        # a worker holds at most those and one table's worth of bytes.
-        for start in range(0, len(rows), READ_AHEAD):
-            group = rows[start : start + READ_AHEAD]
-            named = [row.image for _, row in group if row.image is not None]
-            found = iter(images.read_many(named, spec.embed_images) if images is not None and named else [])
-            for index, row in group:
-                picture = None
-                if row.image is not None:
-                    result = next(found) if images is not None else _no_root(row.image)
-                    if isinstance(result, BadImage):
-                        if spec.on_bad_image == "raise":
-                            raise SourceError(spec.json_label, str(result), index, row.id, reason=result.reason)
-                        skips.add(result.reason, index, row.id, row.image, str(result))
-                        continue
-                    # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
-                    picture = (result[1], row.image) if spec.embed_images else (None, result)
-                kept.append((index, row))
-                pictures.append(picture)
-                size += len(picture[0]) if picture and picture[0] else 0
-                if size >= MAX_TABLE_BYTES:
-                    yield _table(kept, pictures, spec)
-                    kept, pictures, size = [], [], 0
+        named = (row.image for _, row in rows if row.image is not None)
+        found = images.read_many(named, spec.embed_images) if images is not None else None
+        for index, row in rows:
+            picture = None
+            if row.image is not None:
+                result = next(found) if found is not None else _no_root(row.image)
+                if isinstance(result, BadImage):
+                    if spec.on_bad_image == "raise":
+                        raise SourceError(spec.json_label, str(result), index, row.id, reason=result.reason)
+                    skips.add(result.reason, index, row.id, row.image, str(result))
+                    continue
+                # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
+                picture = (result[1], row.image) if spec.embed_images else (None, result)
+            kept.append((index, row))
+            pictures.append(picture)
+            size += len(picture[0]) if picture and picture[0] else 0
+            if size >= MAX_TABLE_BYTES:
+                yield _table(kept, pictures, spec)
+                kept, pictures, size = [], [], 0
         if kept:
             yield _table(kept, pictures, spec)
         if record_error is not None:

@@ -11,7 +11,8 @@ import os
 import posixpath
 import re
 import zipfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,8 +25,13 @@ BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_lar
 # read, so a hostile or broken file can never make a worker allocate gigabytes.
 MAX_IMAGE_BYTES = 64 << 20
 
-# Threads reading image files of a folder root at the same time, in each worker process.
+# Threads reading image files of a folder root at the same time, in each worker process, and how many
+# reads may be in flight (two per thread: one being read, one queued).
 READ_THREADS = 8
+READ_AHEAD = 2 * READ_THREADS
+
+# Files up to this size are read in one request and checked after; bigger ones are checked first.
+_READ_WHOLE = 1 << 20
 
 # Bytes needed to recognise every format in `_SIGNATURES`.
 HEAD_SIZE = 16
@@ -124,7 +130,7 @@ class ImageRoot:
         tried = f" (also tried {', '.join(repr(c) for _, c in options[1:])})" if len(options) > 1 else ""
         raise BadImage("missing", f"image {name!r} not found under {self.location}{tried}")
 
-    def read(self, name: str) -> tuple[str, bytes | bytearray]:
+    def read(self, name: str) -> tuple[str, bytes]:
         """(resolved name, bytes) of the image called `name`; BadImage when it cannot be embedded."""
         return self._first(name, self._read)
 
@@ -134,9 +140,10 @@ class ImageRoot:
         _check_head(head, size, self.describe(candidate))
         return self.url(candidate)
 
-    def read_many(self, names: Sequence[str], embed: bool = True) -> list[tuple[str, bytes] | str | BadImage]:
+    def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
         """`read` (or with `embed=False`, `locate`) of each name, in order, a BadImage in place of a name
-        that fails. Reads of a folder overlap in `READ_THREADS` threads."""
+        that fails. From a folder, `READ_THREADS` threads keep up to `READ_AHEAD` reads in flight, so the
+        storage always has requests queued, and no more than that many images wait in memory."""
         method = self.read if embed else self.locate
 
         def one(name: str):
@@ -145,9 +152,17 @@ class ImageRoot:
             except BadImage as bad:
                 return bad
 
-        if self.parallel_reads and len(names) > 1:
-            return list(self._pool().map(one, names))
-        return [one(name) for name in names]
+        if not self.parallel_reads:
+            yield from map(one, names)
+            return
+        pool = self._pool()
+        pending: deque = deque()
+        for name in names:
+            pending.append(pool.submit(one, name))
+            if len(pending) >= READ_AHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
     parallel_reads = False
     _executor = None
@@ -172,7 +187,7 @@ class ImageRoot:
     def url(self, name: str) -> str:
         raise NotImplementedError
 
-    def _read(self, name: str) -> bytes | bytearray | None:
+    def _read(self, name: str) -> bytes | None:
         """The file's bytes after the size and signature checks, or None when there is no such file."""
         raise NotImplementedError
 
@@ -192,26 +207,21 @@ class FolderRoot(ImageRoot):
     def url(self, name: str) -> str:
         return os.path.join(self.location, name)
 
-    def _read(self, name: str) -> bytearray | None:
+    def _read(self, name: str) -> bytes | None:
         path = os.path.join(self.location, name)
         try:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 _check_size(size, path)
-                # The signature is checked before anything else is read or allocated: a big file that is
-                # no image costs 16 bytes. The rest lands in one buffer of the file's size.
+                if size <= _READ_WHOLE:
+                    data = f.read()  # one request: one round trip to the storage
+                    _check_head(data[:HEAD_SIZE], len(data), path)
+                    return data
+                # A big file: its signature is checked before the rest is read or allocated, so a big file
+                # that is no image costs 16 bytes.
                 head = f.read(HEAD_SIZE)
                 _check_head(head, size, path)
-                data = bytearray(size)
-                view = memoryview(data)
-                got = len(head)
-                view[:got] = head
-                while got < size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
-                return data if got == size else data[:got]
+                return head + f.read()
         except FileNotFoundError:
             return None
         except OSError as e:

@@ -218,16 +218,19 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
     for column in table.columns:
         for chunk in column.chunks:
             buffers = [b for b in chunk.buffers() if b is not None]
+            if not buffers:
+                continue
             if any(b.size > SMALL_BUFFER for b in buffers):
                 value_spans(chunk, spans)
                 continue
+            mapping = _mapping_of(buffers[0].address)  # a record batch lies in one file
+            if mapping is None:
+                continue
+            done = _requested.setdefault(mapping[0], set())
             for b in buffers:
-                mapping = _mapping_of(b.address)
-                if mapping is not None:
-                    done = _requested.setdefault(mapping[0], set())
-                    if b.address not in done:
-                        done.add(b.address)
-                        spans.append((b.address, b.size))
+                if b.address not in done:
+                    done.add(b.address)
+                    spans.append((b.address, b.size))
     return spans
 
 
