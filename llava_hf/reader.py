@@ -115,7 +115,6 @@ def _unregister(start: int) -> None:
         if i < len(_starts) and _starts[i] == start:
             del _starts[i]
             del _ends[start]
-        _requested.pop(start, None)  # a later mapping at the same address starts afresh
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
@@ -205,15 +204,15 @@ def value_spans(array: pa.Array, out: list[tuple[int, int]] | None = None) -> li
     return out
 
 
-# Buffers up to this size (a record batch's ids, captions, conversations...) are requested whole, once;
-# bigger ones (the image bytes) only for the rows asked for.
+# Buffers up to this size (a record batch's ids, captions, conversations...) are requested whole, which
+# costs one merged request; bigger ones (the image bytes) only for the rows asked for.
 SMALL_BUFFER = 256 << 10
-_requested: dict[int, set[int]] = {}  # mapping start -> addresses of its small buffers already requested
 
 
 def row_spans(table: pa.Table) -> list[tuple[int, int]]:
     """The memory to request for the rows of `table` (a few rows of a lazily mapped table), cheaply: the
-    values of the rows in big buffers, and each small buffer whole the first time it is met."""
+    values of the rows in big buffers, and small buffers whole. Requests for pages already cached cost
+    little, and pages evicted since are read again in one request, not one page fault at a time."""
     spans: list[tuple[int, int]] = []
     for column in table.columns:
         for chunk in column.chunks:
@@ -223,14 +222,7 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
             if any(b.size > SMALL_BUFFER for b in buffers):
                 value_spans(chunk, spans)
                 continue
-            mapping = _mapping_of(buffers[0].address)  # a record batch lies in one file
-            if mapping is None:
-                continue
-            done = _requested.setdefault(mapping[0], set())
-            for b in buffers:
-                if b.address not in done:
-                    done.add(b.address)
-                    spans.append((b.address, b.size))
+            spans.extend((b.address, b.size) for b in buffers)
     return spans
 
 
