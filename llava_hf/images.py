@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import struct
+import threading
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -177,7 +180,7 @@ class ImageRoot:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for transient in ("_zip", "_pid", "_executor", "_executor_pid"):
+        for transient in ("_zip", "_fd", "_pid", "_executor", "_executor_pid"):
             state.pop(transient, None)
         return state
 
@@ -241,20 +244,27 @@ class FolderRoot(ImageRoot):
 class ZipRoot(ImageRoot):
     """Images inside one zip, read in place (the LLaVA archives are 6.5 GB and 27 GB, no root folder).
 
-    The archive is opened lazily in each process: a zip handle shared across a fork would share its
-    file offset, so a handle opened by another process is never reused.
+    `zipfile` reads the directory; a member's bytes are then read with `os.pread` at the offset the
+    directory gives, so several threads read at once (zipfile serialises reads on one shared handle) and
+    no file offset is shared across a fork. Stored and deflated members are read this way, with their
+    CRC checked; other compressions go through zipfile.
     """
 
+    parallel_reads = True
     _zip: zipfile.ZipFile | None = None
+    _fd: int = -1
     _pid: int = 0
 
     def _archive(self) -> zipfile.ZipFile:
         if self._zip is None or self._pid != os.getpid():
-            try:
-                self._zip = zipfile.ZipFile(self.location)
-            except (OSError, zipfile.BadZipFile) as e:
-                raise BadImage("unreadable", f"image archive {self.location} cannot be opened: {e}") from None
-            self._pid = os.getpid()
+            with _OPEN_LOCK:  # reading threads start together: one of them opens the archive
+                if self._zip is None or self._pid != os.getpid():
+                    try:
+                        self._zip = zipfile.ZipFile(self.location)
+                        self._fd = os.open(self.location, os.O_RDONLY)
+                    except (OSError, zipfile.BadZipFile) as e:
+                        raise BadImage("unreadable", f"image archive {self.location} cannot be opened: {e}") from None
+                    self._pid = os.getpid()
         return self._zip
 
     def describe(self, name: str) -> str:
@@ -274,29 +284,67 @@ class ZipRoot(ImageRoot):
         info = self._info(name)
         if info is None:
             return None
-        _check_size(info.file_size, self.describe(name))
+        where = self.describe(name)
+        _check_size(info.file_size, where)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
+            return self._read_with_zipfile(info, where)
         try:
-            with self._archive().open(info) as f:
+            header = os.pread(self._fd, _LOCAL_HEADER.size, info.header_offset)
+            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
+                raise BadImage("unreadable", f"{where} has no local header where the zip directory says")
+            name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
+            start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            if info.compress_type == zipfile.ZIP_STORED:
+                if info.compress_size > _READ_WHOLE:  # a big member: its signature first, as for files
+                    _check_head(os.pread(self._fd, HEAD_SIZE, start), info.file_size, where)
+                data = os.pread(self._fd, info.compress_size, start)
+                _check_head(data[:HEAD_SIZE], len(data), where)
+            else:
+                # max_length: a member cannot inflate past the size its directory entry declares
+                data = zlib.decompressobj(-15).decompress(os.pread(self._fd, info.compress_size, start), info.file_size)
+                _check_head(data[:HEAD_SIZE], len(data), where)
+        except OSError as e:
+            raise BadImage("unreadable", f"{where} cannot be read: {e}") from None
+        except zlib.error as e:
+            raise BadImage("unreadable", f"{where} does not inflate: {e}") from None
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise BadImage("unreadable", f"{where} is corrupt (size or CRC differs from the zip directory)")
+        return data
+
+    def _read_with_zipfile(self, info: zipfile.ZipInfo, where: str) -> bytes:
+        try:
+            with self._lock, self._archive().open(info) as f:
                 head = f.read(HEAD_SIZE)
-                _check_head(head, info.file_size, self.describe(name))
+                _check_head(head, info.file_size, where)
                 return head + f.read()
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise BadImage("unreadable", f"{self.describe(name)} cannot be read: {e}") from None
+        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
+            raise BadImage("unreadable", f"{where} cannot be read: {e}") from None
+
+    @property
+    def _lock(self) -> threading.Lock:
+        return _ZIPFILE_LOCK
 
     def _probe(self, name: str) -> tuple[bytes, int] | None:
         info = self._info(name)
         if info is None:
             return None
         try:
-            with self._archive().open(info) as f:
+            with self._lock, self._archive().open(info) as f:
                 return f.read(HEAD_SIZE), info.file_size
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
+        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
             raise BadImage("unreadable", f"{self.describe(name)} cannot be read: {e}") from None
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
-            self._zip = None
+            os.close(self._fd)
+            self._zip, self._fd = None, -1
+
+
+# The fixed part of a zip local file header (signature ... file name length, extra field length).
+_LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_ZIPFILE_LOCK = threading.Lock()
+_OPEN_LOCK = threading.Lock()
 
 
 def open_root(location: str, aliases: tuple[tuple[str, str], ...] = ()) -> ImageRoot:

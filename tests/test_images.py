@@ -156,3 +156,26 @@ def test_unreadable_zip(tmp_path):
         open_root(str(path)).read("a.jpg")
     assert info.value.reason == "unreadable"
     assert str(info.value).startswith(f"image archive {path} cannot be opened")
+
+
+def test_zip_members_stored_deflated_and_corrupt(tmp_path):
+    path = tmp_path / "images.zip"
+    picture = jpeg(5)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("stored.jpg", picture, compress_type=zipfile.ZIP_STORED)
+        zf.writestr("deflated.jpg", picture, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("bzip.jpg", picture, compress_type=zipfile.ZIP_BZIP2)
+        info = zipfile.ZipInfo("extra.jpg")
+        info.extra = b"\xca\xfe\x04\x00abcd"  # an extra field in the local header
+        zf.writestr(info, picture)
+        zf.writestr("page.jpg", b"<html>" * 100, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("broken.jpg", picture)
+    data = bytearray(path.read_bytes())
+    at = data.index(picture, data.index(b"broken.jpg"))
+    data[at + 100] ^= 0xFF  # one flipped byte in the member's data
+    path.write_bytes(bytes(data))
+    root = open_root(str(path))
+    results = list(root.read_many(["stored.jpg", "deflated.jpg", "bzip.jpg", "extra.jpg", "page.jpg", "broken.jpg"]))
+    assert [r[1] for r in results[:4]] == [picture] * 4
+    assert (results[4].reason, results[5].reason) == ("not_an_image", "unreadable")
+    assert str(results[5]) == f"broken.jpg in {path} is corrupt (size or CRC differs from the zip directory)"
