@@ -106,15 +106,6 @@ class LlavaConfig(datasets.BuilderConfig):
         return super().create_config_id(kept, custom_features=custom_features)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("llava_hf")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 class LlavaBuilder(datasets.ArrowBasedBuilder):
     """Builds one LLaVA source file (plus its images) into Arrow tables with the shared schema."""
 
@@ -297,6 +288,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             self._main_pid = None
 
     def _write_report(self) -> None:
+        from . import __version__
+
         parts = []
         for path in sorted(glob.glob(os.path.join(self._skip_dir, "*.json"))):
             with open(path, encoding="utf-8") as f:
@@ -335,7 +328,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 "images": inputs.image_location,
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
-            "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": _version()},
+            "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": __version__},
         }
         with open(os.path.join(self._output_dir, REPORT_FILENAME), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)

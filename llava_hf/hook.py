@@ -13,7 +13,7 @@ import ast
 import hashlib
 import importlib
 import warnings
-from functools import wraps
+from functools import cache, wraps
 from importlib import resources
 
 import datasets
@@ -42,8 +42,10 @@ def _code_only(source: str) -> str:
     return ast.dump(tree)
 
 
+@cache
 def module_hash() -> str:
-    """Hash of the code that shapes prepared data; part of every cache path."""
+    """Hash of the code that shapes prepared data; part of every cache path. Computed on first use, not
+    at import (it parses eight modules), and once per process."""
     digest = hashlib.sha256()
     package = resources.files("llava_hf")
     for name in _CONTENT_MODULES:
@@ -52,7 +54,10 @@ def module_hash() -> str:
     return digest.hexdigest()
 
 
-MODULE_HASH = module_hash()
+def __getattr__(name: str) -> str:
+    if name == "MODULE_HASH":  # the hash as a module constant, computed when first asked for
+        return module_hash()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dataset_module(revision: str | Version | None = None) -> DatasetModule:
@@ -61,7 +66,7 @@ def dataset_module(revision: str | Version | None = None) -> DatasetModule:
     builder_kwargs = {"dataset_name": NAME}
     if revision is not None:
         builder_kwargs["revision"] = str(revision)
-    return DatasetModule(BUILDER_MODULE, MODULE_HASH, builder_kwargs)
+    return DatasetModule(BUILDER_MODULE, module_hash(), builder_kwargs)
 
 
 def install() -> bool:

@@ -11,7 +11,7 @@ import datasets
 from . import reader
 from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
 from .catalog import get_source
-from .hook import MODULE_HASH, NAME
+from .hook import NAME, module_hash
 from .locking import LockMode
 
 
@@ -37,7 +37,7 @@ def load_builder(
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         dataset_name=NAME,
         config_name=name,
-        hash=MODULE_HASH,
+        hash=module_hash(),
         data_dir=data_dir,
         token=token,
         image_dir=image_dir,

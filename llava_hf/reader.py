@@ -226,14 +226,6 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
     return spans
 
 
-def table_spans(table: pa.Table) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    for column in table.columns:
-        for chunk in column.chunks:
-            value_spans(chunk, spans)
-    return spans
-
-
 # --- the hooks ---------------------------------------------------------------------------------------------
 
 _installed = False
