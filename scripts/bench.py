@@ -982,7 +982,9 @@ def report_serving(results: dict) -> None:
             ]
         )
     print_table(
-        f"[4] serving {serving['rows']:,} random rows (llava_hf opened lazily; cold = files evicted before each run)",
+        f"[4] serving {serving['rows']:,} random rows (llava_hf opened "
+        f"{'lazily' if os.environ.get('LLAVA_HF_LAZY', '1') != '0' else 'as datasets opens it'}; "
+        "cold = files evicted before each run)",
         ["", row_way, batch_way, "LLaVA json.load + PIL", "ratio ds[i]", "ratio batches"],
         rows,
     )
