@@ -23,6 +23,7 @@ from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
 from .features import FEATURES
+from .image_collections import check_sources, is_url
 from .images import open_root
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .reader import REPORT_FILENAME
@@ -42,6 +43,8 @@ def _path_option(name: str, value: Any) -> str | None:
         return None
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"{name} must be a path, got {value!r}")
+    if name == "image_dir" and is_url(os.fspath(value)):
+        return os.fspath(value)  # an archive or folder URL, opened by images.open_root
     # Absolute, so that the same folder reached from two working directories is one cache entry.
     return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
@@ -50,7 +53,9 @@ def _path_option(name: str, value: Any) -> str | None:
 class LlavaConfig(datasets.BuilderConfig):
     """Options of one LLaVA config. Every value is checked when it is set.
 
-    image_dir: folder or .zip of images; None = the repo's images.zip for pretrain configs.
+    image_dir: folder or .zip of images (or their URL); None = the repo's images.zip for pretrain configs,
+        the image store (filled from each collection's archive) for the others.
+    image_sources: {collection: URL, zip or folder} replacing a collection's archive (image_collections.py).
     embed_images: store the image bytes (True) or absolute paths (False).
     on_bad_image: "raise" on a missing/empty/non-image file, or "skip" the row and count it.
     sample: read the embedded sample instead of real data.
@@ -58,6 +63,7 @@ class LlavaConfig(datasets.BuilderConfig):
     """
 
     image_dir: str | None = None
+    image_sources: dict[str, str] | None = None
     embed_images: bool = True
     on_bad_image: OnBadImage = "raise"
     sample: bool = False
@@ -68,6 +74,8 @@ class LlavaConfig(datasets.BuilderConfig):
         # __init__; validating here refuses a bad value however it arrives.
         if name in ("data_dir", "image_dir"):
             value = _path_option(name, value)
+        elif name == "image_sources":
+            value = check_sources(value)
         elif name == "on_bad_image" and value not in get_args(OnBadImage):
             raise ValueError(f"on_bad_image must be one of {get_args(OnBadImage)}, got {value!r}")
         elif name in ("embed_images", "sample") and not isinstance(value, bool):
@@ -84,7 +92,7 @@ class LlavaConfig(datasets.BuilderConfig):
         defaults = {f.name: f.default for f in fields(LlavaConfig)}
         kept = {}
         for key, value in config_kwargs.items():
-            if key in ("data_dir", "image_dir", "sample", "lock"):
+            if key in ("data_dir", "image_dir", "image_sources", "sample", "lock"):
                 continue
             if key == "revision" and value == "main":
                 value = None
@@ -98,6 +106,7 @@ class LlavaConfig(datasets.BuilderConfig):
             sample=self.sample,
             embed_images=self.embed_images,
             revision=self.revision,
+            image_sources=self.image_sources,
         )
         if self.sample:
             kept["sample"] = True
@@ -135,7 +144,13 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _check_inputs(self) -> None:
         config = self.config
-        check_options(self._source, data_dir=config.data_dir, image_dir=config.image_dir, sample=config.sample)
+        check_options(
+            self._source,
+            data_dir=config.data_dir,
+            image_dir=config.image_dir,
+            sample=config.sample,
+            image_sources=config.image_sources,
+        )
 
     def _info(self) -> datasets.DatasetInfo:
         source = get_source(self.config.name)
@@ -158,6 +173,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             token=self.token,
             embed_images=config.embed_images,
             on_bad_image=config.on_bad_image,
+            image_sources=config.image_sources,
         )
         chat, metadata = plan.chat, plan.metadata
         logger.info(
@@ -167,7 +183,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             f"{chat.num_records:,}",
             chat.size / 1e6,
             f" and {metadata.path}" if metadata else "",
-            plan.inputs.image_location or "none",
+            plan.images or "none",
             len(plan.shards),
         )
         if plan.inputs.origin != "sample" and chat.num_records != source.num_records:
@@ -305,7 +321,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             raise SourceError(
                 self._source.filename,
                 f"all {records:,} records were skipped for bad images ({skips.summary()}); is image_dir "
-                f"{self._plan.inputs.image_location} the right folder?",
+                f"{self._plan.images} the right folder?",
             )
         if skips.total():
             message = (
@@ -325,7 +341,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 "origin": inputs.origin,
                 "revision": inputs.revision,
                 **self._plan.files(),
-                "images": inputs.image_location,
+                "images": self._plan.images,
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": __version__},

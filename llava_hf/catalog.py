@@ -68,6 +68,9 @@ class Source:
     # (lowercase, digits, `-` and `.`) and the URL of the text that states them.
     license_name: str | None = None
     license_link: str | None = None
+    # The image collections (image_collections.py) the images come from when no image_dir is given: with
+    # one, the JSON names are its own (flat); with several, each name starts with its collection's folder.
+    image_collections: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         other = self.license == "other"
@@ -98,6 +101,7 @@ _INSTRUCT = dict(
     license="cc-by-4.0",
     citation=LLAVA_CITATION,
     image_aliases=COCO_FLAT_ALIASES,
+    image_collections=("coco/train2017",),
 )
 
 SOURCES: tuple[Source, ...] = (
@@ -151,6 +155,14 @@ SOURCES: tuple[Source, ...] = (
         source_from="image_collection",
         image_aliases=COCO_PREFIXED_ALIASES,
         sample_image_dir="images",
+        image_collections=(
+            "coco/train2017",
+            "gqa/images",
+            "ocr_vqa/images",
+            "textvqa/train_images",
+            "vg/VG_100K",
+            "vg/VG_100K_2",
+        ),
     ),
     Source(
         name="cc3m_595k",

@@ -20,6 +20,7 @@ import pyarrow as pa
 from .catalog import Source
 from .errors import BadImage, SourceError
 from .features import rows_to_table
+from .image_collections import is_url
 from .images import BAD_IMAGE_REASONS, ImageRoot, open_root
 from .records import Row, parse_record, text_problem
 from .sources import (
@@ -32,6 +33,7 @@ from .sources import (
     read_batches,
     resolve_inputs,
 )
+from .store import StoreSpec, plan_store
 
 logger = logging.getLogger("llava_hf")
 
@@ -56,8 +58,12 @@ class ShardSpec:
     source_from: Literal["config", "image_collection"]
     embed_images: bool
     on_bad_image: Literal["raise", "skip"]
+    # No image_dir, images from their collections: the store, filled from each collection's upstream.
+    image_store: StoreSpec | None = None
 
     def open_images(self) -> ImageRoot | None:
+        if self.image_store is not None:
+            return self.image_store.open()
         return open_root(self.image_location, self.image_aliases) if self.image_location else None
 
     def parse(self, raw: Any, meta: Any, index: int) -> Row:
@@ -72,11 +78,14 @@ class ShardSpec:
         )
 
 
-def check_options(source: Source, *, data_dir: Any, image_dir: Any, sample: bool) -> None:
+def check_options(source: Source, *, data_dir: Any, image_dir: Any, sample: bool, image_sources: Any = None) -> None:
     """ValueError for inputs that cannot work, before anything is read."""
-    if sample and (data_dir or image_dir):
-        raise ValueError(f"{source.name}: sample=True reads the embedded sample; drop data_dir and image_dir")
-    if not sample and image_dir is None and source.image_archive is None:
+    if sample and (data_dir or image_dir or image_sources):
+        raise ValueError(
+            f"{source.name}: sample=True reads the embedded sample; drop data_dir, image_dir and image_sources"
+        )
+    # With no image_dir, configs of the image collections fetch their images into the store (store.py).
+    if not sample and image_dir is None and source.image_archive is None and not source.image_collections:
         raise ValueError(
             f"{source.name} needs image_dir: the folder of its images ({source.image_layout}); "
             "or pass sample=True for the embedded sample"
@@ -92,6 +101,12 @@ class Plan:
     metadata: JsonIndex | None
     shards: list[Shard]
     spec: ShardSpec
+
+    @property
+    def images(self) -> str | None:
+        """Where the images are read from, for logs and reports."""
+        store = self.spec.image_store
+        return store.describe() if store is not None else self.inputs.image_location
 
     def files(self) -> dict[str, dict[str, Any]]:
         """Name, size and sha256 of each source file (for reports and cards)."""
@@ -112,18 +127,25 @@ def plan_source(
     token: bool | str | None = None,
     embed_images: bool = True,
     on_bad_image: Literal["raise", "skip"] = "raise",
+    image_sources: dict[str, str] | None = None,
 ) -> Plan:
     """Resolve and scan the source files of `source` and cut them into shards.
 
     Raises FileNotFoundError for a missing source file, SourceError for malformed JSON or chat and
     metadata files that are not parallel (reason "not_parallel", naming the first differing row).
+    With no image_dir, a config of the image collections reads its images through the store
+    (`store.plan_store`, which raises for a missing image source or an OCR-VQA copy nobody gave).
     """
     inputs = resolve_inputs(
         source, data_dir=data_dir, image_dir=image_dir, sample=sample, revision=revision, token=token
     )
+    image_store = None
+    if image_dir is None and not sample and inputs.image_location is None:
+        image_store = plan_store(source, image_sources, on_bad_image=on_bad_image)
     # One stat of the root, nothing under it, and only when the sources are read (a prepared cache loads
     # without its images): a mistyped or unmounted folder fails here, not as N missing images.
-    if inputs.image_location is not None and not os.path.exists(inputs.image_location):
+    location = inputs.image_location
+    if location is not None and not is_url(location) and not os.path.exists(location):
         location = inputs.image_location
         raise FileNotFoundError(f"{source.name}: image_dir {location} does not exist (not mounted, or mistyped?)")
     chat = index_json_array(inputs.json_path, source.filename)
@@ -143,6 +165,7 @@ def plan_source(
         source_from=source.source_from,
         embed_images=embed_images,
         on_bad_image=on_bad_image,
+        image_store=image_store,
     )
     return Plan(inputs, chat, metadata, plan_shards(chat, metadata), spec)
 

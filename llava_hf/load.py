@@ -22,6 +22,7 @@ def load_builder(
     image_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     embed_images: bool = True,
+    image_sources: dict[str, str] | None = None,
     on_bad_image: OnBadImage = "raise",
     sample: bool = False,
     revision: str | None = None,
@@ -41,6 +42,7 @@ def load_builder(
         data_dir=data_dir,
         token=token,
         image_dir=image_dir,
+        image_sources=image_sources,
         embed_images=embed_images,
         on_bad_image=on_bad_image,
         sample=sample,
@@ -65,12 +67,18 @@ def load_dataset(
     download_mode: datasets.DownloadMode | str | None = None,
     lock: LockMode | None = None,
     lazy: bool | None = None,
+    image_sources: dict[str, str] | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
     """Prepare (once) and load one LLaVA config as a `datasets.Dataset`.
 
     data_dir: folder with the raw JSON files; None downloads them from the catalog's Hub repo
         (through the Hugging Face cache; `revision` picks the repo revision, default "main").
-    image_dir: folder or .zip of images; None uses the repo's images.zip for the pretrain configs.
+    image_dir: folder or .zip of images, or its URL; None uses the repo's images.zip for the pretrain configs,
+        and for the others the image store (`LLAVA_HF_IMAGE_STORE`, default under HF_HOME), which fetches
+        the images a config names from each collection's archive and keeps them (see store.py).
+    image_sources: {collection: URL, zip or folder} replacing a collection's official archive, e.g.
+        {"coco/train2017": "/data/train2017.zip"}; default: the file LLAVA_HF_IMAGE_SOURCES names.
+        image_dir wins over both.
     split: "train" (the only split) gives a Dataset; None gives a DatasetDict.
     num_proc: worker processes for preparing; each takes a contiguous range of rows.
     streaming: return an IterableDataset read straight from the sources, caching nothing.
@@ -92,6 +100,7 @@ def load_dataset(
         image_dir=image_dir,
         cache_dir=cache_dir,
         embed_images=embed_images,
+        image_sources=image_sources,
         on_bad_image=on_bad_image,
         sample=sample,
         revision=revision,

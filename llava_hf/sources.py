@@ -184,6 +184,7 @@ def input_identity(
     embed_images: bool = True,
     revision: str | None = None,
     token: bool | str | None = None,
+    image_sources: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """What the cache key holds about the inputs, independent of where they are mounted.
 
@@ -191,9 +192,13 @@ def input_identity(
     the hash of its ends (`fingerprint_file`); an image folder, which cannot be hashed cheaply, by its last
     two path components ("coco/train2017"), which survive a different mount point — unless the rows store
     paths (`embed_images=False`), which then depend on the absolute location. Files of the Hub repo by the
-    commit the revision resolves to (fetched through the Hugging Face cache, as preparing would). Raises
-    FileNotFoundError when a source file is missing.
+    commit the revision resolves to (fetched through the Hugging Face cache, as preparing would). Images
+    fetched into the store by the archive (or copy) of each collection they come from, and an image_dir
+    URL likewise (`store.upstream_identity`). Raises FileNotFoundError when a source file is missing.
     """
+    from .image_collections import is_url
+    from .store import plan_store, upstream_identity
+
     if sample:
         folder = str(SAMPLE_DIR / source.sample_data_dir)
         image_dir = str(SAMPLE_DIR / source.sample_image_dir) if source.sample_image_dir else image_dir
@@ -209,7 +214,12 @@ def input_identity(
     else:
         json_path = _hub_file(source, source.filename, revision=revision, token=token)
         identity["commit"] = Path(json_path).parent.name  # files of the Hub cache: snapshots/<commit>/
-    if image_dir is not None:
+    if image_dir is None and not sample and source.image_collections:
+        # "skip": the cache key needs no OCR-VQA copy; preparing checks for one.
+        identity["images"] = plan_store(source, image_sources, on_bad_image="skip").identity(embed_images)
+    elif image_dir is not None and is_url(image_dir):
+        identity["images"] = upstream_identity(image_dir)
+    elif image_dir is not None:
         if not embed_images:
             identity["images"] = os.path.abspath(image_dir)
         elif image_dir.lower().endswith(".zip"):

@@ -111,3 +111,17 @@ def release(release_template, tmp_path) -> Release:
 @pytest.fixture
 def cache_dir(tmp_path) -> str:
     return str(tmp_path / "cache")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_image_archives(tmp_path_factory, monkeypatch):
+    """Tests never fetch from the collections' real hosts, nor fill the user's image store: the store is a
+    tmp folder, and every collection's source a local path that does not exist unless a test makes it."""
+    root = tmp_path_factory.getbasetemp() / "image-sources-guard"
+    root.mkdir(exist_ok=True)
+    from llava_hf.image_collections import COLLECTION_NAMES
+
+    mapping = {name: str(root / "absent" / name.replace("/", "-")) for name in COLLECTION_NAMES}
+    (root / "sources.json").write_text(json.dumps(mapping), encoding="utf-8")
+    monkeypatch.setenv("LLAVA_HF_IMAGE_SOURCES", str(root / "sources.json"))
+    monkeypatch.setenv("LLAVA_HF_IMAGE_STORE", str(tmp_path_factory.mktemp("image-store")))

@@ -1,0 +1,589 @@
+"""The local image store: images fetched from their collection's archive, kept in LLaVA's folder layout.
+
+`<store>/coco/train2017/000000033471.jpg`, `<store>/gqa/images/n161313.jpg`, ...: the layout of LLaVA's
+`playground/data`, so the store doubles as `--image_folder` for LLaVA's own training scripts. The store
+lives under the Hugging Face cache (`$HF_HOME/llava_hf/images`) unless `LLAVA_HF_IMAGE_STORE` names
+another folder.
+
+A `StoreRoot` reads an image from the store when it is there, else from the collection's upstream root
+(the official archive, a mirror, a local zip or folder: anything `images.open_root` opens), passing whole
+batches of missing names to the upstream `read_many` so that a remote reader can merge neighbouring
+members into one request. Each image is written to the store (temp file + rename) as soon as it arrives,
+so a killed prepare loses at most the reads in flight and the next run fetches only what it lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import Source, get_source
+from .errors import BadImage, SourceError
+from .image_collections import (
+    SOURCES_ENV,
+    Collection,
+    collections_of,
+    get_collection,
+    is_url,
+    resolve_sources,
+    split_name,
+)
+from .images import FolderRoot, ImageRoot, open_root, safe_name
+
+logger = logging.getLogger("llava_hf")
+
+STORE_ENV = "LLAVA_HF_IMAGE_STORE"
+
+# Names handed to the upstream reader at once: enough for a remote reader to merge neighbours and keep
+# many requests in flight, few enough that a killed run loses little.
+FETCH_BATCH = 256
+# Reasons a copy in the store is not trusted and fetched again (a file cut short by a crash is empty or
+# has no image signature); anything else (an unsafe name) is final.
+_REFETCH = frozenset({"missing", "empty", "not_an_image", "unreadable"})
+# How many failed images per reason a fetch report quotes.
+_EXAMPLES = 5
+
+
+def default_store() -> str:
+    """The store folder: `LLAVA_HF_IMAGE_STORE`, else `llava_hf/images` under the Hugging Face home
+    (`HF_HOME`, by default ~/.cache/huggingface)."""
+    configured = os.environ.get(STORE_ENV)
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    from huggingface_hub import constants
+
+    # Read HF_HOME now, not at huggingface_hub's import, so that a process that sets it later is followed.
+    home = os.environ.get("HF_HOME") or constants.HF_HOME
+    return os.path.join(os.path.abspath(os.path.expanduser(home)), "llava_hf", "images")
+
+
+def offline() -> bool:
+    """Offline as `datasets` defines it (HF_DATASETS_OFFLINE, or HF_HUB_OFFLINE when that is unset)."""
+    import datasets.config
+
+    return bool(datasets.config.HF_DATASETS_OFFLINE)
+
+
+@dataclass
+class FetchCounts:
+    """What a root has done: images found in the store, fetched (and their bytes), failed per reason."""
+
+    present: int = 0
+    fetched: int = 0
+    bytes: int = 0
+    failed: Counter = field(default_factory=Counter)
+
+    def add(self, other: FetchCounts) -> None:
+        self.present += other.present
+        self.fetched += other.fetched
+        self.bytes += other.bytes
+        self.failed.update(other.failed)
+
+
+class _Unavailable(Exception):
+    """The upstream of a collection cannot be read here (none exists, or offline); the text says why."""
+
+
+@dataclass
+class StoreRoot(ImageRoot):
+    """The images of one collection: `location` is its folder in the store, `upstream` where missing images
+    are fetched from (URL, zip or folder; None when there is nothing to fetch from)."""
+
+    collection: str = ""
+    upstream: str | None = None
+    counts: FetchCounts = field(default_factory=FetchCounts, init=False, repr=False)
+
+    parallel_reads = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._local: FolderRoot | None = None
+        self._remote: ImageRoot | None = None
+        self._unavailable: str | None = None
+        self._made: set[str] = set()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for transient in ("_local", "_remote", "_unavailable", "_made"):
+            state.pop(transient, None)
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._local = self._remote = self._unavailable = None
+        self._made = set()
+
+    def describe(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def url(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def read(self, name: str) -> tuple[str, bytes]:
+        return self._one(name, embed=True)
+
+    def locate(self, name: str) -> str:
+        return self._one(name, embed=False)
+
+    def _one(self, name: str, embed: bool):
+        result = next(self.read_many([name], embed))
+        if isinstance(result, BadImage):
+            raise result
+        return result
+
+    def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
+        """For each name, in order: (name, bytes) (with `embed=False`, the path in the store) or a BadImage.
+
+        Names missing from the store go to the upstream root `FETCH_BATCH` at a time; each image that
+        arrives is written to the store at once."""
+        names = iter(names)
+        while batch := list(itertools.islice(names, FETCH_BATCH)):
+            yield from self._batch(batch, embed)
+
+    def _batch(self, names: list[str], embed: bool) -> list:
+        if self._local is None:
+            self._local = FolderRoot(self.location)
+        results = list(self._local.read_many(names, embed))
+        wanted = [i for i, r in enumerate(results) if isinstance(r, BadImage) and r.reason in _REFETCH]
+        self.counts.present += sum(1 for r in results if not isinstance(r, BadImage))
+        if wanted:
+            for i, result in zip(wanted, self._fetch([names[i] for i in wanted], embed)):
+                results[i] = result
+        for result in results:
+            if isinstance(result, BadImage):
+                self.counts.failed[result.reason] += 1
+        return results
+
+    def _fetch(self, names: list[str], embed: bool) -> Iterator[tuple[str, bytes] | str | BadImage]:
+        try:
+            remote = self._upstream()
+        except _Unavailable as e:
+            for name in names:
+                yield BadImage("missing", f"image {name!r} is not in the image store {self.location}, and {e}")
+            return
+        for name, result in zip(names, remote.read_many(names, True)):
+            if isinstance(result, BadImage):
+                yield BadImage(result.reason, f"{result}; it is not in the image store {self.location} either")
+                continue
+            clean, data = safe_name(name), result[1]
+            # Stored under the JSON's name even when an alias found it (a train2014 copy), so the store
+            # keeps LLaVA's layout.
+            path = self._write(clean, data)
+            self.counts.fetched += 1
+            self.counts.bytes += len(data)
+            yield (clean, data) if embed else path
+
+    def _upstream(self) -> ImageRoot:
+        if self._unavailable is not None:
+            raise _Unavailable(self._unavailable)
+        if self._remote is None:
+            collection = get_collection(self.collection)
+            location = self.upstream
+            if location is None:
+                self._unavailable = collection.how_to_get.format(folder=self.location)
+            elif is_url(location) and offline():
+                self._unavailable = offline_message(collection, location)
+            else:
+                self._remote = open_root(location, collection.aliases)
+            if self._unavailable is not None:
+                raise _Unavailable(self._unavailable)
+        return self._remote
+
+    def _write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.location, name)
+        folder = os.path.dirname(path)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{threading.get_ident()}.part")
+        try:
+            if folder not in self._made:
+                os.makedirs(folder, exist_ok=True)
+                self._made.add(folder)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            # Atomic: a reader (or the next run, after a kill) sees the whole image or none of it.
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise OSError(
+                e.errno,
+                f"cannot write {path} into the image store: {e.strerror or e} (set {STORE_ENV} to a "
+                "writable folder with room for the images)",
+            ) from None
+        return path
+
+    def close(self) -> None:
+        if self._remote is not None and hasattr(self._remote, "close"):
+            self._remote.close()
+        self._remote = None
+
+
+def offline_message(collection: Collection, location: str) -> str:
+    return (
+        f"HF_DATASETS_OFFLINE is set, so collection {collection.name} is not fetched from {location}; give it "
+        f"locally: image_sources={{{collection.name!r}: '<a zip or folder of its images>'}} (or the file "
+        f"{SOURCES_ENV} names), or image_dir=<a folder holding all of the config's images>"
+    )
+
+
+def _no_collection(name: str, collections: tuple[Collection, ...]) -> BadImage:
+    prefixes = ", ".join(c.prefix for c in collections)
+    return BadImage("missing", f"image {name!r} is in no image collection: its path must start with one of {prefixes}")
+
+
+@dataclass
+class CollectionsRoot(ImageRoot):
+    """Names that start with their collection's folder (mix665k: `gqa/images/n161313.jpg`), each routed to
+    that collection's `StoreRoot`; `location` is the store."""
+
+    roots: dict[str, StoreRoot] = field(default_factory=dict)
+
+    parallel_reads = True
+
+    @property
+    def counts(self) -> FetchCounts:
+        total = FetchCounts()
+        for root in self.roots.values():
+            total.add(root.counts)
+        return total
+
+    def describe(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def url(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def read(self, name: str) -> tuple[str, bytes]:
+        return self._one(name, embed=True)
+
+    def locate(self, name: str) -> str:
+        return self._one(name, embed=False)
+
+    def _one(self, name: str, embed: bool):
+        result = next(self.read_many([name], embed))
+        if isinstance(result, BadImage):
+            raise result
+        return result
+
+    def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
+        """As `StoreRoot.read_many`, each collection's names of a batch handed to its root together."""
+        names = iter(names)
+        collections = tuple(get_collection(name) for name in self.roots)
+        while batch := list(itertools.islice(names, FETCH_BATCH)):
+            results: list[Any] = [None] * len(batch)
+            routed: dict[str, list[tuple[int, str]]] = {}
+            for i, name in enumerate(batch):
+                try:
+                    clean = safe_name(name)
+                except BadImage as bad:
+                    results[i] = bad
+                    continue
+                found = split_name(clean, collections)
+                if found is None:
+                    prefixes = ", ".join(c.prefix for c in collections)
+                    results[i] = BadImage(
+                        "missing",
+                        f"image {name!r} is in no image collection: its path must start with one of {prefixes}",
+                    )
+                    continue
+                routed.setdefault(found[0].name, []).append((i, found[1]))
+            for collection, items in routed.items():
+                inner = self.roots[collection].read_many([rel for _, rel in items], embed)
+                for (i, _), result in zip(items, inner):
+                    # The JSON's full name, as a folder root of the whole playground/data would give it.
+                    results[i] = (batch[i], result[1]) if isinstance(result, tuple) else result
+            yield from results
+
+    def close(self) -> None:
+        for root in self.roots.values():
+            root.close()
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where a config's images come from when no image_dir is given: the store and, per collection, the
+    upstream location (URL, zip, folder; None when there is none). Small: pickled to every worker."""
+
+    store: str
+    upstreams: tuple[tuple[str, str | None], ...]
+
+    def open(self) -> StoreRoot | CollectionsRoot:
+        """The root that reads these images: one collection's store root (flat names), or a router."""
+        roots = {
+            name: StoreRoot(os.path.join(self.store, name), collection=name, upstream=upstream)
+            for name, upstream in self.upstreams
+        }
+        if len(roots) == 1:
+            return next(iter(roots.values()))
+        return CollectionsRoot(self.store, roots=roots)
+
+    def describe(self) -> str:
+        fetched = ", ".join(f"{name} from {upstream or 'nowhere (no archive)'}" for name, upstream in self.upstreams)
+        return f"the image store {self.store} ({fetched})"
+
+    def identity(self, embed_images: bool = True) -> dict[str, str]:
+        """What the cache key holds: which archive (or copy) each collection was read from. The store's
+        own path only when the rows hold paths into it (`embed_images=False`)."""
+        identity = {name: upstream_identity(upstream) for name, upstream in self.upstreams}
+        if not embed_images:
+            identity["store"] = self.store
+        return identity
+
+
+def plan_store(
+    source: Source,
+    image_sources: Mapping[str, str] | None = None,
+    *,
+    store: str | None = None,
+    on_bad_image: str = "raise",
+) -> StoreSpec | None:
+    """The StoreSpec of a config that fetches its images, or None for one that does not (pretrain configs).
+
+    Raises FileNotFoundError for a local image source that does not exist, and, for a collection with no
+    archive (OCR-VQA) of which neither the store nor `image_sources` has a copy, an error saying what to
+    download and where to put it (with `on_bad_image="skip"` its rows are skipped and counted instead).
+    """
+    collections = collections_of(source)
+    if not collections:
+        return None
+    store = store or default_store()
+    locations = resolve_sources(image_sources)
+    upstreams = []
+    for collection in collections:
+        location = locations[collection.name]
+        if location is not None and not is_url(location) and not os.path.exists(location):
+            raise FileNotFoundError(
+                f"{source.name}: the image source of {collection.name}, {location}, does not exist "
+                f"(image_sources or {SOURCES_ENV}; not mounted, or mistyped?)"
+            )
+        folder = os.path.join(store, collection.name)
+        if location is None and on_bad_image == "raise" and not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"{source.name} needs the images of {collection.name}, and "
+                + collection.how_to_get.format(folder=folder)
+            )
+        upstreams.append((collection.name, location))
+    return StoreSpec(store, tuple(upstreams))
+
+
+# -- identity of an archive, for the cache key ------------------------------------------------------------
+
+_IDENTITY_MEMO = "llava_hf_archives.json"
+
+
+def upstream_identity(location: str | None) -> str:
+    """The content identity of an upstream: a local zip's size and hash of its ends, a local folder's last
+    two path components (as for image_dir), a remote zip's URL + ETag/Last-Modified + size (asked once a
+    run; offline, the last one seen on this machine), a remote folder's URL."""
+    from .sources import fingerprint_file
+
+    if location is None:
+        return "none"
+    if not is_url(location):
+        if location.lower().endswith(".zip"):
+            return fingerprint_file(location)
+        return "/".join(Path(location).parts[-2:])
+    if not location.lower().endswith(".zip"):
+        return location
+    memo = _read_memo()
+    if offline():
+        return memo.get(location, location)
+    from .remote import open_transport
+
+    identity = open_transport(location).identity()
+    if memo.get(location) != identity:
+        memo[location] = identity
+        _write_memo(memo)
+    return identity
+
+
+def _memo_path() -> str:
+    from datasets import config
+
+    return os.path.join(str(config.HF_DATASETS_CACHE), _IDENTITY_MEMO)
+
+
+def _read_memo() -> dict[str, str]:
+    try:
+        with open(_memo_path(), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_memo(memo: dict[str, str]) -> None:
+    path = _memo_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(memo, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a memo only: offline runs then name the archive by its URL
+
+
+# -- fetching the images of configs ahead of a prepare -----------------------------------------------------
+
+
+@dataclass
+class FetchReport:
+    """What `fetch_images` did: images fetched, already in the store, failed per reason (with examples that
+    name the file, record and image)."""
+
+    store: str
+    images: int
+    counts: FetchCounts
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts.failed
+
+    def summary(self) -> str:
+        c = self.counts
+        failed = ", ".join(f"{reason} {n:,}" for reason, n in sorted(c.failed.items())) or "none"
+        lines = [
+            f"{self.images:,} images: {c.fetched:,} fetched ({c.bytes / 1e6:,.1f} MB in {self.seconds:.1f} s), "
+            f"{c.present:,} already there, failed: {failed}",
+        ]
+        for reason, examples in sorted(self.examples.items()):
+            lines += [f"  {reason}: {example}" for example in examples]
+        lines.append(f"store: {self.store}")
+        return "\n".join(lines)
+
+
+def referenced_images(
+    name: str, *, data_dir: str | None = None, revision: str | None = None, token: bool | str | None = None
+) -> Iterator[tuple[int, str, str]]:
+    """(record index, record id, image name) of every record of config `name` that has an image, in file
+    order. Raises SourceError for a malformed file or record, FileNotFoundError for a missing one."""
+    from .records import parse_record
+    from .sources import BATCH_ROWS, index_json_array, read_batches, resolve_inputs
+
+    source = get_source(name)
+    inputs = resolve_inputs(source, data_dir=data_dir, image_dir=None, sample=False, revision=revision, token=token)
+    index = index_json_array(inputs.json_path, source.filename)
+    n = index.num_records
+    offsets = tuple(index.starts[b] for b in (*range(0, n, BATCH_ROWS), n))
+    position = 0
+    for batch in read_batches(inputs.json_path, offsets, 0, n, source.filename):
+        for raw in batch:
+            row = parse_record(raw, file=source.filename, index=position, config=name)
+            if row.image is not None:
+                yield position, row.id, row.image
+            position += 1
+
+
+def fetch_images(
+    names: Sequence[str],
+    *,
+    to: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    image_sources: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    progress: bool = True,
+) -> FetchReport:
+    """Fetch exactly the images the configs `names` reference into `to` (default: the store), in LLaVA's
+    layout, with a progress bar (files, MB, rate, ETA). Images already there are not fetched again.
+
+    Returns a FetchReport; failed images (missing from the archive, not images, nothing to fetch from)
+    are counted per reason, not raised. Raises ValueError for an unknown config or one whose images are
+    not fetched (the pretrain configs read their repo's images.zip in place), SourceError for a malformed
+    source file, FileNotFoundError for a missing source file or image source.
+    """
+    store = os.path.abspath(os.path.expanduser(os.fspath(to))) if to is not None else default_store()
+    data_dir = os.fspath(data_dir) if data_dir is not None else None
+    wanted: dict[str, dict[str, tuple[str, int, str]]] = {}  # collection -> {name in it: first record}
+    refused: list[tuple[str, int, str, BadImage]] = []
+    specs: dict[str, str | None] = {}
+    for name in names:
+        source = get_source(name)
+        spec = plan_store(source, image_sources, store=store, on_bad_image="skip")
+        if spec is None:
+            raise ValueError(
+                f"{name}: its images are the repo's {source.image_archive}, read in place; there is nothing to fetch"
+            )
+        specs.update(spec.upstreams)
+        collections = collections_of(source)
+        for index, rid, image in referenced_images(name, data_dir=data_dir, revision=revision, token=token):
+            try:
+                found = split_name(safe_name(image), collections)
+                if found is None:
+                    prefixes = ", ".join(c.prefix for c in collections)
+                    raise BadImage(
+                        "missing",
+                        f"image {image!r} is in no image collection: its path must start with one of {prefixes}",
+                    )
+            except BadImage as bad:
+                refused.append((source.filename, index, rid, bad))
+                continue
+            wanted.setdefault(found[0].name, {}).setdefault(found[1], (source.filename, index, rid))
+    total = sum(len(v) for v in wanted.values()) + len(refused)
+    logger.info("%s: %s images referenced, into %s", ", ".join(names), f"{total:,}", store)
+    counts, examples = FetchCounts(), {}
+
+    def failed(file: str, index: int, rid: str, bad: BadImage) -> None:
+        listed = examples.setdefault(bad.reason, [])
+        if len(listed) < _EXAMPLES:
+            listed.append(str(SourceError(file, str(bad), index, rid)))
+
+    for file, index, rid, bad in refused:  # never sent anywhere: the name itself is wrong
+        counts.failed[bad.reason] += 1
+        failed(file, index, rid, bad)
+    started = time.monotonic()
+    bar = _progress(total, progress)
+    bar.update(len(refused))
+    try:
+        for collection, images in wanted.items():
+            root = StoreRoot(os.path.join(store, collection), collection=collection, upstream=specs[collection])
+            before = FetchCounts()
+            for (file, index, rid), result in zip(images.values(), root.read_many(images, embed=False)):
+                if isinstance(result, BadImage):
+                    failed(file, index, rid, result)
+                bar.update(1)
+                if root.counts.bytes != before.bytes:
+                    before.bytes = root.counts.bytes
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    done = counts.bytes + root.counts.bytes
+                    bar.set_postfix_str(f"{done / 1e6:,.1f} MB, {done / 1e6 / elapsed:,.1f} MB/s", refresh=False)
+            root.close()
+            counts.add(root.counts)
+    finally:
+        bar.close()
+    return FetchReport(store, total, counts, examples, time.monotonic() - started)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="fetching images", disable=not enabled, dynamic_ncols=True)
+
+
+def fetches_images(source: Source, *, image_dir: Any, sample: bool) -> bool:
+    """True when preparing `source` with these options reads its images through the store."""
+    return image_dir is None and not sample and bool(source.image_collections)
+
+
+__all__ = [
+    "STORE_ENV",
+    "CollectionsRoot",
+    "FetchCounts",
+    "FetchReport",
+    "StoreRoot",
+    "StoreSpec",
+    "default_store",
+    "fetch_images",
+    "plan_store",
+]
