@@ -45,11 +45,42 @@ def _load_options(args: argparse.Namespace) -> dict:
     )
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    """Prepare one config into the Arrow cache and report what was written."""
-    from .load import load_dataset, prepare_report
+def _image_sources(values: list[str] | None) -> dict[str, str] | None:
+    # "--image-source COLLECTION=URL_OR_PATH", repeatable; the library checks the names and values.
+    if not values:
+        return None
+    mapping = {}
+    for value in values:
+        collection, sep, location = value.partition("=")
+        if not sep or not location:
+            raise ValueError(
+                f"--image-source takes COLLECTION=URL_OR_PATH, e.g. coco/train2017=/data/train2017.zip; got {value!r}"
+            )
+        mapping[collection] = location
+    return mapping
 
-    ds = load_dataset(args.name, num_proc=args.num_proc, **_load_options(args))
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare one config into the Arrow cache and report what was written; images a config fetches are
+    fetched first, with progress."""
+    from .load import load_dataset, prepare_report
+    from .store import prefetch_for_prepare
+
+    options = _load_options(args)
+    image_sources = _image_sources(args.image_source)
+    fetched = prefetch_for_prepare(
+        args.name,
+        image_dir=args.image_dir,
+        sample=args.sample,
+        data_dir=args.data_dir,
+        image_sources=image_sources,
+        revision=args.revision,
+        on_bad_image=args.on_bad_image,
+        progress=not args.quiet,
+    )
+    if fetched is not None:
+        print(fetched.summary())
+    ds = load_dataset(args.name, num_proc=args.num_proc, image_sources=image_sources, **options)
     report = prepare_report(ds)
     folder = ds.cache_files[0]["filename"].rsplit("/", 1)[0]
     skipped = report["skipped"]["counts"]
@@ -60,6 +91,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             print(f"  {reason}: record {example['index']} (id={example['id']!r}): {example['detail']}")
     print(f"cache: {folder}")
     return 0
+
+
+def cmd_fetch_images(args: argparse.Namespace) -> int:
+    """Fetch exactly the images the named configs reference into the store (or --to DIR); exit 0 only when
+    none failed."""
+    from .store import fetch_images
+
+    report = fetch_images(
+        args.names,
+        to=args.to,
+        data_dir=args.data_dir,
+        image_sources=_image_sources(args.image_source),
+        revision=args.revision,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0 if report.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -311,6 +359,12 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", help="revision of the source Hub repo (default: main)")
 
 
+_SOURCE_HELP = (
+    "where a collection's images are read from instead of its official archive: a mirror URL, a zip or a "
+    "folder, e.g. coco/train2017=/data/train2017.zip (repeatable; default: the file LLAVA_HF_IMAGE_SOURCES names)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-hf", description="The LLaVA training data as Hugging Face datasets.")
     common = argparse.ArgumentParser(add_help=False)
@@ -328,6 +382,16 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
     prepare.add_argument("--num-proc", type=int, help="worker processes (each takes a range of rows)")
     _add_load_options(prepare)
+    prepare.add_argument("--image-source", action="append", metavar="COLLECTION=URL_OR_PATH", help=_SOURCE_HELP)
+
+    fetch = add("fetch-images", cmd_fetch_images, "fetch the images configs reference into the image store")
+    fetch.add_argument(
+        "names", nargs="+", choices=CONFIG_NAMES, metavar="NAME", help="config names (see `llava-hf list`)"
+    )
+    fetch.add_argument("--to", help="folder to fetch into, in LLaVA's layout (default: the image store)")
+    fetch.add_argument("--data-dir", help="folder with the source JSON files (default: download from the Hub)")
+    fetch.add_argument("--revision", help="revision of the source Hub repo (default: main)")
+    fetch.add_argument("--image-source", action="append", metavar="COLLECTION=URL_OR_PATH", help=_SOURCE_HELP)
 
     demo = add("demo", cmd_demo, "prepare every config from the embedded sample and print an example")
     demo.add_argument("--cache-dir", help="where prepared datasets are kept (default: the datasets cache)")

@@ -571,9 +571,29 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="fetching images", disable=not enabled, dynamic_ncols=True)
 
 
-def fetches_images(source: Source, *, image_dir: Any, sample: bool) -> bool:
-    """True when preparing `source` with these options reads its images through the store."""
-    return image_dir is None and not sample and bool(source.image_collections)
+def prefetch_for_prepare(
+    name: str,
+    *,
+    image_dir: Any = None,
+    sample: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    image_sources: Mapping[str, str] | None = None,
+    revision: str | None = None,
+    token: bool | str | None = None,
+    on_bad_image: str = "raise",
+    progress: bool = True,
+) -> FetchReport | None:
+    """For `llava-hf prepare`: fetch the images of config `name` into the store first, with progress, when
+    preparing it with these options reads them through the store; None when it does not (an image_dir,
+    the sample, a pretrain config). Failures are left for the prepare to raise or skip, by record."""
+    source = get_source(name)
+    if image_dir is not None or sample or not source.image_collections:
+        return None
+    # The same checks as the prepare (a missing source, OCR-VQA nowhere), before any image is read.
+    plan_store(source, image_sources, on_bad_image=on_bad_image)
+    return fetch_images(
+        [name], data_dir=data_dir, image_sources=image_sources, revision=revision, token=token, progress=progress
+    )
 
 
 __all__ = [

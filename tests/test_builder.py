@@ -394,12 +394,6 @@ def test_unknown_config_lists_the_valid_ones():
     )
 
 
-def test_instruct_configs_need_an_image_dir(release):
-    with pytest.raises(ValueError) as info:
-        load_dataset("detail_23k", data_dir=str(release.data_dir("detail_23k")))
-    assert str(info.value).startswith("detail_23k needs image_dir: the folder of its images (COCO train2017 folder")
-
-
 def test_missing_json_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_dataset("detail_23k", data_dir=str(tmp_path), image_dir=str(tmp_path), cache_dir=str(tmp_path / "c"))
