@@ -68,16 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     options = _load_options(args)
     image_sources = _image_sources(args.image_source)
-    fetched = prefetch_for_prepare(
-        args.name,
-        image_dir=args.image_dir,
-        sample=args.sample,
-        data_dir=args.data_dir,
-        image_sources=image_sources,
-        revision=args.revision,
-        on_bad_image=args.on_bad_image,
-        progress=not args.quiet,
-    )
+    fetched = prefetch_for_prepare(args.name, image_sources=image_sources, progress=not args.quiet, **options)
     if fetched is not None:
         print(fetched.summary())
     ds = load_dataset(args.name, num_proc=args.num_proc, image_sources=image_sources, **options)

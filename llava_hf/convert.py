@@ -33,7 +33,7 @@ from .sources import (
     read_batches,
     resolve_inputs,
 )
-from .store import StoreSpec, plan_store
+from .store import StoreSpec, offline, plan_store
 
 logger = logging.getLogger("llava_hf")
 
@@ -142,6 +142,11 @@ def plan_source(
     image_store = None
     if image_dir is None and not sample and inputs.image_location is None:
         image_store = plan_store(source, image_sources, on_bad_image=on_bad_image)
+    if image_dir is not None and is_url(image_dir) and offline():
+        raise FileNotFoundError(
+            f"{source.name}: image_dir {image_dir} is a URL and HF_DATASETS_OFFLINE is set, so nothing is fetched; "
+            "pass image_dir=<a local folder or zip of the images>"
+        )
     # One stat of the root, nothing under it, and only when the sources are read (a prepared cache loads
     # without its images): a mistyped or unmounted folder fails here, not as N missing images.
     location = inputs.image_location

@@ -574,26 +574,39 @@ def _progress(total: int, enabled: bool):
 def prefetch_for_prepare(
     name: str,
     *,
-    image_dir: Any = None,
-    sample: bool = False,
     data_dir: str | os.PathLike | None = None,
-    image_sources: Mapping[str, str] | None = None,
-    revision: str | None = None,
-    token: bool | str | None = None,
+    image_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    embed_images: bool = True,
     on_bad_image: str = "raise",
+    sample: bool = False,
+    revision: str | None = None,
+    image_sources: Mapping[str, str] | None = None,
     progress: bool = True,
 ) -> FetchReport | None:
-    """For `llava-hf prepare`: fetch the images of config `name` into the store first, with progress, when
-    preparing it with these options reads them through the store; None when it does not (an image_dir,
-    the sample, a pretrain config). Failures are left for the prepare to raise or skip, by record."""
+    """For `llava-hf prepare` (its options): fetch the images of config `name` into the store first, with
+    progress, when preparing reads them through the store; None when it does not (an image_dir, the sample,
+    a pretrain config) or when the config is prepared already (its images are in the cache, and a cleared
+    store is not filled again). Failures are left for the prepare to raise or skip, naming the record."""
+    from .load import load_builder
+
     source = get_source(name)
     if image_dir is not None or sample or not source.image_collections:
         return None
+    builder = load_builder(
+        name,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        embed_images=embed_images,
+        on_bad_image=on_bad_image,
+        revision=revision,
+        image_sources=image_sources,
+    )
+    if os.path.exists(os.path.join(builder.cache_dir, "dataset_info.json")):  # how datasets tells it is done
+        return None
     # The same checks as the prepare (a missing source, OCR-VQA nowhere), before any image is read.
     plan_store(source, image_sources, on_bad_image=on_bad_image)
-    return fetch_images(
-        [name], data_dir=data_dir, image_sources=image_sources, revision=revision, token=token, progress=progress
-    )
+    return fetch_images([name], data_dir=data_dir, image_sources=image_sources, revision=revision, progress=progress)
 
 
 __all__ = [

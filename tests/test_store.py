@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,21 @@ def test_detail_23k_from_a_zip_gives_the_rows_of_a_folder_prepare(release, store
     assert upstream_reads == Counter({n: 1 for n in kept})
     report = llava_hf.prepare_report(ds)
     assert report["source"]["images"] == f"the image store {store} (coco/train2017 from {coco_zip})"
+
+
+def test_num_proc_2_and_streaming_give_the_same_rows(release, store, coco_zip, tmp_path):
+    expected = digest(folder_rows(release, "llava_instruct_150k", tmp_path / "folder"))
+    options = dict(
+        data_dir=release.data_dir("llava_instruct_150k"),
+        image_sources={"coco/train2017": str(coco_zip)},
+        cache_dir=tmp_path / "cache",
+    )
+    streamed = llava_hf.load_dataset("llava_instruct_150k", streaming=True, **options)
+    assert digest(list(streamed.cast_column("image", datasets.Image(decode=False)))) == expected
+    shutil.rmtree(store)
+    assert digest(raw_rows(llava_hf.load_dataset("llava_instruct_150k", num_proc=2, **options))) == expected
+    names = ["000000033471.jpg", "000000319154.jpg", "000000520873.jpg"]
+    assert sorted(p.name for p in (store / "coco" / "train2017").iterdir()) == names
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
@@ -254,6 +270,17 @@ def test_offline_nothing_is_fetched_and_the_error_says_how_to_give_it(release, s
         "config's images>"
     )
     assert not list(store.rglob("*.jpg")) and not list((tmp_path / "cache").rglob("dataset_info.json"))
+
+
+def test_offline_an_image_dir_url_is_refused(release, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    url = "http://127.0.0.1:9/zips/train2017.zip"
+    with pytest.raises(FileNotFoundError) as info:
+        llava_hf.load_dataset("detail_23k", data_dir=release.data_dir("detail_23k"), image_dir=url, cache_dir=tmp_path)
+    assert str(info.value) == (
+        f"detail_23k: image_dir {url} is a URL and HF_DATASETS_OFFLINE is set, so nothing is fetched; pass "
+        "image_dir=<a local folder or zip of the images>"
+    )
 
 
 def test_offline_with_every_image_in_the_store_prepares(release, store, coco_zip, tmp_path, monkeypatch):
@@ -459,8 +486,16 @@ def test_prepare_fetches_first_with_its_counts(release, coco_zip, store, tmp_pat
     lines = capsys.readouterr().out.splitlines()
     assert counts_line("\n".join(lines)) == "3 images: 3 fetched (MB in s), 0 already there, failed: none"
     assert lines[2].startswith("detail_23k: 3 rows of 3 records, ")
+    # Prepared already: its images are in the cache, so a cleared store is not filled again.
+    shutil.rmtree(store)
     assert main(args) == 0
-    assert counts_line(capsys.readouterr().out) == "3 images: 0 fetched (MB in s), 3 already there, failed: none"
+    assert capsys.readouterr().out.splitlines()[0].startswith("detail_23k: 3 rows of 3 records, ")
+    assert not store.exists()
+    # Another config that needs fetching is fetched first.
+    args[1:2] = ["conversation_58k"]
+    args[3] = str(release.data_dir("conversation_58k"))
+    assert main(args) == 0
+    assert counts_line(capsys.readouterr().out) == "3 images: 3 fetched (MB in s), 0 already there, failed: none"
 
 
 # -- a prepare killed halfway --------------------------------------------------------------------------------
