@@ -80,10 +80,10 @@ class ShardSpec:
 
 def check_options(source: Source, *, data_dir: Any, image_dir: Any, sample: bool, image_sources: Any = None) -> None:
     """ValueError for inputs that cannot work, before anything is read."""
-    if sample and (data_dir or image_dir or image_sources):
-        raise ValueError(
-            f"{source.name}: sample=True reads the embedded sample; drop data_dir, image_dir and image_sources"
-        )
+    if sample and (data_dir or image_dir):
+        raise ValueError(f"{source.name}: sample=True reads the embedded sample; drop data_dir and image_dir")
+    if sample and image_sources:
+        raise ValueError(f"{source.name}: sample=True reads the embedded sample's images; drop image_sources")
     # With no image_dir, configs of the image collections fetch their images into the store (store.py).
     if not sample and image_dir is None and source.image_archive is None and not source.image_collections:
         raise ValueError(

@@ -56,7 +56,7 @@ def _code_only(source: str) -> str:
 @cache
 def module_hash() -> str:
     """Hash of the code that shapes prepared data; part of every cache path. Computed on first use, not
-    at import (it parses eight modules), and once per process."""
+    at import (it parses every content module), and once per process."""
     digest = hashlib.sha256()
     package = resources.files("llava_hf")
     for name in _CONTENT_MODULES:

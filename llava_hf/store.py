@@ -19,8 +19,8 @@ import itertools
 import json
 import logging
 import os
-import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,7 +202,8 @@ class StoreRoot(ImageRoot):
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.location, name)
         folder = os.path.dirname(path)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}-{threading.get_ident()}.part")
+        # A name no other writer uses, on any host sharing the store: hidden, so LLaVA's loader never sees it.
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.part")
         try:
             if folder not in self._made:
                 os.makedirs(folder, exist_ok=True)

@@ -283,6 +283,20 @@ def test_offline_an_image_dir_url_is_refused(release, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, True),
+        ({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "0"}, False),  # no Hub, but fetch images
+    ],
+)
+def test_offline_is_what_datasets_says(env, expected):
+    clean = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    code = "import llava_hf.store as s; print(s.offline())"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(expected)
+
+
 def test_offline_with_every_image_in_the_store_prepares(release, store, coco_zip, tmp_path, monkeypatch):
     fetch_images(
         ["detail_23k"], data_dir=release.data_dir("detail_23k"), image_sources={"coco/train2017": str(coco_zip)}
@@ -390,9 +404,7 @@ def test_bad_image_sources_are_refused_naming_value_and_choices(release, tmp_pat
     assert str(info.value).startswith(f"LLAVA_HF_IMAGE_SOURCES={bad}: not valid YAML: ")
     with pytest.raises(ValueError) as info:
         llava_hf.load_dataset("detail_23k", sample=True, image_sources={"coco/train2017": "/x"})
-    assert str(info.value) == (
-        "detail_23k: sample=True reads the embedded sample; drop data_dir, image_dir and image_sources"
-    )
+    assert str(info.value) == ("detail_23k: sample=True reads the embedded sample's images; drop image_sources")
 
 
 def test_the_store_follows_hf_home(tmp_path, monkeypatch):
