@@ -151,7 +151,6 @@ def plan_source(
     # without its images): a mistyped or unmounted folder fails here, not as N missing images.
     location = inputs.image_location
     if location is not None and not is_url(location) and not os.path.exists(location):
-        location = inputs.image_location
         raise FileNotFoundError(f"{source.name}: image_dir {location} does not exist (not mounted, or mistyped?)")
     chat = index_json_array(inputs.json_path, source.filename)
     metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
