@@ -23,7 +23,10 @@ def is_data_files(name: Any) -> bool:
         return True
     if isinstance(name, os.PathLike):
         return True
-    return isinstance(name, str) and name not in CONFIG_NAMES and name.lower().endswith(SUFFIXES)
+    if not isinstance(name, str) or name in CONFIG_NAMES:
+        return False
+    # Config names hold no path separator or glob character; a name ending like a data file is a file.
+    return name.lower().endswith(SUFFIXES) or any(c in name for c in "/\\*?[")
 
 
 def load_builder(

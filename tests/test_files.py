@@ -1,0 +1,267 @@
+"""File configs: the user's own LLaVA-format files (JSON, JSONL, .gz), multi-image records, what is refused."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import datasets
+import pytest
+from conftest import jpeg, sha256
+
+import llava_hf
+from llava_hf import SourceError, load_dataset, prepare_report
+from llava_hf.features import MULTI_IMAGE_FEATURES
+
+N = 250  # three batches of 100, so shards and batch offsets are exercised
+
+
+def turns(question: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+def single_records(n: int = N) -> list[dict]:
+    records = []
+    for i in range(n):
+        if i % 10 == 3:  # text-only rows: no image key
+            records.append({"id": f"t{i}", "conversations": turns(f"Say {i}.", f"{i}.")})
+        else:
+            token = "<image>\nWhat is this?" if i % 2 else "What is this?\n<image>"
+            records.append({"id": i, "image": f"img{i % 3}.jpg", "conversations": turns(token, f"Picture {i % 3}.")})
+    return records
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"img{k}.jpg").write_bytes(jpeg(100 + k))
+    return folder
+
+
+def write_json(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, records: list, blank_every: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, record in enumerate(records):
+        lines.append(json.dumps(record))
+        if blank_every and i % blank_every == 0:
+            lines.append("")  # blank lines are not records
+    data = ("\n".join(lines) + "\n").encode()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def raw(ds) -> list[dict]:
+    column = "images" if "images" in ds.features else "image"
+    feature = datasets.List(datasets.Image(decode=False)) if column == "images" else datasets.Image(decode=False)
+    return ds.cast_column(column, feature).to_list()
+
+
+def test_json_jsonl_and_gz_give_identical_rows(tmp_path, images, cache_dir):
+    records = single_records()
+    paths = [
+        write_json(tmp_path / "a" / "mine.json", records),
+        write_jsonl(tmp_path / "b" / "mine.jsonl", records, blank_every=7),
+        write_jsonl(tmp_path / "c" / "mine.jsonl.gz", records),
+    ]
+    loaded = [raw(load_dataset(str(p), image_dir=str(images), cache_dir=cache_dir)) for p in paths]
+    assert len(loaded[0]) == N
+    assert loaded[1] == loaded[0]
+    assert loaded[2] == loaded[0]
+    first = loaded[0][0]
+    assert (first["id"], first["image"]["path"], first["source"]) == ("0", "img0.jpg", "mine")
+    assert sha256(first["image"]["bytes"]) == sha256((images / "img0.jpg").read_bytes())
+    text_only = loaded[0][3]
+    assert (text_only["id"], text_only["image"], text_only["source"]) == ("t3", None, "mine")
+    assert json.loads(loaded[0][1]["extra"]) == {"@id": 1}
+    # Two worker processes give the same rows, in the same order.
+    two = raw(load_dataset(str(paths[1]), image_dir=str(images), cache_dir=cache_dir + "2", num_proc=2))
+    assert two == loaded[0]
+    report = prepare_report(load_dataset(str(paths[2]), image_dir=str(images), cache_dir=cache_dir))
+    assert (report["records"], report["rows"], report["config"]) == (N, N, "mine")
+    (listed,) = report["source"]["files"]
+    assert listed["file"] == "mine.jsonl.gz"
+    assert listed["format"] == "jsonl.gz"
+    assert listed["records"] == N
+    assert listed["sha256"] == sha256(paths[2].read_bytes())
+    # The .gz was decompressed once into the cache folder, named by its sha256.
+    (copy,) = os.listdir(os.path.join(cache_dir, "llava_hf_files"))
+    assert copy == f"{listed['sha256'][:32]}-mine.jsonl"
+
+
+def test_single_image_files_keep_the_catalog_schema(tmp_path, images, cache_dir):
+    path = write_json(tmp_path / "mine.json", single_records(5))
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    assert ds.features == llava_hf.FEATURES
+
+
+def test_datasets_load_dataset_shares_the_cache_and_name_names_the_config(tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "mine.jsonl", single_records(20))
+    ours = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    theirs = datasets.load_dataset(
+        "llava_hf", data_files=str(path), image_dir=str(images), cache_dir=cache_dir, split="train"
+    )
+    assert theirs.cache_files == ours.cache_files
+    assert "/llava_hf/mine-" in ours.cache_files[0]["filename"]
+    named = load_dataset("my_set", data_files=[str(path)], image_dir=str(images), cache_dir=cache_dir)
+    named_theirs = datasets.load_dataset(
+        "llava_hf", "my_set", data_files=str(path), image_dir=str(images), cache_dir=cache_dir, split="train"
+    )
+    assert named.cache_files == named_theirs.cache_files
+    assert "/llava_hf/my_set-" in named.cache_files[0]["filename"]
+    assert prepare_report(named)["config"] == "my_set"
+    # The cache key names the files by content: a copy elsewhere finds the same prepared data.
+    copy = tmp_path / "elsewhere" / "mine.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    again = load_dataset(str(copy), image_dir=str(images), cache_dir=cache_dir)
+    assert again.cache_files == ours.cache_files
+
+
+def test_several_files_and_globs(tmp_path, images, cache_dir):
+    write_json(tmp_path / "parts" / "one.json", single_records(30))
+    write_jsonl(tmp_path / "parts" / "two.jsonl", single_records(12))
+    ds = load_dataset(str(tmp_path / "parts" / "*"), image_dir=str(images), cache_dir=cache_dir)
+    assert len(ds) == 42
+    sources = ds["source"]
+    assert sources == ["one"] * 30 + ["two"] * 12
+    assert prepare_report(ds)["config"] == "one"
+    assert [f["file"] for f in prepare_report(ds)["source"]["files"]] == ["one.json", "two.jsonl"]
+
+
+def test_options_are_refused_by_name(tmp_path, images, cache_dir):
+    path = write_json(tmp_path / "mine.json", single_records(3))
+    with pytest.raises(ValueError, match="'detail_23k' is a catalog config; a config built from data_files needs"):
+        load_dataset("detail_23k", data_files=str(path), image_dir=str(images), cache_dir=cache_dir)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"notes.txt is not a LLaVA-format file; expected one of .json, .jsonl"):
+        load_dataset("mine", data_files=str(tmp_path / "notes.txt"), cache_dir=cache_dir)
+    with pytest.raises(FileNotFoundError, match="data_files: .*missing.json matches no file"):
+        load_dataset(str(tmp_path / "missing.json"), cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="data_files names the files to read; drop data_dir and sample"):
+        load_dataset(str(path), data_dir=str(tmp_path), cache_dir=cache_dir)
+
+
+def multi_records() -> list[dict]:
+    return [
+        {"id": "m0", "image": ["img0.jpg", "img1.jpg"], "conversations": turns("<image>\n<image>\nCompare.", "Same.")},
+        {"id": "m1", "image": "img2.jpg", "conversations": turns("<image>\nWhat?", "A picture.")},
+        # LLaVA-NeXT's images-first habit: no token at all.
+        {"id": "m2", "image": ["img2.jpg", "img0.jpg", "img1.jpg"], "conversations": turns("Order?", "2, 0, 1.")},
+        {"id": "m3", "image": [], "conversations": turns("Hello.", "Hi.")},
+        {"id": "m4", "conversations": turns("Text only.", "Yes.")},
+    ]
+
+
+def test_multi_image_records_keep_every_image_in_order(tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "multi.jsonl", multi_records())
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    assert ds.features == MULTI_IMAGE_FEATURES
+    assert "image" not in ds.features
+    rows = raw(ds)
+    digest = {k: sha256((images / f"img{k}.jpg").read_bytes()) for k in range(3)}
+    assert [[sha256(i["bytes"]) for i in rows[0]["images"]]] == [[digest[0], digest[1]]]
+    assert [i["path"] for i in rows[2]["images"]] == ["img2.jpg", "img0.jpg", "img1.jpg"]
+    assert [sha256(i["bytes"]) for i in rows[2]["images"]] == [digest[2], digest[0], digest[1]]
+    assert [i["path"] for i in rows[1]["images"]] == ["img2.jpg"]  # one name: a one-element list
+    assert (rows[3]["images"], rows[4]["images"]) == ([], None)
+    assert [r["source"] for r in rows] == ["multi"] * 5
+    decoded = ds[0]["images"]
+    assert [im.size for im in decoded] == [(96, 72), (96, 72)]
+
+
+def test_image_token_count_must_match(tmp_path, images, cache_dir):
+    records = multi_records()
+    records.insert(2, {"id": "bad", "image": ["img0.jpg", "img1.jpg"], "conversations": turns("<image> one", ".")})
+    path = write_jsonl(tmp_path / "multi.jsonl", records)
+    with pytest.raises(SourceError) as caught:
+        load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    assert str(caught.value) == (
+        "multi.jsonl: record 2 (id='bad'): line 3: has 2 images but 1 '<image>' tokens; expected 2 (one per "
+        "image, in order) or none (images first)"
+    )
+    assert caught.value.reason == "image_count"
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir, on_bad_image="skip")
+    assert [r["id"] for r in ds] == ["m0", "m1", "m2", "m3", "m4"]
+    report = prepare_report(ds)
+    assert (report["records"], report["rows"], report["skipped"]["counts"]) == (6, 5, {"image_count": 1})
+    assert report["skipped"]["examples"]["image_count"][0]["id"] == "bad"
+    assert report["skipped"]["examples"]["image_count"][0]["index"] == 2
+
+
+def test_json_array_errors_name_file_record_and_id(tmp_path, images, cache_dir):
+    records = multi_records()
+    records[1] = {"id": "bad", "image": ["img0.jpg"], "conversations": turns("<image><image>", ".")}
+    path = write_json(tmp_path / "multi.json", records)
+    with pytest.raises(SourceError, match=r"^multi.json: record 1 \(id='bad'\): has 1 images but 2 '<image>' tokens"):
+        load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+
+
+UNSUPPORTED = [
+    (
+        {"id": "v", "video": "clip.mp4", "conversations": turns("<video>", ".")},
+        "has a 'video' key: video records are not supported; expected images only",
+    ),
+    (
+        {"id": "u", "image": "https://example.com/a.jpg", "conversations": turns("<image>", ".")},
+        "'image' is a URL (https://example.com/a.jpg); expected a file name under image_dir (download the "
+        "images first)",
+    ),
+    (
+        {"id": "u2", "image": ["img0.jpg", "s3://bucket/b.jpg"], "conversations": turns("<image><image>", ".")},
+        "image 1 is a URL (s3://bucket/b.jpg); expected a file name under image_dir (download the images first)",
+    ),
+    (
+        {"id": "b", "image": "data:image/png;base64,iVBORw0KGgo=", "conversations": turns("<image>", ".")},
+        "'image' is inline base64 data (data:image/png;base64,iV...); expected a file name under image_dir",
+    ),
+    (
+        {"id": "b2", "image": "/9j/" + "A" * 200, "conversations": turns("<image>", ".")},
+        "'image' is inline base64 data (/9j/AAAAAAAAAAAAAAAAAAAA...); expected a file name under image_dir",
+    ),
+    (
+        {"id": "n", "image": "img0.jpg", "messages": [{"role": "user", "content": "hi"}]},
+        "has no 'conversations' (found keys 'id', 'image', 'messages'); expected LLaVA-format turns: "
+        '"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]',
+    ),
+]
+
+
+@pytest.mark.parametrize(("record", "problem"), UNSUPPORTED, ids=[r["id"] for r, _ in UNSUPPORTED])
+def test_unsupported_records_say_so(tmp_path, images, cache_dir, record, problem):
+    records = single_records(4)
+    records.insert(2, record)
+    path = write_jsonl(tmp_path / "mine.jsonl", records, blank_every=1)  # a blank line after every record
+    with pytest.raises(SourceError) as caught:
+        load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    # Record 2 is on line 5: records 0 and 1 each have a blank line after them.
+    assert str(caught.value) == f"mine.jsonl: record 2 (id={record['id']!r}): line 5: {problem}"
+    assert caught.value.reason == "unsupported"
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir, on_bad_image="skip")
+    assert [r["id"] for r in ds] == ["0", "1", "2", "t3"]
+    report = prepare_report(ds)
+    assert (report["records"], report["rows"], report["skipped"]["counts"]) == (5, 4, {"unsupported": 1})
+
+
+def test_malformed_jsonl_line_is_named_before_anything_is_written(tmp_path, images, cache_dir):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(single_records(1)[0]) + "\n\n{not json}\n", encoding="utf-8")
+    with pytest.raises(SourceError, match=r"^mine.jsonl: record 1: line 3: not one JSON record per line: Expecting"):
+        load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    assert not [p for p in Path(cache_dir).rglob("*.arrow")]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="empty.jsonl: expected a JSON array of records or one JSON record per line"):
+        load_dataset(str(empty), cache_dir=cache_dir)
