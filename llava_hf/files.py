@@ -32,11 +32,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import datasets
+import numpy as np
+import pyarrow as pa
 from datasets.data_files import DataFilesDict
 
 from .catalog import CONFIG_NAMES, Source
 from .convert import Plan, ShardSpec
 from .errors import SourceError
+from .features import FEATURES, MULTI_IMAGE_FEATURES, MULTI_IMAGE_SCHEMA
 from .images import ImageRoot
 from .records import TEXT_ONLY, Row, parse_record, record_id
 from .sources import (
@@ -525,3 +529,37 @@ def plan_files(
     inputs = Inputs(indexes[0].origin, None, image_dir, "files")
     summary = FilesSummary(", ".join(i.label for i in indexes), total, sum(i.size for i in indexes))
     return FilePlan(inputs, summary, None, plan_file_shards(indexes), spec, indexes)  # type: ignore[arg-type]
+
+
+def _wrap_images(table: pa.Table) -> pa.Table:
+    # Each row's image becomes a one-element list (a text-only row's null a null list), bytes untouched.
+    image = table.column("image").combine_chunks()
+    offsets = pa.array(np.arange(len(image) + 1, dtype=np.int32))
+    images = pa.ListArray.from_arrays(
+        offsets, image, type=MULTI_IMAGE_SCHEMA.field("images").type, mask=image.is_null()
+    )
+    columns = [images if name == "images" else table.column(name) for name in MULTI_IMAGE_SCHEMA.names]
+    return pa.Table.from_arrays(columns, schema=MULTI_IMAGE_SCHEMA)
+
+
+def as_multi_image(dataset: datasets.Dataset | datasets.IterableDataset) -> datasets.Dataset | datasets.IterableDataset:
+    """`dataset` (a config with the `image` column) in the multi-image schema (`images`, a list per row):
+    each image becomes a one-element list, a text-only row a null list. A dataset that already has
+    `images` is returned as it is. Use it to mix single- and multi-image configs with
+    `datasets.interleave_datasets` / `concatenate_datasets`; recipes do it themselves.
+
+    A map-style dataset is rewritten once into its cache folder (the image bytes are copied, never
+    decoded). Raises ValueError for a dataset without the llava_hf columns.
+    """
+    if "images" in dataset.features and dataset.features == MULTI_IMAGE_FEATURES:
+        return dataset
+    if dataset.features != FEATURES:
+        raise ValueError(
+            f"as_multi_image takes a llava_hf dataset (columns {', '.join(FEATURES)}), got columns "
+            f"{', '.join(dataset.features or ())}"
+        )
+    return (
+        dataset.with_format("arrow")
+        .map(_wrap_images, batched=True, features=MULTI_IMAGE_FEATURES, remove_columns=list(FEATURES))
+        .with_format(None)
+    )

@@ -136,7 +136,7 @@ def test_several_files_and_globs(tmp_path, images, cache_dir):
     ds = load_dataset(str(tmp_path / "parts" / "*"), image_dir=str(images), cache_dir=cache_dir)
     assert len(ds) == 42
     sources = ds["source"]
-    assert sources == ["one"] * 30 + ["two"] * 12
+    assert list(sources) == ["one"] * 30 + ["two"] * 12
     assert prepare_report(ds)["config"] == "one"
     assert [f["file"] for f in prepare_report(ds)["source"]["files"]] == ["one.json", "two.jsonl"]
 
@@ -265,3 +265,107 @@ def test_malformed_jsonl_line_is_named_before_anything_is_written(tmp_path, imag
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(SourceError, match="empty.jsonl: expected a JSON array of records or one JSON record per line"):
         load_dataset(str(empty), cache_dir=cache_dir)
+
+
+# --- mixing with catalog configs --------------------------------------------------------------------------
+
+
+def test_recipe_mixes_a_file_with_a_catalog_config(release, tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "mine.jsonl", single_records(4))
+    recipe = {
+        "seed": 0,
+        "stopping_strategy": "concatenate",
+        "sources": [
+            {"config": "detail_23k", **release.options("detail_23k")},
+            {"data_files": str(path), "image_dir": str(images), "name": "my_set", "choose": 3},
+        ],
+    }
+    ds, report = llava_hf.mix(recipe, cache_dir=cache_dir)
+    detail = release.records("detail_23k")
+    assert ds.features == llava_hf.FEATURES
+    assert len(ds) == len(detail) + 3
+    assert list(ds["source"]) == ["detail_23k"] * len(detail) + ["mine"] * 3  # each row names its file
+    assert [(c.config, c.records, c.selected) for c in report.sources] == [
+        ("detail_23k", len(detail), len(detail)),
+        ("my_set", 4, 3),
+    ]
+    assert report.recipe["sources"][1]["name"] == "my_set"
+    assert report.recipe["sources"][1]["data_files"] == str(path)
+    # The same rows streamed, in the same order.
+    stream, _ = llava_hf.mix(recipe, cache_dir=cache_dir, streaming=True)
+    assert [r["id"] for r in stream] == list(ds["id"])
+
+
+def test_single_and_multi_image_configs_mix(release, tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "multi.jsonl", multi_records())
+    recipe = {
+        "seed": 0,
+        "stopping_strategy": "concatenate",
+        "sources": [
+            {"config": "detail_23k", **release.options("detail_23k")},
+            {"data_files": str(path), "image_dir": str(images)},
+        ],
+    }
+    ds, report = llava_hf.mix(recipe, cache_dir=cache_dir)
+    assert ds.features == MULTI_IMAGE_FEATURES
+    detail = release.records("detail_23k")
+    rows = raw(ds)
+    assert len(rows) == len(detail) + 5
+    # Rows of the single-image config get one-element lists, bytes untouched.
+    first = detail[0]
+    assert [i["path"] for i in rows[0]["images"]] == [first["image"]]
+    assert sha256(rows[0]["images"][0]["bytes"]) == sha256(release.image_bytes("detail_23k", first["image"]))
+    assert [i["path"] for i in rows[len(detail)]["images"]] == ["img0.jpg", "img1.jpg"]
+    assert report.sources[1].config == "multi"
+
+
+def test_interleave_datasets_with_the_helper(release, tmp_path, images, cache_dir):
+    single = load_dataset("detail_23k", cache_dir=cache_dir, **release.options("detail_23k"))
+    multi = load_dataset(str(write_jsonl(tmp_path / "multi.jsonl", multi_records())), image_dir=str(images))
+    mixed = datasets.interleave_datasets([llava_hf.as_multi_image(single), multi], stopping_strategy="all_exhausted")
+    assert mixed.features == MULTI_IMAGE_FEATURES
+    detail = release.records("detail_23k")
+    expected = []
+    for k in range(max(len(detail), 5)):
+        expected += [detail[k % len(detail)]["id"], f"m{k % 5}"]
+    assert list(mixed["id"]) == expected[: len(mixed)]
+    rows = raw(mixed)
+    assert [i["path"] for i in rows[0]["images"]] == [detail[0]["image"]]
+    text_only = raw(
+        llava_hf.as_multi_image(
+            load_dataset(
+                str(write_json(tmp_path / "t.json", single_records(5))), image_dir=str(images), cache_dir=cache_dir
+            )
+        )
+    )
+    assert text_only[3]["images"] is None
+    assert [i["path"] for i in text_only[0]["images"]] == ["img0.jpg"]
+
+
+def test_llava_next_yaml_naming_two_files_outside_the_catalog(release, tmp_path, images, cache_dir):
+    one = write_json(tmp_path / "data" / "sharegpt4v_mine.json", single_records(10))
+    two = write_jsonl(tmp_path / "data" / "m4_instruct.jsonl", multi_records())
+    detail = release.data_dir("detail_23k") / "detail_23k.json"
+    path = tmp_path / "next.yaml"
+    path.write_text(
+        "datasets:\n"
+        f"  - json_path: {one}\n"
+        '    sampling_strategy: "first:30%"\n'
+        f"  - json_path: {two}\n"
+        '    sampling_strategy: "end:2"\n'
+        f"  - json_path: {detail}\n"
+        "    sampling_strategy: all\n"
+    )
+    loaded = llava_hf.load_recipe(path)
+    assert [(s.config, s.data_files, s.where) for s in loaded.sources] == [
+        ("sharegpt4v_mine", str(one), "datasets[0] (sharegpt4v_mine.json)"),
+        ("m4_instruct", str(two), "datasets[1] (m4_instruct.jsonl)"),
+        ("detail_23k", None, "datasets[2] (detail_23k.json)"),
+    ]
+    # LLaVA-NeXT's one --image_folder: here a mapping, the catalog config reading its own folder.
+    image_dir = {"*": str(images), "detail_23k": str(release.image_dir("detail_23k"))}
+    ds, report = llava_hf.mix(path, image_dir=image_dir, cache_dir=cache_dir)
+    ids = ["0", "1", "2"] + ["m3", "m4"] + [r["id"] for r in release.records("detail_23k")]
+    assert list(ds["id"]) == ids
+    assert ds.features == MULTI_IMAGE_FEATURES
+    assert [c.selected for c in report.sources] == [3, 2, len(release.records("detail_23k"))]
