@@ -19,8 +19,8 @@ from .locking import LockMode
 def is_data_files(name: Any) -> bool:
     """Whether `name` names the user's own files (a path, glob or list of `.json`/`.jsonl`[.gz] files)
     rather than a catalog config."""
-    if isinstance(name, (list, tuple)):
-        return True
+    if isinstance(name, (list, tuple)):  # a list of files, not of catalog configs
+        return bool(name) and all(is_data_files(item) for item in name)
     if isinstance(name, os.PathLike):
         return True
     if not isinstance(name, str) or name in CONFIG_NAMES:
