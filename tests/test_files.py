@@ -369,3 +369,107 @@ def test_llava_next_yaml_naming_two_files_outside_the_catalog(release, tmp_path,
     assert list(ds["id"]) == ids
     assert ds.features == MULTI_IMAGE_FEATURES
     assert [c.selected for c in report.sources] == [3, 2, len(release.records("detail_23k"))]
+
+
+# --- downstream: formats, verify, stats, preview, Hub export ----------------------------------------------
+
+
+def test_to_messages_puts_each_image_block_where_its_token_stood(tmp_path, images, cache_dir):
+    records = [
+        {
+            "id": "a",
+            "image": ["img0.jpg", "img1.jpg"],
+            "conversations": turns("First <image> then\n<image>\nok?", "Yes."),
+        },
+        {"id": "b", "image": ["img2.jpg", "img0.jpg"], "conversations": turns("Compare them.", "Same.")},
+        {"id": "c", "conversations": turns("Text.", "Only.")},
+    ]
+    ds = load_dataset(str(write_json(tmp_path / "multi.json", records)), image_dir=str(images), cache_dir=cache_dir)
+    messages = llava_hf.to_messages(ds)
+    first = messages[0]
+    assert first["messages"][0]["content"] == [
+        {"type": "text", "text": "First "},
+        {"type": "image", "text": None},
+        {"type": "text", "text": " then"},
+        {"type": "image", "text": None},
+        {"type": "text", "text": "ok?"},
+    ]
+    assert [im.size for im in first["images"]] == [(96, 72), (96, 72)]
+    # Images first (no token): every image block opens the first user turn.
+    assert messages[1]["messages"][0]["content"] == [
+        {"type": "image", "text": None},
+        {"type": "image", "text": None},
+        {"type": "text", "text": "Compare them."},
+    ]
+    assert messages[2]["images"] == []
+    out = llava_hf.to_trl(ds, tmp_path / "trl", progress=False)
+    assert (out["rows"], out["images"]) == (3, 4)
+    back = datasets.load_dataset("parquet", data_dir=str(tmp_path / "trl"), split="train")
+    assert back[0]["messages"] == first["messages"]
+    assert [
+        sha256(i["bytes"]) for i in back.cast_column("images", datasets.List(datasets.Image(decode=False)))[1]["images"]
+    ] == [
+        sha256((images / "img2.jpg").read_bytes()),
+        sha256((images / "img0.jpg").read_bytes()),
+    ]
+
+
+def test_to_llava_and_llamafactory_keep_the_lists(tmp_path, images, cache_dir):
+    records = multi_records()
+    records[1]["model"] = ""  # an extra key, restored in place after the known ones
+    path = write_jsonl(tmp_path / "multi.jsonl", records)
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    out = llava_hf.to_llava(ds, tmp_path / "llava", progress=False)
+    back = json.loads((tmp_path / "llava" / "llava.json").read_text(encoding="utf-8"))
+    assert back == records
+    assert [list(r) for r in back] == [list(r) for r in records]  # key order too
+    assert (out["rows"], out["images"], out["text_only"]) == (5, 3, 2)
+    assert (tmp_path / "llava" / "images" / "img1.jpg").read_bytes() == (images / "img1.jpg").read_bytes()
+    factory = llava_hf.to_llamafactory(ds, tmp_path / "lf", name="mine", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "lf" / "mine.jsonl").read_text().splitlines()]
+    assert lines[0]["images"] == ["images/img0.jpg", "images/img1.jpg"]
+    assert lines[2]["images"] == ["images/img2.jpg", "images/img0.jpg", "images/img1.jpg"]
+    # LLaMA-Factory counts tokens against images: an images-first record gets one token per image.
+    assert lines[2]["conversations"][0]["value"] == "<image>\n<image>\n<image>\nOrder?"
+    assert (lines[3]["images"], lines[4]["images"]) == ([], [])
+    assert factory["image_token_added"] == 1
+
+
+def test_verify_stats_and_preview_of_a_file_config(tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "multi.jsonl", multi_records())
+    report = llava_hf.verify(str(path), image_dir=str(images), num_proc=1, progress=False)
+    assert report.config == "multi"
+    assert (report.records, report.images) == (5, 6)
+    assert report.counts == {"images_first": 1}
+    assert report.clean
+    (note,) = report.problems
+    assert (note.file, note.index, note.id) == ("multi.jsonl", 2, "m2")
+    ds = load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
+    stats = llava_hf.compute_stats(ds)
+    assert (stats["rows"], stats["image_rows"], stats["text_only_rows"], stats["unique_images"]) == (5, 3, 2, 3)
+    assert stats["sources"] == {"multi": 5}
+    page = llava_hf.write_preview(ds, tmp_path / "preview.html", n=5, seed=None)
+    assert (page["rows"], page["images"], page["unreadable"]) == (5, 6, 0)
+
+
+def test_hub_export_of_a_file_config_round_trips(tmp_path, images, cache_dir):
+    single = write_jsonl(tmp_path / "mine.jsonl", single_records(12))
+    multi = write_jsonl(tmp_path / "multi.jsonl", multi_records())
+    out = tmp_path / "export"
+    llava_hf.export("my_set", out, data_files=str(single), image_dir=str(images), cache_dir=cache_dir)
+    figures = llava_hf.export(str(multi), out, image_dir=str(images), cache_dir=cache_dir)
+    assert list(figures) == ["multi"]
+    assert sorted(os.listdir(out)) == ["README.md", "multi", "my_set"]
+    hub_cache = str(tmp_path / "hub-cache")
+    for name, path in (("my_set", single), ("multi", multi)):
+        expected = raw(load_dataset(name, data_files=str(path), image_dir=str(images), cache_dir=cache_dir))
+        back = datasets.load_dataset(str(out), name, split="train", cache_dir=hub_cache)
+        assert raw(back) == expected
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert (
+        f"`mine.jsonl` (jsonl, 12 records, {single.stat().st_size:,} bytes), sha256 `{sha256(single.read_bytes())}`"
+        in card
+    )
+    assert f"sha256 `{sha256(multi.read_bytes())}`" in card
+    assert "the user's own LLaVA-format files" in card
+    assert str(tmp_path) not in card  # no local path is published
