@@ -473,3 +473,30 @@ def test_hub_export_of_a_file_config_round_trips(tmp_path, images, cache_dir):
     assert f"sha256 `{sha256(multi.read_bytes())}`" in card
     assert "the user's own LLaVA-format files" in card
     assert str(tmp_path) not in card  # no local path is published
+
+
+def test_cli_takes_data_files_wherever_it_takes_a_config(tmp_path, images, cache_dir, capsys, monkeypatch):
+    from llava_hf.cli import main
+
+    path = write_jsonl(tmp_path / "multi.jsonl", multi_records())
+    common = ["--image-dir", str(images), "--cache-dir", cache_dir, "-q"]
+    assert main(["prepare", str(path), *common]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("multi: 5 rows of 5 records, ")
+    assert main(["prepare", str(path), "--name", "my_set", *common]) == 0
+    assert capsys.readouterr().out.startswith("my_set: 5 rows of 5 records, ")
+    monkeypatch.chdir(tmp_path)
+    assert main(["verify", str(path), "--image-dir", str(images), "--num-proc", "1", "-q"]) == 0
+    assert "multi: 5 records, 6 images checked" in capsys.readouterr().out
+    assert json.loads((tmp_path / "multi-verify.json").read_text())["counts"] == {"images_first": 1}
+    assert main(["stats", str(path), *common]) == 0
+    assert main(["preview", str(path), "--out", str(tmp_path / "p.html"), *common]) == 0
+    assert "5 rows, 6 images" in capsys.readouterr().out
+    assert main(["export", str(path), "-o", str(tmp_path / "hub"), *common]) == 0
+    assert sorted(os.listdir(tmp_path / "hub")) == ["README.md", "multi"]
+    assert main(["export", str(path), "--format", "llava", "-o", str(tmp_path / "back"), *common]) == 0
+    assert json.loads((tmp_path / "back" / "llava.json").read_text()) == multi_records()
+    with pytest.raises(SystemExit) as info:
+        main(["prepare", "my_data.txt"])
+    assert info.value.code == 2
+    assert "invalid choice: 'my_data.txt'" in capsys.readouterr().err
