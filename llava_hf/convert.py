@@ -237,7 +237,8 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                 rows.append((first + k, spec.parse(raw, meta[k] if meta is not None else None, first + k)))
             except SourceError as e:
                 if spec.on_bad_image == "skip" and e.reason in SKIPPABLE_RECORD_REASONS:
-                    skips.add(e.reason, first + k, str(e.record_id), "", e.problem)
+                    rid = None if e.record_id is None else str(e.record_id)
+                    skips.add(e.reason, first + k, rid, "", e.problem)
                     continue
                 record_error = e  # raised after the images of the records before it, in file order
                 break

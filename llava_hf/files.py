@@ -531,7 +531,8 @@ def plan_files(
     return FilePlan(inputs, summary, None, plan_file_shards(indexes), spec, indexes)  # type: ignore[arg-type]
 
 
-def _wrap_images(table: pa.Table) -> pa.Table:
+def wrap_images(table: pa.Table) -> pa.Table:
+    """`table` (the `image` schema) in the multi-image schema, without copying an image's bytes."""
     # Each row's image becomes a one-element list (a text-only row's null a null list), bytes untouched.
     image = table.column("image").combine_chunks()
     offsets = pa.array(np.arange(len(image) + 1, dtype=np.int32))
@@ -560,6 +561,6 @@ def as_multi_image(dataset: datasets.Dataset | datasets.IterableDataset) -> data
         )
     return (
         dataset.with_format("arrow")
-        .map(_wrap_images, batched=True, features=MULTI_IMAGE_FEATURES, remove_columns=list(FEATURES))
+        .map(wrap_images, batched=True, features=MULTI_IMAGE_FEATURES, remove_columns=list(FEATURES))
         .with_format(None)
     )

@@ -841,7 +841,8 @@ def _resolved_recipe(recipe: Recipe) -> Recipe:
     return replace(recipe, sources=tuple(sources))
 
 
-def _count_records(source: MixSource, token: bool | str | None) -> int:
+def _count_records(source: MixSource, token: bool | str | None) -> tuple[int, bool]:
+    """(records of the source's files, whether they make a multi-image config), from one scan."""
     from .load import load_builder
     from .sources import index_json_array, resolve_inputs
 
@@ -851,7 +852,8 @@ def _count_records(source: MixSource, token: bool | str | None) -> int:
         from .files import index_file
 
         work_dir = options.get("cache_dir") or str(datasets.config.HF_DATASETS_CACHE)
-        return sum(index_file(path, work_dir).num_records for path in data_file_paths(source.data_files))
+        indexes = [index_file(path, work_dir) for path in data_file_paths(source.data_files)]
+        return sum(index.num_records for index in indexes), any(index.multi_image for index in indexes)
     catalog = get_source(source.config)
     inputs = resolve_inputs(
         catalog,
@@ -861,7 +863,7 @@ def _count_records(source: MixSource, token: bool | str | None) -> int:
         revision=options.get("revision"),
         token=token,
     )
-    return index_json_array(inputs.json_path, catalog.filename).num_records
+    return index_json_array(inputs.json_path, catalog.filename).num_records, False
 
 
 class _SourceRows:
@@ -910,17 +912,21 @@ class _MixStream(datasets.ArrowBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(features=FEATURES)
+        return datasets.DatasetInfo(features=MULTI_IMAGE_FEATURES if self.schedule["multi_image"] else FEATURES)
 
     def _split_generators(self, dl_manager):
         # Tuples and arrays, not lists: datasets would read lists as shards.
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=self.schedule)]
 
-    def _generate_tables(self, options, labels, source_ids, rows):
+    def _generate_tables(self, options, labels, source_ids, rows, multi_image):
+        from .files import wrap_images
+
         sources = [_SourceRows(option, label) for option, label in zip(options, labels)]
         pending: list[pa.Table] = []
         for s, row in zip(source_ids.tolist(), rows.tolist()):
-            pending.append(sources[s].take(row))
+            table = sources[s].take(row)
+            # A multi-image mix: rows of a single-image source get one-element lists.
+            pending.append(wrap_images(table) if multi_image and "image" in table.column_names else table)
             if len(pending) == BATCH_ROWS:
                 yield Key(0, len(pending)), pa.concat_tables(pending)
                 pending = []
@@ -971,7 +977,8 @@ def _map_style(
 
 
 def _streaming_mix(recipe: Recipe, token: bool | str | None) -> tuple[datasets.IterableDataset, MixReport]:
-    counts = [_count_records(source, token) for source in recipe.sources]
+    scans = [_count_records(source, token) for source in recipe.sources]
+    counts = [records for records, _ in scans]
     for source, count in zip(recipe.sources, counts):
         logger.info("%s: %s records", source.where, f"{count:,}")
     plan = resolve(recipe, counts)
@@ -980,6 +987,7 @@ def _streaming_mix(recipe: Recipe, token: bool | str | None) -> tuple[datasets.I
         "labels": tuple(f"{recipe.label}: {s.where}" for s in recipe.sources),
         "source_ids": plan.source_ids,
         "rows": plan.rows,
+        "multi_image": any(multi for _, multi in scans),
     }
     digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode())
     digest.update(plan.source_ids.tobytes() + plan.rows.tobytes())

@@ -317,6 +317,10 @@ def test_single_and_multi_image_configs_mix(release, tmp_path, images, cache_dir
     assert sha256(rows[0]["images"][0]["bytes"]) == sha256(release.image_bytes("detail_23k", first["image"]))
     assert [i["path"] for i in rows[len(detail)]["images"]] == ["img0.jpg", "img1.jpg"]
     assert report.sources[1].config == "multi"
+    # Streamed, the same rows in the same order, image bytes and all.
+    stream, _ = llava_hf.mix(recipe, cache_dir=cache_dir, streaming=True)
+    assert stream.features == MULTI_IMAGE_FEATURES
+    assert list(stream.cast_column("images", datasets.List(datasets.Image(decode=False)))) == rows
 
 
 def test_interleave_datasets_with_the_helper(release, tmp_path, images, cache_dir):
