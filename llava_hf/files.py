@@ -45,6 +45,7 @@ from .images import ImageRoot
 from .records import TEXT_ONLY, Row, parse_record, record_id
 from .sources import (
     _CHUNK,
+    _MAX_RECORD,
     BATCH_ROWS,
     MIN_SHARDS,
     SHARD_ROWS,
@@ -226,6 +227,10 @@ def index_jsonl(path: str, label: str) -> FileIndex:
             while True:
                 end = buf.find(b"\n", pos)
                 if end < 0 and chunk:
+                    if len(buf) - pos > _MAX_RECORD:  # a bound on memory, whatever the file holds
+                        raise SourceError(
+                            label, f"line {line_number + 1} is longer than {_MAX_RECORD:,} bytes: not a record", count
+                        )
                     break  # the line goes on in the next chunk
                 line = buf[pos:] if end < 0 else buf[pos:end]
                 line_number += 1

@@ -152,6 +152,10 @@ def test_options_are_refused_by_name(tmp_path, images, cache_dir):
         load_dataset(str(tmp_path / "missing.json"), cache_dir=cache_dir)
     with pytest.raises(ValueError, match="data_files names the files to read; drop data_dir and sample"):
         load_dataset(str(path), data_dir=str(tmp_path), cache_dir=cache_dir)
+    with pytest.raises(ValueError, match=r"one split, 'train'; got data_files for \['test', 'train'\]"):
+        load_dataset("mine", data_files={"train": str(path), "test": str(path)}, cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="data_files names .*mine.json twice"):
+        load_dataset([str(path), str(path)], cache_dir=cache_dir)
 
 
 def multi_records() -> list[dict]:
@@ -261,6 +265,11 @@ def test_malformed_jsonl_line_is_named_before_anything_is_written(tmp_path, imag
     with pytest.raises(SourceError, match=r"^mine.jsonl: record 1: line 3: not one JSON record per line: Expecting"):
         load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)
     assert not [p for p in Path(cache_dir).rglob("*.arrow")]
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"id": 1}\n' * 1000)[:60])
+    with pytest.raises(SourceError, match=r"^cut.jsonl.gz: cannot be decompressed: Compressed file ended"):
+        load_dataset(str(truncated), cache_dir=cache_dir)
+    assert os.listdir(os.path.join(cache_dir, "llava_hf_files")) == []  # no partial copy left behind
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n", encoding="utf-8")
     with pytest.raises(SourceError, match="empty.jsonl: expected a JSON array of records or one JSON record per line"):
