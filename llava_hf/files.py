@@ -445,7 +445,7 @@ def _image_problem(name: Any, where: str) -> str | None:
 
 def unsupported(raw: Any, file: str, index: int) -> None:
     """SourceError (reason "unsupported") for a record a file config cannot build: one with a `video`,
-    an image given as a URL or inline base64, or no `conversations`."""
+    `images` in place of `image`, an image given as a URL or inline base64, or no `conversations`."""
     if not isinstance(raw, dict):
         return  # parse_record says what a record must be
     rid = record_id(raw)
@@ -453,6 +453,15 @@ def unsupported(raw: Any, file: str, index: int) -> None:
         raise SourceError(
             file,
             "has a 'video' key: video records are not supported; expected images only",
+            index,
+            rid,
+            reason="unsupported",
+        )
+    if "images" in raw and "image" not in raw:
+        # LLaMA-Factory's and TRL's key: taken for an extra key, its pictures would be silently lost.
+        raise SourceError(
+            file,
+            "has 'images' but no 'image'; LLaVA-format records name their image files in 'image' (a name or a list)",
             index,
             rid,
             reason="unsupported",

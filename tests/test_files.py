@@ -236,6 +236,10 @@ UNSUPPORTED = [
         "'image' is inline base64 data (/9j/AAAAAAAAAAAAAAAAAAAA...); expected a file name under image_dir",
     ),
     (
+        {"id": "i", "images": ["img0.jpg"], "conversations": turns("<image>", ".")},
+        "has 'images' but no 'image'; LLaVA-format records name their image files in 'image' (a name or a list)",
+    ),
+    (
         {"id": "n", "image": "img0.jpg", "messages": [{"role": "user", "content": "hi"}]},
         "has no 'conversations' (found keys 'id', 'image', 'messages'); expected LLaVA-format turns: "
         '"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]',
@@ -415,6 +419,8 @@ def test_to_messages_puts_each_image_block_where_its_token_stood(tmp_path, image
         {"type": "text", "text": "Compare them."},
     ]
     assert messages[2]["images"] == []
+    streamed = llava_hf.to_messages(load_dataset(str(tmp_path / "multi.json"), image_dir=str(images), streaming=True))
+    assert [r["messages"] for r in streamed] == [messages[i]["messages"] for i in range(3)]
     out = llava_hf.to_trl(ds, tmp_path / "trl", progress=False)
     assert (out["rows"], out["images"]) == (3, 4)
     back = datasets.load_dataset("parquet", data_dir=str(tmp_path / "trl"), split="train")
