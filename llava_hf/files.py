@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -286,7 +287,8 @@ def decompressed(path: str, work_dir: str) -> str:
     if os.path.exists(target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = f"{target}.{os.getpid()}.tmp"
+    # Host and pid: two machines sharing the cache may decompress the same file at once; the last rename wins.
+    tmp = f"{target}.{socket.gethostname()}.{os.getpid()}.tmp"
     try:
         with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
