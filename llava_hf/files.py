@@ -59,7 +59,6 @@ from .sources import (
 
 # The file names a file config reads; the content decides between a JSON array and JSON Lines.
 SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
-FORMATS = ("json", "jsonl")
 DECOMPRESSED_DIR = "llava_hf_files"
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -101,7 +100,8 @@ def data_file_paths(data_files: Any) -> tuple[str, ...]:
             raise ValueError(f"data_files must be a path, a glob or a list of them, got {item!r} in the list")
         pattern = os.path.abspath(os.path.expanduser(os.fspath(item)))
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) and not resolved else [pattern]
-        if not matches or not os.path.isfile(matches[0]):
+        matches = [match for match in matches if os.path.isfile(match)]  # a glob may match folders too
+        if not matches:
             raise FileNotFoundError(f"data_files: {os.fspath(item)} matches no file")
         paths.extend(matches)
     for path in paths:
