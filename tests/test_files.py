@@ -139,6 +139,8 @@ def test_several_files_and_globs(tmp_path, images, cache_dir):
     assert list(sources) == ["one"] * 30 + ["two"] * 12
     assert prepare_report(ds)["config"] == "one"
     assert [f["file"] for f in prepare_report(ds)["source"]["files"]] == ["one.json", "two.jsonl"]
+    two = load_dataset(str(tmp_path / "parts" / "*"), image_dir=str(images), cache_dir=cache_dir + "2", num_proc=2)
+    assert raw(two) == raw(ds)  # one shard per file here: each worker reads its own file
 
 
 def test_options_are_refused_by_name(tmp_path, images, cache_dir):
