@@ -92,15 +92,23 @@ def content_blocks(text: str) -> list[dict[str, str | None]]:
 
 
 def conversation_to_messages(
-    turns: Sequence[Mapping[str, str]], *, has_image: bool, roles: Mapping[str, str] = DEFAULT_ROLES, where: str = "row"
+    turns: Sequence[Mapping[str, str]],
+    *,
+    has_image: bool,
+    roles: Mapping[str, str] = DEFAULT_ROLES,
+    where: str = "row",
+    num_images: int | None = None,
 ) -> list[dict[str, Any]]:
     """TRL messages for one conversation (`turns` as in the `conversations` column).
 
     A row with an image and no `<image>` in its text gets the image block first in its first user turn,
     where LLaVA and TRL put it. Raises ValueError (naming `where`) for a speaker not in `roles`, more than
     one `<image>` in a row (LLaVA rows have at most one image), or `<image>` in a text-only row.
+    With `num_images` (a multi-image row), each image block stands where its `<image>` stood; with no token
+    at all (images first) the `num_images` blocks open the first user turn; any other count is refused.
     """
-    problem = _token_problem([turn["value"] for turn in turns], has_image) or _role_problem(turns, roles)
+    problem = _token_problem([turn["value"] for turn in turns], has_image, num_images)
+    problem = problem or _role_problem(turns, roles)
     if problem:
         raise ValueError(f"{where}: {problem}")
     messages = [{"role": roles[turn["from"]], "content": content_blocks(turn["value"])} for turn in turns]
@@ -108,12 +116,16 @@ def conversation_to_messages(
         first_user = next((m for m in messages if m["role"] == "user"), messages[0] if messages else None)
         if first_user is None:
             raise ValueError(f"{where}: has an image but no turns to put it in")
-        first_user["content"].insert(0, {"type": "image", "text": None})
+        first_user["content"][:0] = [{"type": "image", "text": None} for _ in range(num_images or 1)]
     return messages
 
 
-def _token_problem(values: Sequence[str], has_image: bool) -> str | None:
+def _token_problem(values: Sequence[str], has_image: bool, num_images: int | None = None) -> str | None:
     tokens = sum(value.count(IMAGE_TOKEN) for value in values)
+    if num_images is not None:  # a multi-image row: one token per image, or none (images first)
+        if tokens and tokens != num_images:
+            return f"{tokens} {IMAGE_TOKEN!r} tokens for {num_images} images; expected {num_images} or none"
+        return None
     if tokens > 1:
         return f"{tokens} {IMAGE_TOKEN!r} tokens but at most one image"
     if tokens and not has_image:
@@ -159,9 +171,12 @@ def to_messages(
         )
     check_rows(ds, roles=role_map)
     # Only `messages` and `images` are visible: TRL's Trainer drops columns its collator does not name.
-    view = ds.select_columns(["image", "conversations"]).rename_columns(
-        {"image": "images", "conversations": "messages"}
-    )
+    if "images" in ds.features:  # a multi-image config already has its `images` lists
+        view = ds.select_columns(["images", "conversations"]).rename_columns({"conversations": "messages"})
+    else:
+        view = ds.select_columns(["image", "conversations"]).rename_columns(
+            {"image": "images", "conversations": "messages"}
+        )
     return view.with_transform(partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages"))
 
 
@@ -173,9 +188,20 @@ def _messages_batch(
     turns_column: str = "conversations",
 ) -> dict[str, list]:
     ids = batch.get("id") or [None] * len(batch[turns_column])
+    # A streamed multi-image config has `images`, not `image`; in the lazy view both are called `images`,
+    # and a multi-image row's value is a list.
+    multi = image_column not in batch and "images" in batch
+    pictures = batch["images"] if multi else batch[image_column]
     messages, images = [], []
-    for rid, turns, image in zip(ids, batch[turns_column], batch[image_column], strict=True):
+    for rid, turns, image in zip(ids, batch[turns_column], pictures, strict=True):
         where = f"row id={rid!r}" if rid is not None else "row"
+        if multi or isinstance(image, list):
+            image = list(image or [])
+            messages.append(
+                conversation_to_messages(turns, has_image=bool(image), roles=roles, where=where, num_images=len(image))
+            )
+            images.append(image)
+            continue
         messages.append(conversation_to_messages(turns, has_image=image is not None, roles=roles, where=where))
         images.append([] if image is None else [image])
     return {"messages": messages, "images": images}
@@ -191,6 +217,7 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
     bad: list[str] = []
     total = 0
     offset = 0
+    multi = "images" in ds.features
     for batch, present in _text_batches(ds):
         turns = batch.column("conversations").combine_chunks()
         values = turns.flatten()
@@ -201,13 +228,18 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
         if roles is not None:
             unknown = pc.invert(pc.is_in(values.field("from"), value_set=pa.array(list(roles), pa.string())))
             unknown_rows = np.bincount(parents, unknown.to_numpy(zero_copy_only=False).astype(float), len(turns)) > 0
-        rows = np.flatnonzero((tokens > 1) | ((tokens > 0) & ~present) | unknown_rows)
+        # One token per image (a single-image row: at most one, and none without an image); a multi-image
+        # row may have none at all (images first).
+        bad_tokens = (tokens > 0) & (tokens != present) if multi else (tokens > 1) | ((tokens > 0) & ~present)
+        rows = np.flatnonzero(bad_tokens | unknown_rows)
         total += len(rows)
         if rows.size and len(bad) < LISTED_ROWS:
             for i in rows[: LISTED_ROWS - len(bad)]:
                 row = batch.slice(int(i), 1).to_pylist()[0]
                 turns_i = row["conversations"]
-                problem = _token_problem([t["value"] for t in turns_i], bool(present[i]))
+                problem = _token_problem(
+                    [t["value"] for t in turns_i], bool(present[i]), int(present[i]) if multi else None
+                )
                 problem = problem or _role_problem(turns_i, roles or {})
                 bad.append(f"row {offset + int(i)} (id={row['id']!r}): {problem}")
         offset += batch.num_rows
@@ -219,8 +251,12 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
 
 
 def _text_batches(ds: datasets.Dataset, batch_rows: int = 10_000) -> Iterator[tuple[pa.Table, np.ndarray]]:
-    """(id + conversations batch, image-present mask) pairs over `ds`, without touching image bytes."""
-    present = pc.is_valid(ds.data.column("image"))
+    """(id + conversations batch, image-present mask) pairs over `ds`, without touching image bytes; for a
+    multi-image config, the number of images of each row instead of the mask."""
+    if "images" in ds.features:
+        present = pc.fill_null(pc.list_value_length(ds.data.column("images")), 0)
+    else:
+        present = pc.is_valid(ds.data.column("image"))
     # After select/shuffle/filter a Dataset is an index mapping onto its Arrow table; the mask must follow it.
     if ds._indices is not None:
         present = present.take(ds._indices.column(0))
@@ -254,19 +290,37 @@ def to_trl(
     writer: pq.ParquetWriter | None = None
     written = rows = images = 0
     try:
-        for batch in _progress(_arrow_batches(ds, ["id", "image", "conversations"]), ds, progress, "TRL Parquet"):
+        multi = "images" in (ds.features or {})
+        columns = ["id", "images" if multi else "image", "conversations"]
+        for batch in _progress(_arrow_batches(ds, columns), ds, progress, "TRL Parquet"):
             records = batch.select(["id", "conversations"]).to_pylist()
-            image = batch.column("image").combine_chunks()
-            present = pc.is_valid(image)
-            messages = [
-                conversation_to_messages(
-                    r["conversations"], has_image=bool(p), where=f"row {rows + i} (id={r['id']!r})"
-                )
-                for i, (r, p) in enumerate(zip(records, present.to_pylist(), strict=True))
-            ]
-            # Each row's `images` list is its one image or nothing: a list view over the image structs.
-            offsets = pa.array(np.concatenate([[0], np.cumsum(present.to_numpy(zero_copy_only=False))]), pa.int32())
-            image_lists = pa.ListArray.from_arrays(offsets, image.filter(present))
+            if multi:
+                # A multi-image config: its lists as they are, a null (text-only) list as an empty one.
+                lists = batch.column("images").combine_chunks()
+                counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+                offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+                image_lists = pa.ListArray.from_arrays(offsets, pc.list_flatten(lists))
+                messages = [
+                    conversation_to_messages(
+                        r["conversations"],
+                        has_image=bool(n),
+                        where=f"row {rows + i} (id={r['id']!r})",
+                        num_images=int(n),
+                    )
+                    for i, (r, n) in enumerate(zip(records, counts.tolist(), strict=True))
+                ]
+            else:
+                image = batch.column("image").combine_chunks()
+                present = pc.is_valid(image)
+                messages = [
+                    conversation_to_messages(
+                        r["conversations"], has_image=bool(p), where=f"row {rows + i} (id={r['id']!r})"
+                    )
+                    for i, (r, p) in enumerate(zip(records, present.to_pylist(), strict=True))
+                ]
+                # Each row's `images` list is its one image or nothing: a list view over the image structs.
+                offsets = pa.array(np.concatenate([[0], np.cumsum(present.to_numpy(zero_copy_only=False))]), pa.int32())
+                image_lists = pa.ListArray.from_arrays(offsets, image.filter(present))
             table = pa.Table.from_arrays(
                 [pa.array(messages, schema.field("messages").type), image_lists], schema=schema
             )
@@ -398,9 +452,14 @@ def to_llava(
         chat = JsonArrayWriter(files.enter_context(_replaced_on_success(json_path)))
         metadata = JsonArrayWriter(files.enter_context(_replaced_on_success(metadata_path))) if metadata_path else None
         for row, where in _rows(ds, progress, "LLaVA JSON"):
-            name = folder.write(row["image"], where) if row["image"] is not None else None
-            text_only += name is None
-            record, meta = restore_record({**row, "image": name}, with_metadata=metadata is not None)
+            if "images" in row:  # a multi-image config: every image written, the names kept as a list
+                names = [folder.write(image, where) for image in row["images"]] if row["images"] is not None else None
+                text_only += not names
+                record, meta = restore_record({**row, "images": names}, with_metadata=metadata is not None)
+            else:
+                name = folder.write(row["image"], where) if row["image"] is not None else None
+                text_only += name is None
+                record, meta = restore_record({**row, "image": name}, with_metadata=metadata is not None)
             chat.add(record)
             if metadata is not None:
                 metadata.add(meta)
@@ -520,19 +579,21 @@ def _llamafactory_record(
 ) -> tuple[dict[str, Any], bool]:
     """(the JSONL record of one row, whether an `<image>` token was added to its text)."""
     turns = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
-    problem = _token_problem([t["value"] for t in turns], row["image"] is not None)
+    pictures = (row["images"] or []) if "images" in row else [row["image"]] if row["image"] is not None else []
+    num_images = len(pictures) if "images" in row else None
+    problem = _token_problem([t["value"] for t in turns], bool(pictures), num_images)
     if problem:
         raise ValueError(f"{where}: {problem}")
     images = []
     added = False
-    if row["image"] is not None:
-        images.append(f"{image_folder}/{folder.write(row['image'], where)}")
+    if pictures:
+        images.extend(f"{image_folder}/{folder.write(picture, where)}" for picture in pictures)
         # LLaMA-Factory counts `<image>` tokens against images; LLaVA puts a missing one before the question.
         if not any(IMAGE_TOKEN in t["value"] for t in turns):
             if not turns:
                 raise ValueError(f"{where}: has an image but no turns to put it in")
             first = next((t for t in turns if t["from"] == "human"), turns[0])
-            first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
+            first["value"] = f"{IMAGE_TOKEN}\n" * len(pictures) + first["value"]
             added = True
     return {"id": row["id"], "conversations": turns, "images": images}, added
 

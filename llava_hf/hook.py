@@ -29,7 +29,18 @@ TESTED_DATASETS = SpecifierSet(">=5.1,<5.3")
 
 # Every module whose code decides what a prepared dataset contains. The cache key hashes their code
 # (not their comments or docstrings), so a change in any of them gives a new cache entry.
-_CONTENT_MODULES = ("builder", "catalog", "convert", "errors", "features", "images", "records", "sources", "zipdir")
+_CONTENT_MODULES = (
+    "builder",
+    "catalog",
+    "convert",
+    "errors",
+    "features",
+    "files",
+    "images",
+    "records",
+    "sources",
+    "zipdir",
+)
 
 
 def _code_only(source: str) -> str:
