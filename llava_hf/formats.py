@@ -136,13 +136,18 @@ def to_messages(
     """The dataset in TRL's conversational vision format: columns `messages` and `images`, nothing else.
 
     `messages` is a list of `{"role", "content"}` with content blocks `{"type": "image", "text": None}` and
-    `{"type": "text", "text": ...}`; `images` holds the row's image (an empty list for text-only rows). Give
-    it to `trl.SFTTrainer(train_dataset=...)` with a vision-language processor.
+    `{"type": "text", "text": ...}` (an image block wherever `<image>` stood); `images` holds the row's image
+    (an empty list for text-only rows). Give it to `trl.SFTTrainer(train_dataset=...)` with a
+    vision-language processor. `roles` adds to or overrides `DEFAULT_ROLES`.
 
-    Lazy: a `Dataset` gets a `with_transform` over its own Arrow files (no image bytes are copied; images are
-    decoded when a row is read), an `IterableDataset` a `map`. `roles` adds to or overrides `DEFAULT_ROLES`.
+    A `Dataset` gives a plain `Dataset` whose `features` are `TRL_FEATURES`: it concatenates, interleaves,
+    shuffles, maps, filters, converts with `to_iterable_dataset()` and pickles to DataLoader workers like
+    any other. Its `messages` column is computed once from the text (no image is read) and cached as an
+    Arrow file beside the dataset's own files, keyed by their identity and `roles`; its `images` column is a
+    list view over the source's memory-mapped image column: no image byte is copied, and a pickled copy
+    re-opens the same file. An `IterableDataset` gets a `map` instead.
 
-    For a `Dataset` the conversations are checked now (one pass over the text, no images): ValueError lists
+    For a `Dataset` the conversations are checked first (one pass over the text, no images): ValueError lists
     the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,
     or a text-only row holds one. Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
     """
@@ -158,11 +163,9 @@ def to_messages(
             features=TRL_FEATURES,
         )
     check_rows(ds, roles=role_map)
-    # Only `messages` and `images` are visible: TRL's Trainer drops columns its collator does not name.
-    view = ds.select_columns(["image", "conversations"]).rename_columns(
-        {"image": "images", "conversations": "messages"}
-    )
-    return view.with_transform(partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages"))
+    from .trl_view import messages_view
+
+    return messages_view(ds, role_map)
 
 
 def _messages_batch(

@@ -135,8 +135,11 @@ def test_to_messages_token_at_end_start_and_absent(release, cache_dir):
 def test_to_messages_is_lazy_and_copies_no_image_bytes(release, cache_dir):
     ds = load(release, "detail_23k", cache_dir)
     conv = to_messages(ds)
-    # the same Arrow files, only a view with a transform on top
-    assert conv.cache_files == ds.cache_files
+    # the source's Arrow files, plus the messages column written once beside them
+    (messages_file,) = [f for f in conv.cache_files if f not in ds.cache_files]
+    assert [f for f in conv.cache_files if f in ds.cache_files] == ds.cache_files
+    assert os.path.basename(messages_file["filename"]).startswith("llava_hf-trl-messages-")
+    assert conv.features == formats.TRL_FEATURES
     assert (
         conv.data.column("images").chunks[0].buffers()[-1].address
         == ds.data.column("image").chunks[0].buffers()[-1].address

@@ -1,0 +1,229 @@
+"""`to_messages` of a map-style dataset: a real `Dataset` over the source's own Arrow files.
+
+A formatted view (`with_transform`) is what `datasets` drops on `concatenate_datasets` and refuses in
+`to_iterable_dataset`, and its `features` are the source's. So the TRL columns are real columns:
+
+- `messages` is computed once from the text (ids, turns and the image column's null mask; no image is
+  read) and written as one Arrow file beside the dataset's files, named by a key over those files'
+  identity (path, size, mtime, datasets' replays) and the role map: the next call memory-maps it.
+- `images` is `list<struct<bytes, path>>` built over the source's memory-mapped image column without a
+  copy: list offsets `0, 1, 2, ...` over each run of rows with an image, and empty lists (over an empty
+  values array) for each run of text-only rows. Arrow cannot cast a struct to a list, so `datasets` has no
+  replay for this; `ImageListsBlock` is a `MemoryMappedTable` that replays it when it is unpickled.
+
+The rows of the source's index mapping (after `select`, `shuffle`, `filter`) are the view's index mapping:
+the columns cover the source table, in its order, and a row outside the mapping that could not be a
+message is stored as null (it is never read; `check_rows` refused the rows inside).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+
+import datasets
+import datasets.table
+import numpy as np
+import pyarrow as pa
+from datasets import Features
+from datasets.fingerprint import Hasher
+from datasets.table import ConcatenationTable, InMemoryTable, MemoryMappedTable, Table
+
+from .formats import TRL_FEATURES, conversation_to_messages
+
+logger = logging.getLogger("llava_hf")
+
+# Part of the messages file's key: bump it when what the file holds changes.
+VIEW_VERSION = "trl-messages-1"
+MESSAGES_FEATURES = Features({"messages": TRL_FEATURES["messages"]})
+IMAGES_FEATURES = Features({"images": TRL_FEATURES["images"]})
+# Rows converted per batch while writing the messages file.
+TEXT_BATCH_ROWS = 10_000
+
+
+def image_lists(image: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each row's image as a one-item list, or an empty list where it is null, without copying a byte.
+
+    One list chunk per run of rows with (or without) an image: a list array needs its values contiguous,
+    and a text-only row's empty list has nothing to point at in the image column.
+    """
+    item_type = image.type.storage_type if isinstance(image.type, pa.ExtensionType) else image.type
+    empty = pa.array([], item_type)
+    chunks: list[pa.Array] = []
+    for chunk in image.chunks:
+        n = len(chunk)
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+        edges = np.flatnonzero(np.diff(valid.view(np.int8))) + 1
+        for start, end in zip([0, *edges.tolist()], [*edges.tolist(), n], strict=True):
+            if end == start:
+                continue
+            if valid[start]:
+                offsets = pa.array(np.arange(end - start + 1, dtype=np.int32))
+                chunks.append(pa.ListArray.from_arrays(offsets, chunk.slice(start, end - start)))
+            else:
+                offsets = pa.array(np.zeros(end - start + 1, dtype=np.int32))
+                chunks.append(pa.ListArray.from_arrays(offsets, empty))
+    return pa.chunked_array(chunks, pa.list_(item_type))
+
+
+def _images_table(source: pa.Table) -> pa.Table:
+    """`{"images": image_lists(source["image"])}` with the TRL schema's metadata."""
+    return pa.Table.from_arrays([image_lists(source.column("image"))], schema=IMAGES_FEATURES.arrow_schema)
+
+
+class ImageListsBlock(MemoryMappedTable):
+    """The `images` column over one memory-mapped file: pickles as the file's path and two replay lists.
+
+    `source_replays` bring the file's table to the source's (`datasets`' own replays, then a selection of
+    the `image` column); the list view is built on that; `replays` are what was done to the view since.
+    Every table method of `MemoryMappedTable` is wrapped so that its result stays an `ImageListsBlock`.
+    """
+
+    def __init__(self, table: pa.Table, path: str, replays=None, *, source_replays=None):
+        super().__init__(table, path, replays)
+        self.source_replays = list(source_replays or [])
+
+    @classmethod
+    def over(cls, block: MemoryMappedTable) -> ImageListsBlock:
+        source_replays = [*block.replays, ("select", (["image"],), {})]
+        return cls(_images_table(block.table.select(["image"])), block.path, [], source_replays=source_replays)
+
+    def __getstate__(self):
+        # MemoryMappedTable's own state (looked up now: llava_hf's reader may add its marker to it).
+        state = MemoryMappedTable.__getstate__(self)
+        state["source_replays"] = self.source_replays
+        return state
+
+    def __setstate__(self, state):
+        source = datasets.table._memory_mapped_arrow_table_from_file(state["path"])
+        source = self._apply_replays(source, state["source_replays"])
+        table = self._apply_replays(_images_table(source), state["replays"])
+        ImageListsBlock.__init__(
+            self, table, state["path"], state["replays"], source_replays=state["source_replays"]
+        )
+
+
+def _keeps_class(name: str):
+    stock = getattr(MemoryMappedTable, name)
+
+    def method(self, *args, **kwargs):
+        out = stock(self, *args, **kwargs)
+        return ImageListsBlock(out.table, self.path, out.replays, source_replays=self.source_replays)
+
+    method.__name__ = name
+    method.__doc__ = stock.__doc__
+    return method
+
+
+for _name in (
+    "slice",
+    "filter",
+    "flatten",
+    "combine_chunks",
+    "cast",
+    "replace_schema_metadata",
+    "add_column",
+    "append_column",
+    "remove_column",
+    "set_column",
+    "rename_columns",
+    "drop",
+    "select",
+):
+    setattr(ImageListsBlock, _name, _keeps_class(_name))
+
+
+def _row_blocks(table: Table) -> list[list]:
+    """The source table as datasets holds it: rows of blocks (files, or in-memory tables) side by side."""
+    if isinstance(table, ConcatenationTable):
+        return table.blocks
+    return [[table]]
+
+
+def _images_column(table: Table) -> Table:
+    """The `images` column over `table`, one block per file holding the source's `image` column."""
+    blocks = []
+    for row_block in _row_blocks(table):
+        (block,) = [b for b in row_block if "image" in b.column_names]
+        if isinstance(block, MemoryMappedTable):
+            blocks.append([ImageListsBlock.over(block)])
+        else:
+            # In-memory data is copied by pickling anyway (that is what in memory means in datasets).
+            blocks.append([InMemoryTable(_images_table(block.table.select(["image"])))])
+    return ConcatenationTable.from_blocks(blocks)
+
+
+def _files_key(table: Table, roles: Mapping[str, str]) -> str | None:
+    """A key over the files under `table` and `roles`, or None when part of it lives only in memory."""
+    parts: list = [VIEW_VERSION, sorted(roles.items())]
+    for row_block in _row_blocks(table):
+        for block in row_block:
+            if not isinstance(block, MemoryMappedTable):
+                return None
+            st = os.stat(block.path)
+            parts.append((block.path, st.st_size, st.st_mtime_ns, block.replays))
+    return Hasher.hash(parts)
+
+
+def _messages_table(table: Table, roles: Mapping[str, str]) -> pa.Table:
+    """The `messages` column for every row of `table`, in its order (null where a row cannot convert)."""
+    source = table.table
+    present = source.column("image").is_valid()
+    batches = []
+    start = 0
+    for batch in source.select(["conversations"]).to_batches(max_chunksize=TEXT_BATCH_ROWS):
+        has_image = present.slice(start, batch.num_rows).to_pylist()
+        start += batch.num_rows
+        messages = []
+        for turns, image in zip(batch.column(0).to_pylist(), has_image, strict=True):
+            try:
+                messages.append(conversation_to_messages(turns, has_image=image, roles=roles))
+            except ValueError:
+                # A row outside the index mapping may be one that cannot convert; rows inside were checked.
+                messages.append(None)
+        batches.append(pa.array(messages, MESSAGES_FEATURES.arrow_schema.field("messages").type))
+    column = pa.chunked_array(batches, MESSAGES_FEATURES.arrow_schema.field("messages").type)
+    return pa.Table.from_arrays([column], schema=MESSAGES_FEATURES.arrow_schema)
+
+
+def _cached_messages(table: Table, roles: Mapping[str, str]) -> Table:
+    """The messages column, memory-mapped from its file beside the source's files (written on first use)."""
+    key = _files_key(table, roles)
+    if key is None:
+        return InMemoryTable(_messages_table(table, roles))
+    first = _row_blocks(table)[0][0].path
+    path = os.path.join(os.path.dirname(first), f"llava_hf-trl-messages-{key}.arrow")
+    if not os.path.exists(path):
+        messages = _messages_table(table, roles)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-trl-messages-")
+        except OSError as e:
+            # A read-only cache (shared storage mounted read-only): keep the column in memory.
+            logger.info("cannot write %s (%s); the TRL messages column stays in memory", path, e)
+            return InMemoryTable(messages)
+        try:
+            with os.fdopen(fd, "wb") as f, pa.ipc.new_stream(f, messages.schema) as writer:
+                writer.write_table(messages)
+            # Renamed only when complete: a reader never maps a half-written file; racing writers agree.
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return MemoryMappedTable.from_file(path)
+
+
+def messages_view(ds: datasets.Dataset, roles: Mapping[str, str]) -> datasets.Dataset:
+    """`to_messages` of a checked map-style dataset (see the module docstring)."""
+    table = ConcatenationTable.from_tables([_cached_messages(ds.data, roles), _images_column(ds.data)], axis=1)
+    info = datasets.DatasetInfo(
+        features=TRL_FEATURES.copy(),
+        config_name=ds.info.config_name,
+        dataset_name=ds.info.dataset_name,
+        description=ds.info.description,
+        license=ds.info.license,
+        citation=ds.info.citation,
+    )
+    fingerprint = Hasher.hash([VIEW_VERSION, ds._fingerprint, sorted(roles.items())])
+    return datasets.Dataset(table, info=info, split=ds.split, indices_table=ds._indices, fingerprint=fingerprint)
