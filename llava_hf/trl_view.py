@@ -27,11 +27,13 @@ import datasets
 import datasets.table
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Features
 from datasets.fingerprint import Hasher
 from datasets.table import ConcatenationTable, InMemoryTable, MemoryMappedTable, Table
 
-from .formats import TRL_FEATURES, conversation_to_messages
+from .formats import TRL_FEATURES, content_blocks
+from .records import IMAGE_TOKEN
 
 logger = logging.getLogger("llava_hf")
 
@@ -46,25 +48,22 @@ TEXT_BATCH_ROWS = 10_000
 def image_lists(image: pa.ChunkedArray) -> pa.ChunkedArray:
     """Each row's image as a one-item list, or an empty list where it is null, without copying a byte.
 
-    One list chunk per run of rows with (or without) an image: a list array needs its values contiguous,
-    and a text-only row's empty list has nothing to point at in the image column.
+    A list array needs the values of its rows contiguous, and a text-only row's null image between two
+    images would be one of them: so one list chunk per run of rows with an image, the text-only rows
+    around it being empty lists at its ends (offsets `0, 0, 1, 2, 2, 2` over two images).
     """
     item_type = image.type.storage_type if isinstance(image.type, pa.ExtensionType) else image.type
-    empty = pa.array([], item_type)
     chunks: list[pa.Array] = []
     for chunk in image.chunks:
-        n = len(chunk)
         valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        edges = np.flatnonzero(np.diff(valid.view(np.int8))) + 1
-        for start, end in zip([0, *edges.tolist()], [*edges.tolist(), n], strict=True):
-            if end == start:
-                continue
-            if valid[start]:
-                offsets = pa.array(np.arange(end - start + 1, dtype=np.int32))
-                chunks.append(pa.ListArray.from_arrays(offsets, chunk.slice(start, end - start)))
-            else:
-                offsets = pa.array(np.zeros(end - start + 1, dtype=np.int32))
-                chunks.append(pa.ListArray.from_arrays(offsets, empty))
+        ones = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])
+        # A new list chunk starts where a run of images follows a text-only row.
+        starts = np.flatnonzero(valid[1:] & ~valid[:-1]) + 1
+        for start, end in zip([0, *starts.tolist()], [*starts.tolist(), len(chunk)], strict=True):
+            offsets = ones[start : end + 1] - ones[start]
+            first = start + int(np.argmax(valid[start:end])) if offsets[-1] else start
+            values = chunk.slice(first, int(offsets[-1]))
+            chunks.append(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
     return pa.chunked_array(chunks, pa.list_(item_type))
 
 
@@ -100,9 +99,7 @@ class ImageListsBlock(MemoryMappedTable):
         source = datasets.table._memory_mapped_arrow_table_from_file(state["path"])
         source = self._apply_replays(source, state["source_replays"])
         table = self._apply_replays(_images_table(source), state["replays"])
-        ImageListsBlock.__init__(
-            self, table, state["path"], state["replays"], source_replays=state["source_replays"]
-        )
+        ImageListsBlock.__init__(self, table, state["path"], state["replays"], source_replays=state["source_replays"])
 
 
 def _keeps_class(name: str):
@@ -167,24 +164,77 @@ def _files_key(table: Table, roles: Mapping[str, str]) -> str | None:
     return Hasher.hash(parts)
 
 
+def messages_array(turns: pa.ListArray, has_image: np.ndarray, roles: Mapping[str, str]) -> pa.ListArray:
+    """`conversation_to_messages` of every row at once (null where a row cannot convert).
+
+    The per-turn text is split in Python (only the string work), the lists and structs are built by Arrow
+    from flat arrays: about ten times faster than building nested dicts row by row.
+    """
+    n = len(turns)
+    lengths = pc.fill_null(pc.list_value_length(turns), 0).to_numpy()
+    values = turns.flatten()
+    parents = np.repeat(np.arange(n), lengths)
+    keys = pa.array(list(roles), pa.string())
+    role = pa.array(list(roles.values()), pa.string()).take(pc.index_in(values.field("from"), value_set=keys))
+    unknown = role.is_null().to_numpy(zero_copy_only=False)
+    texts = values.field("value").to_pylist()
+    tokens = np.fromiter((t.count(IMAGE_TOKEN) for t in texts), np.int64, len(texts))
+    row_tokens = np.bincount(parents, tokens, n)
+    bad = (row_tokens > 1) | ((row_tokens > 0) & ~has_image) | (np.bincount(parents, unknown, n) > 0)
+    # A row with an image and no token gets the image block first in its first user turn (or first turn).
+    needs_block = has_image & (row_tokens == 0)
+    bad |= needs_block & (lengths == 0)
+    first_turn = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    is_user = pc.equal(role, "user").to_numpy(zero_copy_only=False)
+    user_turns = np.flatnonzero(is_user)
+    user_rows, first_user = np.unique(parents[user_turns], return_index=True)
+    target = first_turn.copy()
+    target[user_rows] = user_turns[first_user]
+    insert_at = np.zeros(len(texts), bool)
+    rows = np.flatnonzero(needs_block & (lengths > 0))
+    insert_at[target[rows]] = True
+
+    block_types: list[str] = []
+    block_texts: list[str | None] = []
+    counts = np.empty(len(texts), np.int64)
+    for k, value in enumerate(texts):
+        before = len(block_types)
+        if insert_at[k]:
+            block_types.append("image")
+            block_texts.append(None)
+        if tokens[k]:
+            for block in content_blocks(value):
+                block_types.append(block["type"])
+                block_texts.append(block["text"])
+        else:
+            block_types.append("text")
+            block_texts.append(value)
+        counts[k] = len(block_types) - before
+    blocks = pa.StructArray.from_arrays(
+        [pa.array(block_types, pa.string()), pa.array(block_texts, pa.string())], names=["type", "text"]
+    )
+    content = pa.ListArray.from_arrays(_offsets(counts), blocks)
+    message = pa.StructArray.from_arrays([role, content], names=["role", "content"])
+    return pa.ListArray.from_arrays(_offsets(lengths), message, mask=pa.array(bad))
+
+
+def _offsets(counts: np.ndarray) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+
+
 def _messages_table(table: Table, roles: Mapping[str, str]) -> pa.Table:
     """The `messages` column for every row of `table`, in its order (null where a row cannot convert)."""
     source = table.table
     present = source.column("image").is_valid()
-    batches = []
+    message_type = MESSAGES_FEATURES.arrow_schema.field("messages").type
+    chunks = []
     start = 0
     for batch in source.select(["conversations"]).to_batches(max_chunksize=TEXT_BATCH_ROWS):
-        has_image = present.slice(start, batch.num_rows).to_pylist()
+        has_image = present.slice(start, batch.num_rows).to_numpy(zero_copy_only=False)
         start += batch.num_rows
-        messages = []
-        for turns, image in zip(batch.column(0).to_pylist(), has_image, strict=True):
-            try:
-                messages.append(conversation_to_messages(turns, has_image=image, roles=roles))
-            except ValueError:
-                # A row outside the index mapping may be one that cannot convert; rows inside were checked.
-                messages.append(None)
-        batches.append(pa.array(messages, MESSAGES_FEATURES.arrow_schema.field("messages").type))
-    column = pa.chunked_array(batches, MESSAGES_FEATURES.arrow_schema.field("messages").type)
+        # A row outside the index mapping may be one that cannot convert (null); rows inside were checked.
+        chunks.append(messages_array(batch.column(0), has_image, roles).cast(message_type))
+    column = pa.chunked_array(chunks, message_type)
     return pa.Table.from_arrays([column], schema=MESSAGES_FEATURES.arrow_schema)
 
 

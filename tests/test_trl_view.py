@@ -48,7 +48,11 @@ def test_features_are_the_trl_columns_and_rows_are_unchanged(views):
 
 def test_image_lists_share_the_image_bytes():
     image = pa.chunked_array(
-        [pa.array([{"bytes": b"a", "path": "a"}, None, None, {"bytes": b"bc", "path": "b"}, {"bytes": b"d", "path": "d"}])]
+        [
+            pa.array(
+                [{"bytes": b"a", "path": "a"}, None, None, {"bytes": b"bc", "path": "b"}, {"bytes": b"d", "path": "d"}]
+            )
+        ]
     )
     lists = trl_view.image_lists(image)
     assert lists.to_pylist() == [
@@ -58,10 +62,10 @@ def test_image_lists_share_the_image_bytes():
         [{"bytes": b"bc", "path": "b"}],
         [{"bytes": b"d", "path": "d"}],
     ]
-    assert lists.num_chunks == 3  # one per run of rows with or without an image
+    assert lists.num_chunks == 2  # one per run of rows with an image, text-only rows at its ends
     source_bytes = image.chunk(0).field("bytes").buffers()[2].address
     assert lists.chunk(0).values.field("bytes").buffers()[2].address == source_bytes
-    assert lists.chunk(2).values.field("bytes").buffers()[2].address == source_bytes
+    assert lists.chunk(1).values.field("bytes").buffers()[2].address == source_bytes
 
 
 def test_concatenate_keeps_the_columns(views):
@@ -159,3 +163,39 @@ def test_iterable_source_still_maps(release, cache_dir):
     assert isinstance(stream, datasets.IterableDataset)
     assert [summary(r) for r in stream] == [summary(r) for r in to_messages(load(release, "detail_23k", cache_dir))]
     assert formats.TRL_FEATURES == stream.features
+
+
+EDGE_ROWS = [
+    ([("human", "<image>\nWhat is this?"), ("gpt", "A bus.")], True),
+    ([("human", "What is this?\n<image>"), ("gpt", "A bus.")], True),
+    ([("human", "Left\n<image>\nright"), ("gpt", "")], True),
+    ([("human", "<image>\n\nTwo newlines"), ("gpt", "x")], True),
+    ([("system", "Be brief."), ("human", "Describe."), ("gpt", "A")], True),  # image block goes to the user turn
+    ([("gpt", "No user turn"), ("gpt", "at all")], True),  # ... or to the first turn
+    ([("human", "Text only"), ("gpt", "ok")], False),
+    ([("human", "<image>")], True),
+    ([("human", "")], False),
+    ([], False),
+]
+BAD_ROWS = [
+    ([("human", "<image> and <image>")], True),  # two tokens, one image
+    ([("human", "<image>")], False),  # a token in a text-only row
+    ([("bot", "hi")], False),  # a speaker with no role
+    ([], True),  # an image and no turn to put it in
+]
+
+
+def test_messages_array_is_conversation_to_messages_row_for_row():
+    rows = EDGE_ROWS + BAD_ROWS
+    turns = pa.array(
+        [[{"from": f, "value": v} for f, v in turns] for turns, _ in rows],
+        pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
+    )
+    has_image = pa.array([image for _, image in rows]).to_numpy(zero_copy_only=False)
+    got = trl_view.messages_array(turns, has_image, formats.DEFAULT_ROLES).to_pylist()
+    expected = [
+        formats.conversation_to_messages([{"from": f, "value": v} for f, v in turns], has_image=image)
+        for turns, image in EDGE_ROWS
+    ]
+    assert got == expected + [None] * len(BAD_ROWS)
+    assert got[4][1]["content"] == [IMAGE, text("Describe.")] and got[5][0]["content"][0] == IMAGE
