@@ -162,7 +162,7 @@ def test_iterable_source_still_maps(release, cache_dir):
     stream = to_messages(load(release, "detail_23k", cache_dir, streaming=True))
     assert isinstance(stream, datasets.IterableDataset)
     assert [summary(r) for r in stream] == [summary(r) for r in to_messages(load(release, "detail_23k", cache_dir))]
-    assert formats.TRL_FEATURES == stream.features
+    assert stream.features == formats.TRL_FEATURES
 
 
 EDGE_ROWS = [
