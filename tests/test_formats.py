@@ -266,9 +266,13 @@ def test_llava_round_trip_gives_the_source_records_key_for_key(release, cache_di
     with open(tmp_path / source.filename, encoding="utf-8") as f:
         records = json.load(f)
     assert records == release.records(name)  # int ids, `model`, the turn's `weight` included
+    # key for key, in the source's order (mix665k's ShareGPT rows: id, model, conversations)
+    assert [list(r) for r in records] == [list(r) for r in release.records(name)]
     if source.metadata_filename:
         with open(tmp_path / source.metadata_filename, encoding="utf-8") as f:
-            assert json.load(f) == release.metadata(name)
+            metadata = json.load(f)
+        assert metadata == release.metadata(name)
+        assert [list(r) for r in metadata] == [list(r) for r in release.metadata(name)]
         assert result["metadata"] == str(tmp_path / source.metadata_filename)
     else:
         assert result["metadata"] is None
