@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import datasets
 import pytest
@@ -38,7 +39,7 @@ def snapshot(folder) -> dict[str, bytes]:
         for name in files:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, folder)
-            out[rel] = ("-> " + os.readlink(path)).encode() if os.path.islink(path) else open(path, "rb").read()
+            out[rel] = ("-> " + os.readlink(path)).encode() if os.path.islink(path) else Path(path).read_bytes()
     return out
 
 
