@@ -413,7 +413,7 @@ def _check_targets(out: str, names: Sequence[str], overwrite: bool) -> None:
             raise ValueError(f"{path} is a symbolic link; an export never writes through one: remove it first")
         if os.path.lexists(path) and name not in own and not overwrite:
             raise ValueError(
-                f"{path} already exists and was not written by a llava_hf export; pass overwrite=True to "
+                f"{path} already exists and was not written by a llava_hf export; pass overwrite=True (--overwrite) to "
                 "replace it, or choose another folder"
             )
 
@@ -691,6 +691,7 @@ def export_for_trainer(
     format: TrainerFormat,
     *,
     num_proc: int | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     **load_options: Any,
 ) -> dict[str, dict]:
@@ -700,7 +701,9 @@ def export_for_trainer(
     Each config is `llava_hf.load_dataset(config, num_proc=num_proc, **load_options)` (prepared once, then
     from the cache). format: "trl" (`to_trl`), "llamafactory" (`to_llamafactory`) or "llava" (`to_llava`).
     Returns, by config name, what that function returns plus "out_dir" (the folder written). Raises
-    ValueError for an unknown format or config, and what loading and the writer raise.
+    ValueError for an unknown format or config, and what loading and the writer raise. `overwrite`:
+    "llamafactory" and "llava" replace files of their names that no llava_hf export wrote (see `to_llava`);
+    "trl" refuses a folder holding Parquet files whatever it is.
     """
     from .load import load_dataset
 
@@ -713,7 +716,8 @@ def export_for_trainer(
         ds = load_dataset(name, num_proc=num_proc, **load_options)
         out = os.fspath(out_dir) if len(names) == 1 else os.path.join(out_dir, name)
         logger.info("%s: %s rows; writing %s to %s", name, f"{len(ds):,}", TRAINER_FORMATS[format], out)
-        results[name] = {"out_dir": out, **writers[format](ds, out, progress=progress)}
+        options = {"overwrite": overwrite} if format != "trl" else {}
+        results[name] = {"out_dir": out, **writers[format](ds, out, progress=progress, **options)}
     return results
 
 

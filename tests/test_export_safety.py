@@ -51,8 +51,8 @@ def test_llava_refuses_a_json_file_it_did_not_write(tmp_path):
     with pytest.raises(ValueError) as caught:
         to_llava(rows_ds(FIRST), tmp_path, json_name="mine.json", progress=False)
     assert str(caught.value) == (
-        f"{tmp_path}/mine.json already exists and was not written by a llava_hf export; pass overwrite=True to "
-        "replace it, or choose another folder"
+        f"{tmp_path}/mine.json already exists and was not written by a llava_hf export; pass overwrite=True "
+        "(--overwrite) to replace it, or choose another folder"
     )
     assert snapshot(tmp_path) == {"mine.json": b'["my own work"]'}  # nothing written, not even images
     result = to_llava(rows_ds(FIRST), tmp_path, json_name="mine.json", overwrite=True, progress=False)
@@ -126,3 +126,18 @@ def test_llamafactory_refuses_a_jsonl_it_did_not_write(tmp_path):
     assert snapshot(tmp_path) == {"mine.jsonl": b"{}\n"}
     to_llamafactory(rows_ds(FIRST), tmp_path, name="mine", overwrite=True, progress=False)
     assert len((tmp_path / "mine.jsonl").read_text().splitlines()) == 3
+
+
+def test_cli_export_refuses_then_overwrites(tmp_path, cache_dir, capsys):
+    from llava_hf.cli import main
+
+    (tmp_path / "detail_23k.json").write_text("[]")
+    argv = ["export", "detail_23k", "--format", "llava", "-o", str(tmp_path), "--sample", "--cache-dir", cache_dir]
+    assert main([*argv, "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"llava-hf export: {tmp_path}/detail_23k.json already exists and was not written by a llava_hf export; "
+        "pass overwrite=True (--overwrite) to replace it, or choose another folder"
+    )
+    assert (tmp_path / "detail_23k.json").read_text() == "[]"
+    assert main([*argv, "--quiet", "--overwrite"]) == 0
+    assert len(json.loads((tmp_path / "detail_23k.json").read_text())) == 3
