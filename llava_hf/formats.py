@@ -144,9 +144,9 @@ def to_messages(
     A `Dataset` gives a plain `Dataset` whose `features` are `TRL_FEATURES`: it concatenates, interleaves,
     shuffles, maps, filters, converts with `to_iterable_dataset()` and pickles to DataLoader workers like
     any other. Its `messages` column is computed once from the text (no image is read) and cached as an
-    Arrow file beside the dataset's own files, keyed by their identity and `roles`; its `images` column is a
-    list view over the source's memory-mapped image column: no image byte is copied, and a pickled copy
-    re-opens the same file. An `IterableDataset` gets a `map` instead.
+    Arrow file in `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`;
+    its `images` column is a list view over the source's memory-mapped image column: no image byte is
+    copied, and a pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
 
     For a `Dataset` the conversations are checked first (one pass over the text, no images): ValueError lists
     the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,

@@ -4,8 +4,8 @@ A formatted view (`with_transform`) is what `datasets` drops on `concatenate_dat
 `to_iterable_dataset`, and its `features` are the source's. So the TRL columns are real columns:
 
 - `messages` is computed once from the text (ids, turns and the image column's null mask; no image is
-  read) and written as one Arrow file beside the dataset's files, named by a key over those files'
-  identity (path, size, mtime, datasets' replays) and the role map: the next call memory-maps it.
+  read) and written as one Arrow file in `llava_hf_views/` beside the dataset's files, named by a key over
+  those files' identity (path, size, mtime, datasets' replays) and the role map: the next call memory-maps it.
 - `images` is `list<struct<bytes, path>>` built over the source's memory-mapped image column without a
   copy: list offsets `0, 1, 2, ...` over each run of rows with an image, and empty lists (over an empty
   values array) for each run of text-only rows. Arrow cannot cast a struct to a list, so `datasets` has no
@@ -41,6 +41,7 @@ logger = logging.getLogger("llava_hf")
 VIEW_VERSION = "trl-messages-1"
 MESSAGES_FEATURES = Features({"messages": TRL_FEATURES["messages"]})
 IMAGES_FEATURES = Features({"images": TRL_FEATURES["images"]})
+VIEWS_FOLDER = "llava_hf_views"
 # Rows converted per batch while writing the messages file.
 TEXT_BATCH_ROWS = 10_000
 
@@ -243,12 +244,14 @@ def _cached_messages(table: Table, roles: Mapping[str, str]) -> Table:
     key = _files_key(table, roles)
     if key is None:
         return InMemoryTable(_messages_table(table, roles))
-    first = _row_blocks(table)[0][0].path
-    path = os.path.join(os.path.dirname(first), f"llava_hf-trl-messages-{key}.arrow")
+    # A folder of its own beside the dataset's files: nothing that lists the prepared files meets it.
+    folder = os.path.join(os.path.dirname(_row_blocks(table)[0][0].path), VIEWS_FOLDER)
+    path = os.path.join(folder, f"llava_hf-trl-messages-{key}.arrow")
     if not os.path.exists(path):
         messages = _messages_table(table, roles)
         try:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-trl-messages-")
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-trl-messages-")
         except OSError as e:
             # A read-only cache (shared storage mounted read-only): keep the column in memory.
             logger.info("cannot write %s (%s); the TRL messages column stays in memory", path, e)

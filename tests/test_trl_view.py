@@ -149,6 +149,7 @@ def test_messages_file_is_written_once_and_reused(release, cache_dir):
     other = to_messages(ds, roles={"gpt": "model"})
     (other_path,) = [f["filename"] for f in other.cache_files if "trl-messages" in f["filename"]]
     assert other_path != path and other[0]["messages"][1]["role"] == "model"
+    assert os.path.basename(os.path.dirname(path)) == "llava_hf_views"
     assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".tmp-")]
 
 
