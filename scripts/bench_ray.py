@@ -6,8 +6,8 @@ Needs `ray[data]` (and aiohttp, which `from_huggingface` imports). Builds a samp
 embedded mix665k sample's rows repeated; images are the sample's small JPEGs, so the figures are per-row
 costs, not disk bandwidth), writes it as one Arrow file (what a prepared config is) and as Parquet with
 ~100 MB row groups (what `llava_hf.export` writes for the Hub), then reads every row through Ray in
-pyarrow batches of 256, images as bytes (no decode), one local Ray worker per core. Prints the median and
-spread of `--repeats` runs of each route, side by side.
+pyarrow batches of 256, images as bytes (no decode), one local Ray worker per core. After one warm-up
+read of each route, prints the median and spread of `--repeats` interleaved runs of each, side by side.
 
 The streaming route (`from_huggingface` of an `IterableDataset`) makes Ray ask huggingface.co for the
 dataset's Parquet files first, whatever the dataset is; that request is replaced by "none" here so that
@@ -69,7 +69,13 @@ def main() -> None:
         ),
         "Hub Parquet export: read_parquet(...)": lambda: ray.data.read_parquet(parquet_path),
     }
-    results = {name: [read(make) for _ in range(args.repeats)] for name, make in routes.items()}
+    for make in routes.values():
+        read(make)  # warm-up: Ray starts its workers and imports on the first read of each kind
+    # Interleaved repeats, so that a busy moment of the machine does not fall on one route only.
+    results: dict[str, list[float]] = {name: [] for name in routes}
+    for _ in range(args.repeats):
+        for name, make in routes.items():
+            results[name].append(read(make))
     ray.shutdown()
     print(f"{args.rows:,} rows, {os.path.getsize(arrow_path) / 2**20:.1f} MiB Arrow; rows/s, median (min-max):")
     for name, rates in results.items():
