@@ -200,3 +200,16 @@ def test_messages_array_is_conversation_to_messages_row_for_row():
     ]
     assert got == expected + [None] * len(BAD_ROWS)
     assert got[4][1]["content"] == [IMAGE, text("Describe.")] and got[5][0]["content"][0] == IMAGE
+
+
+def test_a_read_only_cache_keeps_the_messages_in_memory(release, cache_dir, monkeypatch):
+    ds = load(release, "detail_23k", cache_dir)
+    expected = [summary(r) for r in to_messages(ds)]  # written to the cache, before it turns read-only
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(trl_view.tempfile, "mkstemp", refuse)
+    view = to_messages(ds, roles={"gpt": "model"})  # another key: a file that is not there yet
+    assert [f for f in view.cache_files if "trl-messages" in f["filename"]] == []
+    assert [summary(r) for r in view] == expected and view[0]["messages"][1]["role"] == "model"
