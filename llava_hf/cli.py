@@ -214,6 +214,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.out_dir,
             args.format,
             num_proc=args.num_proc,
+            overwrite=args.overwrite,
             progress=not args.quiet,
             **files,
             **_load_options(args),
@@ -430,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--default", choices=CONFIG_NAMES, metavar="NAME", help="config loaded when none is named (default: kept)"
     )
     export.add_argument("--num-proc", type=int, help="worker processes for preparing (each takes a range of rows)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="llava, llamafactory: replace JSON files no llava_hf export wrote"
+    )
     _add_load_options(export)
 
     mix = add("mix", cmd_mix, "mix configs by a recipe and write them with mix_report.json, or show a recipe's counts")

@@ -95,13 +95,14 @@ def install() -> bool:
             stacklevel=3,
         )
         return False
-    from . import reader
+    from . import probes, reader
 
     reader.install()
 
     @wraps(original)
     def dataset_module_factory(path, *args, **kwargs):
         if path == NAME:
+            probes.refuse_fingerprint_probe()  # Ray's from_huggingface check: prepare nothing (probes.py)
             revision = kwargs.get("revision", args[0] if args else None)
             return dataset_module(revision)
         return original(path, *args, **kwargs)

@@ -9,7 +9,9 @@ A raw record (all files share this shape):
 Anything a record carries beyond the schema's fields is kept, as JSON, in the row's `extra` column:
 the record's own extra keys under their names, and under reserved keys starting with "@": `@id` (an id
 that was not a string), `@image` (an explicit null image), `@turns` (extra keys of each turn, aligned
-with the turns) and `@metadata` (extra keys of the pretrain metadata record).
+with the turns), `@metadata` (extra keys of the pretrain metadata record) and `@order` (the record's keys in
+the source's order, kept only when `restore_record` would not give that order by itself; in `@metadata`
+too, for the metadata record).
 """
 
 from __future__ import annotations
@@ -130,6 +132,11 @@ def parse_record(
     extra: dict[str, Any] = {_escape_key(k): v for k, v in raw.items() if k not in RECORD_KEYS}
     if id_was_other:
         extra["@id"] = raw["id"]
+    # Extra keys may stand before `conversations` (mix665k's ShareGPT rows: id, model, conversations).
+    restored_order = ["id", *(["image"] if "image" in raw else []), "conversations"]
+    restored_order += [k for k in raw if k not in RECORD_KEYS]
+    if list(raw) != restored_order:
+        extra["@order"] = list(raw)
 
     # Text-only rows (mix665k) have no `image` key; an explicit null is kept in `extra` to be restored.
     image = raw.get("image")
@@ -252,6 +259,14 @@ def _parse_metadata(
         for k, v in metadata.items()
         if k not in ("id", *METADATA_FIELDS) and not (k == "image" and v == image)
     }
+    # The order restore_record gives: id, image, the non-null fields, then the extra keys (an extra `image`
+    # that differs from the chat's keeps the place of the chat's).
+    restored = dict.fromkeys(["id", *(["image"] if image is not None else [])])
+    restored.update(dict.fromkeys(name for name in METADATA_FIELDS if fields[name] is not None))
+    restored.update(dict.fromkeys(k for k in metadata if _escape_key(k) in extra))
+    restored_order = list(restored)
+    if list(metadata) != restored_order:
+        extra["@order"] = list(metadata)
     return fields, extra
 
 
@@ -278,7 +293,9 @@ def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple
         for turn, more in zip(row["conversations"], turn_extras, strict=True)
     ]
     metadata_extra = extra.pop("@metadata", {})
+    order = extra.pop("@order", None)
     record.update({_unescape_key(k): v for k, v in extra.items()})
+    record = _in_order(record, order)
     if not with_metadata:
         return record, None
     metadata: dict[str, Any] = {"id": record["id"]}
@@ -287,5 +304,13 @@ def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple
     for name in METADATA_FIELDS:
         if row.get(name) is not None:
             metadata[name] = row[name]
+    order = metadata_extra.pop("@order", None)
     metadata.update({_unescape_key(k): v for k, v in metadata_extra.items()})
-    return record, metadata
+    return record, _in_order(metadata, order)
+
+
+def _in_order(record: dict[str, Any], order: list[str] | None) -> dict[str, Any]:
+    """`record` with its keys in the source's `order` (keys it does not name keep their place after them)."""
+    if not order:
+        return record
+    return {**{k: record[k] for k in order if k in record}, **record}
