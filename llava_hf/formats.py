@@ -180,7 +180,9 @@ def to_messages(
         # A multi-image config (lists already): the lazy transform view, which puts each image block where
         # its <image> stood; single-image data gets the composable, cached view of trl_view.
         view = ds.select_columns(["images", "conversations"]).rename_columns({"conversations": "messages"})
-        return view.with_transform(partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages"))
+        return view.with_transform(
+            partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages")
+        )
     from .trl_view import messages_view
 
     return messages_view(ds, role_map)
