@@ -10,7 +10,8 @@ from . import hook
 from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
 from .errors import SourceError
-from .features import FEATURES
+from .features import FEATURES, MULTI_IMAGE_FEATURES
+from .files import as_multi_image
 from .formats import export_for_trainer, to_llamafactory, to_llava, to_messages, to_trl
 from .hub import export, push_to_hub
 from .load import load_builder, load_dataset, prepare_report
@@ -34,6 +35,7 @@ __all__ = [
     "CONFIG_NAMES",
     "FEATURES",
     "HOOK_INSTALLED",
+    "MULTI_IMAGE_FEATURES",
     "LlavaBuilder",
     "LlavaConfig",
     "MixReport",
@@ -41,6 +43,7 @@ __all__ = [
     "RecipeError",
     "SourceError",
     "VerifyReport",
+    "as_multi_image",
     "compute_stats",
     "export",
     "export_for_trainer",

@@ -22,7 +22,8 @@ from datasets.fingerprint import Hasher
 from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
-from .features import FEATURES
+from .features import FEATURES, MULTI_IMAGE_FEATURES
+from .files import FileSource, data_file_paths, file_config_name, file_identity, file_source, plan_files
 from .image_collections import check_sources, is_url
 from .images import open_root
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
@@ -92,27 +93,39 @@ class LlavaConfig(datasets.BuilderConfig):
         defaults = {f.name: f.default for f in fields(LlavaConfig)}
         kept = {}
         for key, value in config_kwargs.items():
-            if key in ("data_dir", "image_dir", "image_sources", "sample", "lock"):
+            if key in ("data_dir", "image_dir", "image_sources", "sample", "lock", "data_files"):
                 continue
             if key == "revision" and value == "main":
                 value = None
             if key in defaults and value == defaults[key]:
                 continue
             kept[key] = value
-        identity = input_identity(
-            get_source(self.name),
-            data_dir=self.data_dir,
-            image_dir=self.image_dir,
-            sample=self.sample,
-            embed_images=self.embed_images,
-            revision=self.revision,
-            image_sources=self.image_sources,
-        )
+        if self.data_files:
+            # A file config: its files by content, whoever passed them (a list, a glob, datasets' DataFilesDict).
+            paths = data_file_paths(self.data_files)
+            identity = file_identity(paths, image_dir=self.image_dir, embed_images=self.embed_images)
+        else:
+            identity = input_identity(
+                get_source(self.name),
+                data_dir=self.data_dir,
+                image_dir=self.image_dir,
+                sample=self.sample,
+                embed_images=self.embed_images,
+                revision=self.revision,
+                image_sources=self.image_sources,
+            )
         if self.sample:
             kept["sample"] = True
         if identity:
             kept["inputs"] = Hasher.hash(identity)
         return super().create_config_id(kept, custom_features=custom_features)
+
+
+def _config_source(config: LlavaConfig) -> Source:
+    """The catalog entry of a config, or for a config built from data_files its `files.FileSource`."""
+    if config.data_files:
+        return file_source(config.name, data_file_paths(config.data_files))
+    return get_source(config.name)
 
 
 class LlavaBuilder(datasets.ArrowBasedBuilder):
@@ -126,7 +139,12 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def __init__(self, *args, lock: LockMode | None = None, **kwargs):
         if kwargs.get("data_files") is not None:
-            raise ValueError("llava_hf configs take data_dir (the folder of the source files), not data_files")
+            # A file config (files.py): not one of BUILDER_CONFIGS, so datasets builds it from these keywords,
+            # named by config_name or after its first file.
+            paths = data_file_paths(kwargs["data_files"])
+            kwargs["data_files"] = list(paths)
+            kwargs["name"] = file_config_name(kwargs.pop("config_name", None), paths)
+            kwargs["version"] = VERSION
         # How the cache is locked does not change its content, so it is no config option (no cache key).
         self._lock_mode = lock_mode(lock)
         try:
@@ -136,7 +154,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             raise explain_lock_error(e) from e
         # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
         self.name = self.info.builder_name = "llava_hf"
-        self._source: Source = get_source(self.config.name)
+        self._source: Source = _config_source(self.config)
         self._check_inputs()
         self._plan: Plan | None = None
         self._skip_dir: str | None = None
@@ -144,6 +162,10 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _check_inputs(self) -> None:
         config = self.config
+        if isinstance(self._source, FileSource):
+            if config.sample or config.data_dir:
+                raise ValueError(f"{config.name}: data_files names the files to read; drop data_dir and sample")
+            return
         check_options(
             self._source,
             data_dir=config.data_dir,
@@ -153,7 +175,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         )
 
     def _info(self) -> datasets.DatasetInfo:
-        source = get_source(self.config.name)
+        source = _config_source(self.config)
         return datasets.DatasetInfo(
             description=source.description,
             features=FEATURES,
@@ -164,17 +186,28 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _split_generators(self, dl_manager):
         source, config = self._source, self.config
-        plan = plan_source(
-            source,
-            data_dir=config.data_dir,
-            image_dir=config.image_dir,
-            sample=config.sample,
-            revision=config.revision,
-            token=self.token,
-            embed_images=config.embed_images,
-            on_bad_image=config.on_bad_image,
-            image_sources=config.image_sources,
-        )
+        if isinstance(source, FileSource):
+            plan = plan_files(
+                source,
+                image_dir=config.image_dir,
+                work_dir=self._cache_dir_root,
+                embed_images=config.embed_images,
+                on_bad_image=config.on_bad_image,
+            )
+            if plan.spec.multi_image:  # decided by the scan, before anything is written
+                self.info.features = MULTI_IMAGE_FEATURES
+        else:
+            plan = plan_source(
+                source,
+                data_dir=config.data_dir,
+                image_dir=config.image_dir,
+                sample=config.sample,
+                revision=config.revision,
+                token=self.token,
+                embed_images=config.embed_images,
+                on_bad_image=config.on_bad_image,
+                image_sources=config.image_sources,
+            )
         chat, metadata = plan.chat, plan.metadata
         logger.info(
             "%s: found %s (%s records, %.1f MB)%s; images from %s; %d shards",
@@ -186,7 +219,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             plan.images or "none",
             len(plan.shards),
         )
-        if plan.inputs.origin != "sample" and chat.num_records != source.num_records:
+        if plan.inputs.origin not in ("sample", "files") and chat.num_records != source.num_records:
             logger.warning(
                 "%s: %s has %s records; the published file has %s",
                 source.name,
@@ -221,6 +254,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)["source"].get("images")
         if recorded in (None, config.image_dir) or not os.path.exists(config.image_dir):
+            return
+        if "image" not in self.info.features:  # a multi-image file config: no single image to compare
             return
         samples = self.as_dataset("train").select_columns(["image"]).with_format("arrow")
         root = open_root(config.image_dir, self._source.image_aliases)

@@ -33,6 +33,31 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_or_files(value: str) -> str:
+    """A catalog config name, or the user's own LLaVA-format files (a path or glob); argparse type check."""
+    from .load import is_data_files
+
+    if value in CONFIG_NAMES or is_data_files(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose a config: {', '.join(CONFIG_NAMES)}; or give LLaVA-format files: "
+        "a path or glob of .json, .jsonl, optionally .gz)"
+    )
+
+
+def _target(args: argparse.Namespace, value: str) -> tuple[str, dict]:
+    # A data file is loaded as a file config, named by --name (default: the file's stem).
+    from .load import is_data_files
+
+    if is_data_files(value):
+        from .files import data_file_paths, file_config_name
+
+        return file_config_name(args.name, data_file_paths(value)), {"data_files": value}
+    if args.name:
+        raise ValueError(f"--name names a config built from data files; {value!r} is a catalog config")
+    return value, {}
+
+
 def _load_options(args: argparse.Namespace) -> dict:
     return dict(
         data_dir=args.data_dir,
@@ -66,16 +91,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .load import load_dataset, prepare_report
     from .store import prefetch_for_prepare
 
+    name, files = _target(args, args.config)
     options = _load_options(args)
     image_sources = _image_sources(args.image_source)
-    fetched = prefetch_for_prepare(args.name, image_sources=image_sources, progress=not args.quiet, **options)
-    if fetched is not None:
-        print(fetched.summary())
-    ds = load_dataset(args.name, num_proc=args.num_proc, image_sources=image_sources, **options)
+    if not files:  # file configs read their images from image_dir
+        fetched = prefetch_for_prepare(name, image_sources=image_sources, progress=not args.quiet, **options)
+        if fetched is not None:
+            print(fetched.summary())
+    ds = load_dataset(name, num_proc=args.num_proc, image_sources=image_sources, **files, **options)
     report = prepare_report(ds)
     folder = ds.cache_files[0]["filename"].rsplit("/", 1)[0]
     skipped = report["skipped"]["counts"]
-    print(f"{args.name}: {len(ds):,} rows of {report['records']:,} records, {ds.info.dataset_size / 1e6:,.1f} MB")
+    print(f"{name}: {len(ds):,} rows of {report['records']:,} records, {ds.info.dataset_size / 1e6:,.1f} MB")
     print("skipped: " + (", ".join(f"{reason} {count:,}" for reason, count in skipped.items()) or "none"))
     for reason, examples in report["skipped"]["examples"].items():
         for example in examples[:3]:
@@ -148,8 +175,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every record and image of a source without building it; exit 0 only when clean."""
     from .verify import verify, write_fix_list, write_report
 
+    name, files = _target(args, args.config)
     report = verify(
-        args.name,
+        name,
+        **files,
         data_dir=args.data_dir,
         image_dir=args.image_dir,
         sample=args.sample,
@@ -160,7 +189,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(report.summary())
-    report_path = args.report or f"{args.name}-verify.json"
+    report_path = args.report or f"{name}-verify.json"
     write_report(report, report_path)
     print(f"report: {report_path}")
     if args.fix_list:
@@ -173,11 +202,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .load import load_dataset
     from .stats import compute_stats, format_stats, write_stats
 
-    ds = load_dataset(args.name, **_load_options(args))
-    logging.getLogger("llava_hf").info("%s: %s rows; reading the text and image headers", args.name, f"{len(ds):,}")
+    name, files = _target(args, args.config)
+    ds = load_dataset(name, **files, **_load_options(args))
+    logging.getLogger("llava_hf").info("%s: %s rows; reading the text and image headers", name, f"{len(ds):,}")
     stats = compute_stats(ds, progress=not args.quiet)
-    print(format_stats(stats, args.name))
-    path, *histograms = write_stats(stats, args.out or f"{args.name}-stats")
+    print(format_stats(stats, name))
+    path, *histograms = write_stats(stats, args.out or f"{name}-stats")
     names = ", ".join(os.path.basename(p) for p in histograms)
     print(f"\nwrote {path} and {len(histograms)} histograms: {names}")
     return 0
@@ -188,9 +218,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from .load import load_dataset
     from .preview import write_preview
 
-    ds = load_dataset(args.name, **_load_options(args))
+    name, files = _target(args, args.config)
+    ds = load_dataset(name, **files, **_load_options(args))
     which = "the first" if args.first else f"a random sample (seed {args.seed}) of"
-    logging.getLogger("llava_hf").info("%s: %s rows; showing %s %d", args.name, f"{len(ds):,}", which, args.n)
+    logging.getLogger("llava_hf").info("%s: %s rows; showing %s %d", name, f"{len(ds):,}", which, args.n)
     result = write_preview(ds, args.out, n=args.n, seed=None if args.first else args.seed)
     unreadable = f", {result['unreadable']} unreadable" if result["unreadable"] else ""
     print(f"wrote {result['path']}: {result['rows']} rows, {result['images']} images{unreadable}")
@@ -203,6 +234,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .formats import export_for_trainer
     from .hub import CARD_FILENAME, MAX_SHARD_SIZE, export
 
+    files: dict = {}
+    if any(name not in CONFIG_NAMES for name in args.names):
+        if len(args.names) != 1:
+            raise ValueError("export takes one data file (or glob) at a time, or catalog configs")
+        name, files = _target(args, args.names[0])
+        args.names = [name]
+    elif args.name:
+        raise ValueError("--name names a config built from data files; give the files as NAME")
     if args.format != "hub":
         given = [
             flag for flag, value in (("--max-shard-size", args.max_shard_size), ("--default", args.default)) if value
@@ -215,7 +254,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             args.out_dir,
             args.format,
             num_proc=args.num_proc,
+            overwrite=args.overwrite,
             progress=not args.quiet,
+            **files,
             **_load_options(args),
         )
         for result in results.values():
@@ -231,6 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_shard_size=bound,
         default=args.default,
         num_proc=args.num_proc,
+        **files,
         **_load_options(args),
     )
     rows = [
@@ -348,6 +390,14 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--sample", action="store_true", help="use the embedded sample instead of real data")
     parser.add_argument("--revision", help="revision of the source Hub repo (default: main)")
+    _add_name_option(parser)
+
+
+def _add_name_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="the config name of data files given as NAME (default: the first file's stem)")
+
+
+_NAME_HELP = "config name (see `llava-hf list`), or LLaVA-format data files: a path or glob of .json/.jsonl[.gz]"
 
 
 _SOURCE_HELP = (
@@ -370,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_list, "list the configs, their record counts and sources")
 
     prepare = add("prepare", cmd_prepare, "prepare one config into the Arrow cache")
-    prepare.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    prepare.add_argument("config", type=_config_or_files, metavar="NAME", help=_NAME_HELP)
     prepare.add_argument("--num-proc", type=int, help="worker processes (each takes a range of rows)")
     _add_load_options(prepare)
     prepare.add_argument("--image-source", action="append", metavar="COLLECTION=URL_OR_PATH", help=_SOURCE_HELP)
@@ -389,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", choices=CONFIG_NAMES, default="conversation_58k", help="config whose row 0 is shown")
 
     check = add("verify", cmd_verify, "check every record and image of a source without building it")
-    check.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    check.add_argument("config", type=_config_or_files, metavar="NAME", help=_NAME_HELP)
+    _add_name_option(check)
     check.add_argument("--data-dir", help="folder with the source JSON files (default: download from the Hub)")
     check.add_argument("--image-dir", help="folder or .zip of the images (default: the repo's images.zip)")
     check.add_argument("--sample", action="store_true", help="check the embedded sample")
@@ -403,12 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fix-list", help="write the records with problems to this file, one 'index<TAB>id' a line")
 
     stats = add("stats", cmd_stats, "print statistics of one config and write them with PNG histograms")
-    stats.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    stats.add_argument("config", type=_config_or_files, metavar="NAME", help=_NAME_HELP)
     stats.add_argument("--out", help="folder for stats.json and the histograms (default: ./NAME-stats)")
     _add_load_options(stats)
 
     preview = add("preview", cmd_preview, "write one HTML page showing sample rows with their images")
-    preview.add_argument("name", choices=CONFIG_NAMES, metavar="NAME", help="config name (see `llava-hf list`)")
+    preview.add_argument("config", type=_config_or_files, metavar="NAME", help=_NAME_HELP)
     preview.add_argument("--out", required=True, help="the HTML file to write (self-contained: images inline)")
     preview.add_argument("-n", type=int, default=16, help="number of rows to show (default: 16)")
     preview.add_argument("--seed", type=int, default=0, help="seed of the random sample of rows (default: 0)")
@@ -416,7 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_options(preview)
 
     export = add("export", cmd_export, "write configs as Hub-ready Parquet with a generated card, or for a trainer")
-    export.add_argument("names", nargs="+", choices=CONFIG_NAMES, metavar="NAME", help="configs (see `llava-hf list`)")
+    export.add_argument(
+        "names",
+        nargs="+",
+        type=_config_or_files,
+        metavar="NAME",
+        help="configs (see `llava-hf list`), or one data file",
+    )
     export.add_argument("-o", "--out-dir", required=True, help="export folder; configs already there are kept")
     export.add_argument(
         "--format",
@@ -430,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--default", choices=CONFIG_NAMES, metavar="NAME", help="config loaded when none is named (default: kept)"
     )
     export.add_argument("--num-proc", type=int, help="worker processes for preparing (each takes a range of rows)")
+    export.add_argument(
+        "--overwrite", action="store_true", help="llava, llamafactory: replace JSON files no llava_hf export wrote"
+    )
     _add_load_options(export)
 
     mix = add("mix", cmd_mix, "mix configs by a recipe and write them with mix_report.json, or show a recipe's counts")

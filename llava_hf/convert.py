@@ -42,6 +42,10 @@ logger = logging.getLogger("llava_hf")
 MAX_TABLE_BYTES = 256 << 20
 # How many skipped records per reason the report lists by name.
 SKIP_EXAMPLES = 20
+# Record errors that on_bad_image="skip" counts and skips instead of raising: a multi-image record whose
+# `<image>` tokens do not match its images, and what file configs do not support (video, URL or inline
+# images, no conversations).
+SKIPPABLE_RECORD_REASONS = ("image_count", "unsupported")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ShardSpec:
     source_from: Literal["config", "image_collection"]
     embed_images: bool
     on_bad_image: Literal["raise", "skip"]
+    # The config's schema has `images` (a list per row) instead of `image` (features.MULTI_IMAGE_FEATURES).
+    multi_image: bool = False
     # No image_dir, images from their collections: the store, filled from each collection's upstream.
     image_store: StoreSpec | None = None
 
@@ -65,6 +71,13 @@ class ShardSpec:
         if self.image_store is not None:
             return self.image_store.open()
         return open_root(self.image_location, self.image_aliases) if self.image_location else None
+
+    def bind(self, shard: Shard) -> ShardSpec:
+        """The spec that reads `shard` (file configs keep one spec per file; catalog configs have one)."""
+        return self
+
+    def batches(self, shard: Shard) -> Iterator[tuple[int, list[Any], list[Any] | None]]:
+        return iter_batches(shard, self)
 
     def parse(self, raw: Any, meta: Any, index: int) -> Row:
         return parse_record(
@@ -75,6 +88,7 @@ class ShardSpec:
             source_from=self.source_from,
             metadata=meta,
             metadata_file=self.metadata_label,
+            multi_image=self.multi_image,
         )
 
 
@@ -239,33 +253,46 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
     """Arrow tables of the rows of `shard`, in source order, without the rows skipped for bad images.
 
     Raises SourceError (file, record index, id, problem) for a bad record, and for a bad image unless
-    `spec.on_bad_image == "skip"`, in which case the row is counted in `skips` instead.
+    `spec.on_bad_image == "skip"`, in which case the row is counted in `skips` instead (so is a record
+    refused for a reason in `SKIPPABLE_RECORD_REASONS`).
     """
-    for first, chat, meta in iter_batches(shard, spec):
+    spec = spec.bind(shard)
+    for first, chat, meta in spec.batches(shard):
         rows, record_error = [], None
         for k, raw in enumerate(chat):
             try:
                 rows.append((first + k, spec.parse(raw, meta[k] if meta is not None else None, first + k)))
             except SourceError as e:
+                if spec.on_bad_image == "skip" and e.reason in SKIPPABLE_RECORD_REASONS:
+                    rid = None if e.record_id is None else str(e.record_id)
+                    skips.add(e.reason, first + k, rid, "", e.problem)
+                    continue
                 record_error = e  # raised after the images of the records before it, in file order
                 break
         kept, pictures, size = [], [], 0
-        named = (row.image for _, row in rows if row.image is not None)
+        named = (name for _, row in rows for name in row.image_names())
         found = images.read_many(named, spec.embed_images) if images is not None else None
         for index, row in rows:
-            picture = None
-            if row.image is not None:
-                result = next(found) if found is not None else _no_root(row.image)
+            picture, bad, bad_name = [], None, None
+            for name in row.image_names():
+                result = next(found) if found is not None else _no_root(name)
                 if isinstance(result, BadImage):
-                    if spec.on_bad_image == "raise":
-                        raise SourceError(spec.json_label, str(result), index, row.id, reason=result.reason)
-                    skips.add(result.reason, index, row.id, row.image, str(result))
+                    bad, bad_name = bad or result, bad_name or name  # the row's first bad image names it
                     continue
                 # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
-                picture = (result[1], row.image) if spec.embed_images else (None, result)
+                picture.append((result[1], name) if spec.embed_images else (None, result))
+            if bad is not None:
+                if spec.on_bad_image == "raise":
+                    raise SourceError(spec.json_label, str(bad), index, row.id, reason=bad.reason)
+                skips.add(bad.reason, index, row.id, bad_name, str(bad))
+                continue
+            if spec.multi_image:
+                picture = picture if row.images is not None else None
+            else:
+                picture = picture[0] if picture else None
             kept.append((index, row))
             pictures.append(picture)
-            size += len(picture[0]) if picture and picture[0] else 0
+            size += sum(len(p[0]) for p in (picture or () if spec.multi_image else [picture]) if p and p[0])
             if size >= MAX_TABLE_BYTES:
                 yield _table(kept, pictures, spec)
                 kept, pictures, size = [], [], 0
@@ -277,7 +304,7 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
 
 def _table(rows: list[tuple[int, Row]], pictures: list, spec: ShardSpec) -> pa.Table:
     try:
-        return rows_to_table([row for _, row in rows], pictures)
+        return rows_to_table([row for _, row in rows], pictures, spec.multi_image)
     except UnicodeEncodeError:
         # Text Arrow cannot store (an unpaired UTF-16 surrogate, written as a lone \ud83d escape in the
         # JSON): name the record instead of failing somewhere inside pyarrow.

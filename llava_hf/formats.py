@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -92,15 +93,23 @@ def content_blocks(text: str) -> list[dict[str, str | None]]:
 
 
 def conversation_to_messages(
-    turns: Sequence[Mapping[str, str]], *, has_image: bool, roles: Mapping[str, str] = DEFAULT_ROLES, where: str = "row"
+    turns: Sequence[Mapping[str, str]],
+    *,
+    has_image: bool,
+    roles: Mapping[str, str] = DEFAULT_ROLES,
+    where: str = "row",
+    num_images: int | None = None,
 ) -> list[dict[str, Any]]:
     """TRL messages for one conversation (`turns` as in the `conversations` column).
 
     A row with an image and no `<image>` in its text gets the image block first in its first user turn,
     where LLaVA and TRL put it. Raises ValueError (naming `where`) for a speaker not in `roles`, more than
     one `<image>` in a row (LLaVA rows have at most one image), or `<image>` in a text-only row.
+    With `num_images` (a multi-image row), each image block stands where its `<image>` stood; with no token
+    at all (images first) the `num_images` blocks open the first user turn; any other count is refused.
     """
-    problem = _token_problem([turn["value"] for turn in turns], has_image) or _role_problem(turns, roles)
+    problem = _token_problem([turn["value"] for turn in turns], has_image, num_images)
+    problem = problem or _role_problem(turns, roles)
     if problem:
         raise ValueError(f"{where}: {problem}")
     messages = [{"role": roles[turn["from"]], "content": content_blocks(turn["value"])} for turn in turns]
@@ -108,12 +117,16 @@ def conversation_to_messages(
         first_user = next((m for m in messages if m["role"] == "user"), messages[0] if messages else None)
         if first_user is None:
             raise ValueError(f"{where}: has an image but no turns to put it in")
-        first_user["content"].insert(0, {"type": "image", "text": None})
+        first_user["content"][:0] = [{"type": "image", "text": None} for _ in range(num_images or 1)]
     return messages
 
 
-def _token_problem(values: Sequence[str], has_image: bool) -> str | None:
+def _token_problem(values: Sequence[str], has_image: bool, num_images: int | None = None) -> str | None:
     tokens = sum(value.count(IMAGE_TOKEN) for value in values)
+    if num_images is not None:  # a multi-image row: one token per image, or none (images first)
+        if tokens and tokens != num_images:
+            return f"{tokens} {IMAGE_TOKEN!r} tokens for {num_images} images; expected {num_images} or none"
+        return None
     if tokens > 1:
         return f"{tokens} {IMAGE_TOKEN!r} tokens but at most one image"
     if tokens and not has_image:
@@ -136,13 +149,18 @@ def to_messages(
     """The dataset in TRL's conversational vision format: columns `messages` and `images`, nothing else.
 
     `messages` is a list of `{"role", "content"}` with content blocks `{"type": "image", "text": None}` and
-    `{"type": "text", "text": ...}`; `images` holds the row's image (an empty list for text-only rows). Give
-    it to `trl.SFTTrainer(train_dataset=...)` with a vision-language processor.
+    `{"type": "text", "text": ...}` (an image block wherever `<image>` stood); `images` holds the row's image
+    (an empty list for text-only rows). Give it to `trl.SFTTrainer(train_dataset=...)` with a
+    vision-language processor. `roles` adds to or overrides `DEFAULT_ROLES`.
 
-    Lazy: a `Dataset` gets a `with_transform` over its own Arrow files (no image bytes are copied; images are
-    decoded when a row is read), an `IterableDataset` a `map`. `roles` adds to or overrides `DEFAULT_ROLES`.
+    A `Dataset` gives a plain `Dataset` whose `features` are `TRL_FEATURES`: it concatenates, interleaves,
+    shuffles, maps, filters, converts with `to_iterable_dataset()` and pickles to DataLoader workers like
+    any other. Its `messages` column is computed once from the text (no image is read) and cached as an
+    Arrow file in `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`;
+    its `images` column is a list view over the source's memory-mapped image column: no image byte is
+    copied, and a pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
 
-    For a `Dataset` the conversations are checked now (one pass over the text, no images): ValueError lists
+    For a `Dataset` the conversations are checked first (one pass over the text, no images): ValueError lists
     the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,
     or a text-only row holds one. Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
     """
@@ -158,11 +176,16 @@ def to_messages(
             features=TRL_FEATURES,
         )
     check_rows(ds, roles=role_map)
-    # Only `messages` and `images` are visible: TRL's Trainer drops columns its collator does not name.
-    view = ds.select_columns(["image", "conversations"]).rename_columns(
-        {"image": "images", "conversations": "messages"}
-    )
-    return view.with_transform(partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages"))
+    if "images" in ds.features:
+        # A multi-image config (lists already): the lazy transform view, which puts each image block where
+        # its <image> stood; single-image data gets the composable, cached view of trl_view.
+        view = ds.select_columns(["images", "conversations"]).rename_columns({"conversations": "messages"})
+        return view.with_transform(
+            partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages")
+        )
+    from .trl_view import messages_view
+
+    return messages_view(ds, role_map)
 
 
 def _messages_batch(
@@ -173,9 +196,20 @@ def _messages_batch(
     turns_column: str = "conversations",
 ) -> dict[str, list]:
     ids = batch.get("id") or [None] * len(batch[turns_column])
+    # A streamed multi-image config has `images`, not `image`; in the lazy view both are called `images`,
+    # and a multi-image row's value is a list.
+    multi = image_column not in batch and "images" in batch
+    pictures = batch["images"] if multi else batch[image_column]
     messages, images = [], []
-    for rid, turns, image in zip(ids, batch[turns_column], batch[image_column], strict=True):
+    for rid, turns, image in zip(ids, batch[turns_column], pictures, strict=True):
         where = f"row id={rid!r}" if rid is not None else "row"
+        if multi or isinstance(image, list):
+            image = list(image or [])
+            messages.append(
+                conversation_to_messages(turns, has_image=bool(image), roles=roles, where=where, num_images=len(image))
+            )
+            images.append(image)
+            continue
         messages.append(conversation_to_messages(turns, has_image=image is not None, roles=roles, where=where))
         images.append([] if image is None else [image])
     return {"messages": messages, "images": images}
@@ -191,6 +225,7 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
     bad: list[str] = []
     total = 0
     offset = 0
+    multi = "images" in ds.features
     for batch, present in _text_batches(ds):
         turns = batch.column("conversations").combine_chunks()
         values = turns.flatten()
@@ -201,13 +236,18 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
         if roles is not None:
             unknown = pc.invert(pc.is_in(values.field("from"), value_set=pa.array(list(roles), pa.string())))
             unknown_rows = np.bincount(parents, unknown.to_numpy(zero_copy_only=False).astype(float), len(turns)) > 0
-        rows = np.flatnonzero((tokens > 1) | ((tokens > 0) & ~present) | unknown_rows)
+        # One token per image (a single-image row: at most one, and none without an image); a multi-image
+        # row may have none at all (images first).
+        bad_tokens = (tokens > 0) & (tokens != present) if multi else (tokens > 1) | ((tokens > 0) & ~present)
+        rows = np.flatnonzero(bad_tokens | unknown_rows)
         total += len(rows)
         if rows.size and len(bad) < LISTED_ROWS:
             for i in rows[: LISTED_ROWS - len(bad)]:
                 row = batch.slice(int(i), 1).to_pylist()[0]
                 turns_i = row["conversations"]
-                problem = _token_problem([t["value"] for t in turns_i], bool(present[i]))
+                problem = _token_problem(
+                    [t["value"] for t in turns_i], bool(present[i]), int(present[i]) if multi else None
+                )
                 problem = problem or _role_problem(turns_i, roles or {})
                 bad.append(f"row {offset + int(i)} (id={row['id']!r}): {problem}")
         offset += batch.num_rows
@@ -219,8 +259,12 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
 
 
 def _text_batches(ds: datasets.Dataset, batch_rows: int = 10_000) -> Iterator[tuple[pa.Table, np.ndarray]]:
-    """(id + conversations batch, image-present mask) pairs over `ds`, without touching image bytes."""
-    present = pc.is_valid(ds.data.column("image"))
+    """(id + conversations batch, image-present mask) pairs over `ds`, without touching image bytes; for a
+    multi-image config, the number of images of each row instead of the mask."""
+    if "images" in ds.features:
+        present = pc.fill_null(pc.list_value_length(ds.data.column("images")), 0)
+    else:
+        present = pc.is_valid(ds.data.column("image"))
     # After select/shuffle/filter a Dataset is an index mapping onto its Arrow table; the mask must follow it.
     if ds._indices is not None:
         present = present.take(ds._indices.column(0))
@@ -254,19 +298,37 @@ def to_trl(
     writer: pq.ParquetWriter | None = None
     written = rows = images = 0
     try:
-        for batch in _progress(_arrow_batches(ds, ["id", "image", "conversations"]), ds, progress, "TRL Parquet"):
+        multi = "images" in (ds.features or {})
+        columns = ["id", "images" if multi else "image", "conversations"]
+        for batch in _progress(_arrow_batches(ds, columns), ds, progress, "TRL Parquet"):
             records = batch.select(["id", "conversations"]).to_pylist()
-            image = batch.column("image").combine_chunks()
-            present = pc.is_valid(image)
-            messages = [
-                conversation_to_messages(
-                    r["conversations"], has_image=bool(p), where=f"row {rows + i} (id={r['id']!r})"
-                )
-                for i, (r, p) in enumerate(zip(records, present.to_pylist(), strict=True))
-            ]
-            # Each row's `images` list is its one image or nothing: a list view over the image structs.
-            offsets = pa.array(np.concatenate([[0], np.cumsum(present.to_numpy(zero_copy_only=False))]), pa.int32())
-            image_lists = pa.ListArray.from_arrays(offsets, image.filter(present))
+            if multi:
+                # A multi-image config: its lists as they are, a null (text-only) list as an empty one.
+                lists = batch.column("images").combine_chunks()
+                counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+                offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int32())
+                image_lists = pa.ListArray.from_arrays(offsets, pc.list_flatten(lists))
+                messages = [
+                    conversation_to_messages(
+                        r["conversations"],
+                        has_image=bool(n),
+                        where=f"row {rows + i} (id={r['id']!r})",
+                        num_images=int(n),
+                    )
+                    for i, (r, n) in enumerate(zip(records, counts.tolist(), strict=True))
+                ]
+            else:
+                image = batch.column("image").combine_chunks()
+                present = pc.is_valid(image)
+                messages = [
+                    conversation_to_messages(
+                        r["conversations"], has_image=bool(p), where=f"row {rows + i} (id={r['id']!r})"
+                    )
+                    for i, (r, p) in enumerate(zip(records, present.to_pylist(), strict=True))
+                ]
+                # Each row's `images` list is its one image or nothing: a list view over the image structs.
+                offsets = pa.array(np.concatenate([[0], np.cumsum(present.to_numpy(zero_copy_only=False))]), pa.int32())
+                image_lists = pa.ListArray.from_arrays(offsets, image.filter(present))
             table = pa.Table.from_arrays(
                 [pa.array(messages, schema.field("messages").type), image_lists], schema=schema
             )
@@ -290,15 +352,20 @@ def to_trl(
 
 
 class ImageFolder:
-    """Writes image bytes under `root` by their source names, each name once.
+    """Writes image bytes under `root` by their source names, each name once, never over another file.
 
     A name seen again with other bytes (two different pictures under one name, e.g. in a mixture of
-    sources) raises instead of silently keeping one of them.
+    sources) raises instead of silently keeping one of them. A file already in the folder (an earlier
+    export) is kept when it holds the same bytes and is an error when it holds others: rows of that export
+    would show another picture. No write goes through a symbolic link or into a folder that resolves
+    outside `within` (the export folder). `discard()` removes what this writer created, for a failed export.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, within: str | None = None):
         self.root = root
+        self.within = os.path.realpath(within or root)
         self.written = 0
+        self.created: list[str] = []
         self._seen: dict[str, tuple[int, int]] = {}
 
     def write(self, image: Mapping[str, Any], where: str) -> str:
@@ -317,15 +384,101 @@ class ImageFolder:
         fingerprint = (len(data), zlib.crc32(data))
         seen = self._seen.get(name)
         if seen is None:
-            path = os.path.join(self.root, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(data)
+            self._put(os.path.join(self.root, name), data, where)
             self._seen[name] = fingerprint
             self.written += 1
         elif seen != fingerprint:
             raise ValueError(f"{where}: image name {name!r} was already written with other bytes")
         return name
+
+    def _put(self, path: str, data: bytes, where: str) -> None:
+        folder = os.path.dirname(path)
+        _check_inside(folder, self.within, where)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            # O_EXCL: never over an existing file, nor through a symlink (O_EXCL does not follow the last one).
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            self._check_same(path, data, where)
+            return
+        self.created.append(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    def _check_same(self, path: str, data: bytes, where: str) -> None:
+        remedy = "export into an empty folder, or remove it first"
+        if os.path.islink(path):
+            raise ValueError(f"{where}: {path} is a symbolic link; an export never writes through one ({remedy})")
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{where}: {path} exists and is not a regular file ({remedy})")
+            if st.st_size != len(data) or f.read(len(data) + 1) != data:
+                raise ValueError(
+                    f"{where}: {path} already exists with other bytes (from an earlier export?); replacing it "
+                    f"would change the picture of that export's rows: {remedy}"
+                )
+
+    def discard(self) -> None:
+        """Remove the image files this writer created (the folders stay)."""
+        for path in self.created:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        self.created.clear()
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO under an image name must not block the check
+# The export's own record of the files it wrote, so that a later export may replace them and nothing else.
+EXPORT_MANIFEST = ".llava_hf_export.json"
+
+
+def _check_inside(path: str, folder_real: str, where: str) -> None:
+    """ValueError unless `path`, its symlinks resolved, stays inside `folder_real`."""
+    real = os.path.realpath(path)
+    if real != folder_real and not real.startswith(folder_real.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"{where}: {path} resolves to {real}, outside the export folder {folder_real} (a symbolic link?); "
+            "an export never writes outside its folder"
+        )
+
+
+def _own_files(out: str) -> set[str]:
+    """The file names (relative to `out`) that earlier llava_hf exports wrote there."""
+    path = os.path.join(out, EXPORT_MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return set(json.load(f).get("files", []))
+    except FileNotFoundError:
+        return set()
+    except (ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{path} is not an export record llava_hf wrote ({e}); remove it or choose another folder"
+        ) from e
+
+
+def _check_targets(out: str, names: Sequence[str], overwrite: bool) -> None:
+    """Refuse, before anything is written, files of these names that llava_hf did not write (unless
+    `overwrite`), and any of them that is a link or resolves outside `out`."""
+    os.makedirs(out, exist_ok=True)
+    out_real = os.path.realpath(out)
+    own = _own_files(out)
+    for name in names:
+        path = os.path.join(out, name)
+        _check_inside(os.path.dirname(path), out_real, name)
+        if os.path.islink(path):
+            raise ValueError(f"{path} is a symbolic link; an export never writes through one: remove it first")
+        if os.path.lexists(path) and name not in own and not overwrite:
+            raise ValueError(
+                f"{path} already exists and was not written by a llava_hf export; pass overwrite=True (--overwrite) to "
+                "replace it, or choose another folder"
+            )
+
+
+def _record_own(out: str, names: Sequence[str]) -> None:
+    with _replaced_on_success(os.path.join(out, EXPORT_MANIFEST)) as f:
+        json.dump({"files": sorted(_own_files(out) | set(names))}, f, indent=1)
 
 
 @contextlib.contextmanager
@@ -342,6 +495,16 @@ def _replaced_on_success(path: str) -> Iterator[TextIO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(folder: ImageFolder) -> Iterator[ImageFolder]:
+    """Remove the image files `folder` created when the block fails: a failed export adds nothing."""
+    try:
+        yield folder
+    except BaseException:
+        folder.discard()
+        raise
 
 
 class JsonArrayWriter:
@@ -371,6 +534,7 @@ def to_llava(
     json_name: str | None = None,
     metadata_name: str | None = None,
     image_folder: str = "images",
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write the dataset as LLaVA's training code reads it: a JSON array plus an image folder.
@@ -382,9 +546,16 @@ def to_llava(
     file. Names default to the source's file names (`llava.json` when the dataset is not one config).
     Streams: one batch of rows in memory, every image written once.
 
+    The export never destroys what it did not write: a JSON file of the same name that no llava_hf export
+    wrote there is refused (pass `overwrite=True` to replace it); an image file already in the folder is
+    kept when it holds the same bytes and refused when it holds others (an earlier export's rows would
+    show another picture); nothing is written through a symbolic link or outside `out_dir`. A failed export
+    removes the image files it created and leaves the JSON files as they were.
+
     Returns {"json", "metadata", "image_folder", "rows", "images", "text_only", "metadata_rows_not_written"}.
     Raises ValueError for a row whose image has no embedded bytes (prepared with embed_images=False), an
-    image name that escapes the folder, or one name used for two different images.
+    image name that escapes the folder, one name used for two different images, or a file it must not
+    replace (the message names it).
     """
     source = CATALOG.get(ds.info.config_name or "")
     json_name = json_name or (source.filename if source else "llava.json")
@@ -392,15 +563,21 @@ def to_llava(
     out = os.fspath(out_dir)
     json_path = os.path.join(out, json_name)
     metadata_path = os.path.join(out, metadata_name) if metadata_name else None
-    folder = ImageFolder(os.path.join(out, image_folder))
+    _check_targets(out, [json_name, *([metadata_name] if metadata_name else [])], overwrite)
+    folder = ImageFolder(os.path.join(out, image_folder), within=out)
     text_only = lost_metadata = 0
-    with contextlib.ExitStack() as files:
+    with _discarded_on_failure(folder), contextlib.ExitStack() as files:
         chat = JsonArrayWriter(files.enter_context(_replaced_on_success(json_path)))
         metadata = JsonArrayWriter(files.enter_context(_replaced_on_success(metadata_path))) if metadata_path else None
         for row, where in _rows(ds, progress, "LLaVA JSON"):
-            name = folder.write(row["image"], where) if row["image"] is not None else None
-            text_only += name is None
-            record, meta = restore_record({**row, "image": name}, with_metadata=metadata is not None)
+            if "images" in row:  # a multi-image config: every image written, the names kept as a list
+                names = [folder.write(image, where) for image in row["images"]] if row["images"] is not None else None
+                text_only += not names
+                record, meta = restore_record({**row, "images": names}, with_metadata=metadata is not None)
+            else:
+                name = folder.write(row["image"], where) if row["image"] is not None else None
+                text_only += name is None
+                record, meta = restore_record({**row, "image": name}, with_metadata=metadata is not None)
             chat.add(record)
             if metadata is not None:
                 metadata.add(meta)
@@ -409,6 +586,7 @@ def to_llava(
         for writer in (chat, metadata):
             if writer is not None:
                 writer.end()
+    _record_own(out, [json_name, *([metadata_name] if metadata_name else [])])
     if lost_metadata:
         logger.warning(
             "%s rows carry pretrain metadata (caption, blip_caption, url) that the chat JSON does not hold; "
@@ -456,6 +634,7 @@ def to_llamafactory(
     *,
     name: str | None = None,
     image_folder: str = "images",
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Write LLaMA-Factory's sharegpt layout: `<name>.jsonl`, an image folder and `dataset_info.json`.
@@ -470,18 +649,23 @@ def to_llamafactory(
     (an optional system turn first) or that end on a human turn; those rows are written anyway and counted
     in "llamafactory_skips" with the first ids, so nothing is dropped without you knowing.
 
+    Like `to_llava`, it never replaces a `<name>.jsonl` it did not write (unless `overwrite=True`) nor an
+    image file with other bytes, and never writes through a symbolic link or outside `out_dir`.
+
     Returns {"name", "file", "dataset_info", "stanza", "rows", "images", "image_token_added",
     "llamafactory_skips": {"count", "examples"}}. Raises ValueError like `check_rows` and `to_llava`.
     """
     name = name or f"llava_hf_{ds.info.config_name or 'dataset'}"
     out = os.fspath(out_dir)
     path = os.path.join(out, f"{name}.jsonl")
-    folder = ImageFolder(os.path.join(out, image_folder))
     if isinstance(ds, datasets.Dataset):
         check_rows(ds, roles=None)  # speakers LLaMA-Factory does not know are counted below, not refused
+    _check_targets(out, [f"{name}.jsonl", "dataset_info.json"], overwrite=True)
+    _check_targets(out, [f"{name}.jsonl"], overwrite)
+    folder = ImageFolder(os.path.join(out, image_folder), within=out)
     rows = added = skipped = 0
     skips: list[str] = []
-    with _replaced_on_success(path) as f:
+    with _discarded_on_failure(folder), _replaced_on_success(path) as f:
         for row, where in _rows(ds, progress, "LLaMA-Factory"):
             record, token_added = _llamafactory_record(row, where, folder, image_folder)
             added += token_added
@@ -501,6 +685,7 @@ def to_llamafactory(
     with _replaced_on_success(info_path) as f:
         json.dump({**info, **stanza}, f, indent=2, ensure_ascii=False)
         f.write("\n")
+    _record_own(out, [f"{name}.jsonl"])
     if skipped:
         logger.warning("%s rows will be skipped by LLaMA-Factory: %s", f"{skipped:,}", "; ".join(skips))
     return {
@@ -520,19 +705,21 @@ def _llamafactory_record(
 ) -> tuple[dict[str, Any], bool]:
     """(the JSONL record of one row, whether an `<image>` token was added to its text)."""
     turns = [{"from": t["from"], "value": t["value"]} for t in row["conversations"]]
-    problem = _token_problem([t["value"] for t in turns], row["image"] is not None)
+    pictures = (row["images"] or []) if "images" in row else [row["image"]] if row["image"] is not None else []
+    num_images = len(pictures) if "images" in row else None
+    problem = _token_problem([t["value"] for t in turns], bool(pictures), num_images)
     if problem:
         raise ValueError(f"{where}: {problem}")
     images = []
     added = False
-    if row["image"] is not None:
-        images.append(f"{image_folder}/{folder.write(row['image'], where)}")
+    if pictures:
+        images.extend(f"{image_folder}/{folder.write(picture, where)}" for picture in pictures)
         # LLaMA-Factory counts `<image>` tokens against images; LLaVA puts a missing one before the question.
         if not any(IMAGE_TOKEN in t["value"] for t in turns):
             if not turns:
                 raise ValueError(f"{where}: has an image but no turns to put it in")
             first = next((t for t in turns if t["from"] == "human"), turns[0])
-            first["value"] = f"{IMAGE_TOKEN}\n{first['value']}"
+            first["value"] = f"{IMAGE_TOKEN}\n" * len(pictures) + first["value"]
             added = True
     return {"id": row["id"], "conversations": turns, "images": images}, added
 
@@ -569,6 +756,7 @@ def export_for_trainer(
     format: TrainerFormat,
     *,
     num_proc: int | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     **load_options: Any,
 ) -> dict[str, dict]:
@@ -578,7 +766,9 @@ def export_for_trainer(
     Each config is `llava_hf.load_dataset(config, num_proc=num_proc, **load_options)` (prepared once, then
     from the cache). format: "trl" (`to_trl`), "llamafactory" (`to_llamafactory`) or "llava" (`to_llava`).
     Returns, by config name, what that function returns plus "out_dir" (the folder written). Raises
-    ValueError for an unknown format or config, and what loading and the writer raise.
+    ValueError for an unknown format or config, and what loading and the writer raise. `overwrite`:
+    "llamafactory" and "llava" replace files of their names that no llava_hf export wrote (see `to_llava`);
+    "trl" refuses a folder holding Parquet files whatever it is.
     """
     from .load import load_dataset
 
@@ -591,7 +781,8 @@ def export_for_trainer(
         ds = load_dataset(name, num_proc=num_proc, **load_options)
         out = os.fspath(out_dir) if len(names) == 1 else os.path.join(out_dir, name)
         logger.info("%s: %s rows; writing %s to %s", name, f"{len(ds):,}", TRAINER_FORMATS[format], out)
-        results[name] = {"out_dir": out, **writers[format](ds, out, progress=progress)}
+        options = {"overwrite": overwrite} if format != "trl" else {}
+        results[name] = {"out_dir": out, **writers[format](ds, out, progress=progress, **options)}
     return results
 
 

@@ -35,11 +35,13 @@ _CONTENT_MODULES = (
     "convert",
     "errors",
     "features",
+    "files",
     "image_collections",
     "images",
     "records",
     "sources",
     "store",
+    "zipdir",
 )
 
 
@@ -95,13 +97,14 @@ def install() -> bool:
             stacklevel=3,
         )
         return False
-    from . import reader
+    from . import probes, reader
 
     reader.install()
 
     @wraps(original)
     def dataset_module_factory(path, *args, **kwargs):
         if path == NAME:
+            probes.refuse_fingerprint_probe()  # Ray's from_huggingface check: prepare nothing (probes.py)
             revision = kwargs.get("revision", args[0] if args else None)
             return dataset_module(revision)
         return original(path, *args, **kwargs)

@@ -41,9 +41,10 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import CommitInfo, DatasetCard, DatasetCardData, HfApi
 
 from .catalog import CATALOG, CONFIG_NAMES, get_source
-from .features import FEATURES, SCHEMA
+from .features import FEATURES, MULTI_IMAGE_FEATURES, MULTI_IMAGE_SCHEMA, SCHEMA
+from .files import data_file_paths, file_config_name
 from .images import BAD_IMAGE_REASONS
-from .load import load_builder, prepare_report
+from .load import is_data_files, load_builder, prepare_report
 from .stats import STATS_CONVENTIONS, StatsAccumulator, stats_markdown
 
 logger = logging.getLogger("llava_hf")
@@ -77,6 +78,7 @@ _FOOTER_PER_GROUP = 4 << 10
 # datasets.config so the files do not change with the datasets version.
 _CDC = {"min_chunk_size": 256 << 10, "max_chunk_size": 1 << 20, "norm_level": 0}
 _IMAGE_BYTES = "image.bytes"
+_IMAGES_BYTES = "images.list.element.bytes"  # the same leaf in a multi-image config
 
 
 def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
@@ -88,15 +90,16 @@ def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
     return [name]
 
 
-def _parquet_options() -> dict[str, Any]:
-    leaves = [leaf for field in SCHEMA for leaf in _leaf_paths(field.name, field.type)]
-    text = [leaf for leaf in leaves if leaf != _IMAGE_BYTES]
+def _parquet_options(schema: pa.Schema = SCHEMA) -> dict[str, Any]:
+    leaves = [leaf for field in schema for leaf in _leaf_paths(field.name, field.type)]
+    image_bytes = _IMAGE_BYTES if _IMAGE_BYTES in leaves else _IMAGES_BYTES
+    text = [leaf for leaf in leaves if leaf != image_bytes]
     # Image files are compressed already: compressing them again costs CPU for nothing, a dictionary
     # never repeats, and min/max statistics of JPEG bytes help no reader.
     return {
-        "compression": {leaf: "none" if leaf == _IMAGE_BYTES else "snappy" for leaf in leaves},
+        "compression": {leaf: "none" if leaf == image_bytes else "snappy" for leaf in leaves},
         "use_dictionary": text,
-        "column_encoding": {_IMAGE_BYTES: "PLAIN"},
+        "column_encoding": {image_bytes: "PLAIN"},
         "write_statistics": text,
         "use_content_defined_chunking": _CDC,
         "write_page_index": True,
@@ -104,6 +107,7 @@ def _parquet_options() -> dict[str, Any]:
 
 
 _PARQUET_OPTIONS = _parquet_options()
+_MULTI_IMAGE_PARQUET_OPTIONS = _parquet_options(MULTI_IMAGE_SCHEMA)
 
 
 def _lengths(array: pa.Array) -> np.ndarray:
@@ -131,7 +135,9 @@ def _row_sizes(batch: pa.RecordBatch) -> np.ndarray:
     return sizes
 
 
-def _row_groups(batches: Iterable[pa.RecordBatch], row_group_size: int) -> Iterator[tuple[pa.Table, int]]:
+def _row_groups(
+    batches: Iterable[pa.RecordBatch], row_group_size: int, schema: pa.Schema = SCHEMA
+) -> Iterator[tuple[pa.Table, int]]:
     """Cut a stream of batches into row groups of at most `row_group_size` estimated bytes (and at least one
     row), yielding each with its estimate. The cuts depend only on the rows, not on how they were batched,
     so the same rows always give the same files."""
@@ -145,7 +151,7 @@ def _row_groups(batches: Iterable[pa.RecordBatch], row_group_size: int) -> Itera
             stop = max(start, int(np.searchsorted(ends, ends[start] + room, side="right")) - 1)
             if stop == start:
                 if pending:
-                    yield pa.Table.from_batches(pending, schema=SCHEMA), pending_bytes + _GROUP_OVERHEAD
+                    yield pa.Table.from_batches(pending, schema=schema), pending_bytes + _GROUP_OVERHEAD
                     pending, pending_bytes = [], 0
                     continue
                 stop = start + 1  # a single row larger than a row group gets a group of its own
@@ -153,7 +159,7 @@ def _row_groups(batches: Iterable[pa.RecordBatch], row_group_size: int) -> Itera
             pending_bytes += int(ends[stop] - ends[start])
             start = stop
     if pending:
-        yield pa.Table.from_batches(pending, schema=SCHEMA), pending_bytes + _GROUP_OVERHEAD
+        yield pa.Table.from_batches(pending, schema=schema), pending_bytes + _GROUP_OVERHEAD
 
 
 class _HashingFile(io.RawIOBase):
@@ -187,8 +193,9 @@ class _HashingFile(io.RawIOBase):
 class _ShardWriter:
     """Writes row groups into `train-NNNNN` Parquet files, starting a new file at the byte bound."""
 
-    def __init__(self, folder: str, max_shard_size: int):
+    def __init__(self, folder: str, max_shard_size: int, schema: pa.Schema = SCHEMA):
         self.folder = folder
+        self.schema = schema
         self.max_shard_size = max_shard_size
         self.shards: list[dict[str, Any]] = []
         self._file: _HashingFile | None = None
@@ -226,7 +233,8 @@ class _ShardWriter:
 
     def _open(self) -> None:
         self._file = _HashingFile(os.path.join(self.folder, f"{SPLIT}-{len(self.shards):05d}.partial"))
-        self._writer = pq.ParquetWriter(self._file, SCHEMA, **_PARQUET_OPTIONS)
+        options = _PARQUET_OPTIONS if self.schema == SCHEMA else _MULTI_IMAGE_PARQUET_OPTIONS
+        self._writer = pq.ParquetWriter(self._file, self.schema, **options)
         self._groups = self._rows = 0
 
     def _close(self) -> None:
@@ -239,13 +247,13 @@ class _ShardWriter:
         self._writer = self._file = None
 
 
-def _prepared_batches(paths: Sequence[str]) -> Iterator[pa.RecordBatch]:
+def _prepared_batches(paths: Sequence[str], schema: pa.Schema = SCHEMA) -> Iterator[pa.RecordBatch]:
     for path in paths:
         # Read as a stream, not memory-mapped: pyarrow advises the kernel to read a whole mapped file when
         # it is opened, and a stream keeps one batch in memory whatever the dataset size.
         with pa.OSFile(path) as source:
             reader = pa.ipc.open_stream(source)
-            if not reader.schema.equals(SCHEMA, check_metadata=False):
+            if not reader.schema.equals(schema, check_metadata=False):
                 raise ValueError(f"{path} was prepared with another schema than llava_hf's; prepare it again")
             yield from reader
 
@@ -260,10 +268,14 @@ def _size(value: int | str, name: str) -> int:
     return size
 
 
-def _names(configs: str | Sequence[str]) -> list[str]:
+def _names(configs: str | Sequence[str], data_files: Any = None) -> list[str]:
     names = [configs] if isinstance(configs, str) else list(configs)
     if not names:
         raise ValueError(f"no config to export; choose from: {', '.join(CONFIG_NAMES)}")
+    if data_files is not None:  # one file config, named by `configs`
+        if len(names) != 1:
+            raise ValueError(f"data_files makes one config; give it one name, got {names}")
+        return [file_config_name(names[0], data_file_paths(data_files))]
     for name in names:
         get_source(name)
     if len(set(names)) != len(names):
@@ -301,22 +313,32 @@ def _public_source(source: Mapping[str, Any]) -> dict[str, Any]:
     for role in ("chat", "metadata"):
         if source.get(role):
             public[role] = {key: source[role][key] for key in ("file", "bytes", "sha256")}
+    if source.get("files"):  # a file config: the user's files, by name and content (not their local paths)
+        public["files"] = [
+            {key: f[key] for key in ("file", "format", "records", "bytes", "sha256")} for f in source["files"]
+        ]
     return public
 
 
 def _write_shards(
-    paths: Sequence[str], folder: str, num_rows: int, max_shard_size: int, row_group_size: int, desc: str
+    paths: Sequence[str],
+    folder: str,
+    num_rows: int,
+    max_shard_size: int,
+    row_group_size: int,
+    desc: str,
+    schema: pa.Schema = SCHEMA,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One pass over the prepared Arrow files: the Parquet shards in `folder`, and the statistics of the rows.
 
     The statistics read the row groups on their way to the writer, so the image bytes are read once and
     memory stays at one row group.
     """
-    writer = _ShardWriter(folder, max_shard_size)
+    writer = _ShardWriter(folder, max_shard_size, schema)
     statistics = StatsAccumulator()
     try:
         with tqdm(total=num_rows, unit=" rows", desc=desc) as progress:
-            for table, estimate in _row_groups(_prepared_batches(paths), row_group_size):
+            for table, estimate in _row_groups(_prepared_batches(paths, schema), row_group_size, schema):
                 writer.write(table, estimate)
                 statistics.add(table)
                 progress.update(table.num_rows)
@@ -350,6 +372,7 @@ def _export_config(
     builder = load_builder(name, **load_options)
     builder.download_and_prepare(**prepare_options)
     report = prepare_report(builder)
+    multi_image = "images" in builder.info.features  # a file config with list-valued images
     split = builder.info.splits[SPLIT]
     paths = filenames_for_dataset_split(builder.cache_dir, builder.dataset_name, SPLIT, "arrow", split.shard_lengths)
     logger.info(
@@ -368,7 +391,13 @@ def _export_config(
     os.makedirs(staging)
     try:
         shards, stats = _write_shards(
-            paths, staging, split.num_examples, max_shard_size, row_group_size, desc=f"Exporting {name}"
+            paths,
+            staging,
+            split.num_examples,
+            max_shard_size,
+            row_group_size,
+            desc=f"Exporting {name}",
+            schema=MULTI_IMAGE_SCHEMA if multi_image else SCHEMA,
         )
         if stats["rows"] != split.num_examples:
             raise RuntimeError(
@@ -392,6 +421,8 @@ def _export_config(
             "stats": stats,
             "llava_hf": __version__,
         }
+        if multi_image:
+            figures["multi_image"] = True
         with open(os.path.join(staging, EXPORT_FILENAME), "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=1)
             f.write("\n")
@@ -435,7 +466,11 @@ def export(
     byte-identical Parquet files. Raises ValueError for an unknown config or option (for instance
     embed_images=False: the Hub copy must carry the images), and whatever preparing raises.
     """
-    names = _names(configs)
+    if load_options.get("data_files") is None and is_data_files(configs):
+        # The user's own files: one config named after the first file (pass a name and data_files to name it).
+        load_options["data_files"] = configs
+        configs = file_config_name(None, data_file_paths(configs))
+    names = _names(configs, load_options.get("data_files"))
     if load_options.get("embed_images", True) is not True:
         raise ValueError("export embeds the image bytes so the Hub copy loads anywhere; drop embed_images=False")
     max_shard_size = _size(max_shard_size, "max_shard_size")
@@ -526,6 +561,12 @@ CARD_COLUMNS: tuple[tuple[str, str], ...] = (
 def _source_cell(source: Mapping[str, Any]) -> tuple[str, str]:
     link = _repo_link(source.get("repo_id", ""))
     origin = source.get("origin")
+    if origin == "files":
+        files = [
+            f"`{f['file']}` ({f['format']}, {f['records']:,} records, {f['bytes']:,} bytes), sha256 `{f['sha256']}`"
+            for f in source["files"]
+        ]
+        return "the user's own LLaVA-format files", "<br>".join(files)
     if origin == "hub":
         where = f"{link} at commit `{source.get('revision')}`"
     elif origin == "sample":
@@ -544,6 +585,8 @@ def _card_data(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str], d
     """The card's YAML header: license, tags, the `configs` (one default) and each config's `dataset_info`."""
     sources = [CATALOG[n] for n in names if n in CATALOG]
     licenses = list(dict.fromkeys(s.license for s in sources))
+    if any(n not in CATALOG for n in names):  # the user's own files declare no license: say so, not guess
+        licenses.append("unknown")
     # The Hub takes one license_name and license_link for "other"; configs under several such terms
     # share a name, and the link goes to this card, whose License section lists each one.
     others = list(dict.fromkeys((s.license_name, s.license_link) for s in sources if s.license == "other"))
@@ -575,7 +618,7 @@ def _card_data(figures: Mapping[str, Mapping[str, Any]], names: Sequence[str], d
         splits = SplitDict()
         splits.add(SplitInfo(name=SPLIT, num_bytes=figures[name]["num_bytes"], num_examples=figures[name]["rows"]))
         infos[name] = DatasetInfo(
-            features=FEATURES,
+            features=MULTI_IMAGE_FEATURES if figures[name].get("multi_image") else FEATURES,
             splits=splits,
             download_size=figures[name]["download_size"],
             dataset_size=figures[name]["num_bytes"],
@@ -629,6 +672,11 @@ def _license_section(names: Sequence[str]) -> str:
         links = ", ".join(_repo_link(r) for r in dict.fromkeys(CATALOG[n].repo_id for n in members))
         terms = f"`{license_}`" if license_name is None else f"`{license_}` ([{license_name}]({license_link}))"
         lines.append(f"- {', '.join(f'`{n}`' for n in members)}: {terms}, as declared by {links}.")
+    own = [name for name in names if name not in CATALOG]
+    if own:
+        lines.append(
+            f"- {', '.join(f'`{n}`' for n in own)}: `unknown`: built from the user's own files, whose terms apply."
+        )
     return "\n".join(lines) + (
         "\n\nThe terms of use of the images and of the generated text are those stated in the source "
         "repositories' cards, which this copy does not change."

@@ -10,14 +10,29 @@ import datasets
 
 from . import reader
 from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
-from .catalog import get_source
+from .catalog import CONFIG_NAMES, get_source
+from .files import SUFFIXES
 from .hook import NAME, module_hash
 from .locking import LockMode
 
 
+def is_data_files(name: Any) -> bool:
+    """Whether `name` names the user's own files (a path, glob or list of `.json`/`.jsonl`[.gz] files)
+    rather than a catalog config."""
+    if isinstance(name, (list, tuple)):  # a list of files, not of catalog configs
+        return bool(name) and all(is_data_files(item) for item in name)
+    if isinstance(name, os.PathLike):
+        return True
+    if not isinstance(name, str) or name in CONFIG_NAMES:
+        return False
+    # Config names hold no path separator or glob character; a name ending like a data file is a file.
+    return name.lower().endswith(SUFFIXES) or any(c in name for c in "/\\*?[")
+
+
 def load_builder(
-    name: str,
+    name: str | os.PathLike | list,
     *,
+    data_files: str | os.PathLike | list | None = None,
     data_dir: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -31,13 +46,21 @@ def load_builder(
 ) -> LlavaBuilder:
     """The builder of config `name`, with the cache path `datasets.load_dataset("llava_hf", name)` uses.
 
+    `name` may also be the user's own files (a path, a glob or a list; see `load_dataset`), or, with
+    `data_files`, the name of the config those files make.
+
     Raises ValueError for an unknown config (listing the valid ones) or a bad option value.
     """
-    get_source(name)
+    if data_files is None and is_data_files(name):
+        name, data_files = None, name
+    if data_files is None:
+        get_source(name)
+    extra = {"data_files": data_files} if data_files is not None else {}
     return LlavaBuilder(
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         dataset_name=NAME,
         config_name=name,
+        **extra,
         hash=module_hash(),
         data_dir=data_dir,
         token=token,
@@ -52,7 +75,7 @@ def load_builder(
 
 
 def load_dataset(
-    name: str,
+    name: str | os.PathLike | list | None = None,
     data_dir: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -67,9 +90,16 @@ def load_dataset(
     download_mode: datasets.DownloadMode | str | None = None,
     lock: LockMode | None = None,
     lazy: bool | None = None,
+    data_files: str | os.PathLike | list | None = None,
     image_sources: dict[str, str] | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict | datasets.IterableDataset | datasets.IterableDatasetDict:
     """Prepare (once) and load one LLaVA config as a `datasets.Dataset`.
+
+    name: a catalog config, or the user's own LLaVA-format files: a path, a glob or a list of `.json`
+        (one array) / `.jsonl` (one record a line) files, optionally `.gz`. Such a config is named after
+        its first file's stem; to name it, pass the files as `data_files` and the name as `name`
+        (as `datasets.load_dataset("llava_hf", name, data_files=...)` does; both share the cache).
+        Files holding any list-valued `image` give the column `images` (a list of images) instead of `image`.
 
     data_dir: folder with the raw JSON files; None downloads them from the catalog's Hub repo
         (through the Hugging Face cache; `revision` picks the repo revision, default "main").
@@ -94,8 +124,11 @@ def load_dataset(
     Raises `llava_hf.SourceError` naming the file, record index and id for bad source data, ValueError
     for bad options, FileNotFoundError when a source file is not in `data_dir`.
     """
+    if name is None and data_files is None:
+        raise ValueError("load_dataset needs a config name or data_files")
     builder = load_builder(
         name,
+        data_files=data_files,
         data_dir=data_dir,
         image_dir=image_dir,
         cache_dir=cache_dir,

@@ -66,9 +66,15 @@ def write_preview(
     ]
     images = unreadable = 0
     for index, row in rows:
-        picture, ok = _picture(row["image"], thumbnail_side)
-        images += ok is True
-        unreadable += ok is False
+        if "images" in row:  # a multi-image config: every image of the row, in order
+            shown = [_picture(image, thumbnail_side) for image in row["images"] or []] or [_picture(None, 0)]
+            picture = "".join(markup for markup, _ in shown)
+            images += sum(ok is True for _, ok in shown)
+            unreadable += sum(ok is False for _, ok in shown)
+        else:
+            picture, ok = _picture(row["image"], thumbnail_side)
+            images += ok is True
+            unreadable += ok is False
         parts.append(_row_html(index, row, picture))
     parts.append("</body></html>\n")
     path = os.fspath(out)

@@ -41,7 +41,8 @@ from datasets.builder import Key
 
 from .builder import OnBadImage
 from .catalog import CATALOG, CONFIG_NAMES, SOURCES, get_source
-from .features import FEATURES
+from .features import FEATURES, MULTI_IMAGE_FEATURES
+from .files import as_multi_image, data_file_paths, file_config_name, file_stem
 from .sources import BATCH_ROWS
 
 logger = logging.getLogger("llava_hf")
@@ -164,6 +165,8 @@ class MixSource:
     on_bad_image: OnBadImage | None = None
     sample: bool | None = None
     revision: str | None = None
+    # The user's own files (a path, glob or list; see files.py): `config` is then the name of that file config.
+    data_files: str | tuple[str, ...] | None = None
     # Where the source sits in its file: the position in `sources` (or a LLaVA-NeXT file's `datasets`).
     index: int = 0
     # The LLaVA-NeXT `json_path` this source was mapped from; its folder is the fallback data_dir.
@@ -182,7 +185,19 @@ class MixSource:
         return f"sources[{self.index}] ({self.config})"
 
     def _check(self) -> None:
-        get_source(self.config)
+        if self.data_files is None:
+            get_source(self.config)
+        else:
+            files = self.data_files
+            if isinstance(files, (list, tuple)) and files and all(isinstance(f, (str, os.PathLike)) for f in files):
+                object.__setattr__(self, "data_files", tuple(os.fspath(f) for f in files))
+            elif isinstance(files, os.PathLike):
+                object.__setattr__(self, "data_files", os.fspath(files))
+            elif not isinstance(files, str):
+                raise ValueError(f"data_files must be a path, a glob or a list of them, got {files!r}")
+            file_config_name(self.config, ())
+            if self.data_dir is not None or self.sample:
+                raise ValueError("data_files names the files to read; drop data_dir and sample")
         given = [knob for knob in KNOBS if getattr(self, knob) is not None]
         if len(given) > 1:
             raise ValueError(f"set at most one of {', '.join(KNOBS)}; got {' and '.join(given)}")
@@ -224,19 +239,25 @@ class MixSource:
     def load_options(self) -> dict[str, Any]:
         """The `llava_hf.load_dataset` keywords this source sets (unset ones keep load_dataset's defaults)."""
         options = {name: getattr(self, name) for name in _OPTION_FIELDS if getattr(self, name) is not None}
-        if self.json_path is not None and "data_dir" not in options and not self.sample:
+        if self.data_files is not None:
+            options["data_files"] = list(self.data_files) if isinstance(self.data_files, tuple) else self.data_files
+        elif self.json_path is not None and "data_dir" not in options and not self.sample:
             options["data_dir"] = os.path.dirname(os.path.abspath(self.json_path))
         return options
 
     def to_dict(self) -> dict[str, Any]:
         """The source as a recipe entry (unset fields left out)."""
         entry = {name: getattr(self, name) for name in _ENTRY_FIELDS if getattr(self, name) is not None}
+        if isinstance(entry.get("data_files"), tuple):
+            entry["data_files"] = list(entry["data_files"])
+        if self.data_files is not None:
+            return {"name": self.config, **entry}
         return {"config": self.config, **entry}
 
 
 _OPTION_FIELDS = ("data_dir", "image_dir", "cache_dir", "embed_images", "on_bad_image", "sample", "revision")
-_ENTRY_FIELDS = (*KNOBS, *_OPTION_FIELDS)
-_SOURCE_KEYS = ("config", *_ENTRY_FIELDS)
+_ENTRY_FIELDS = (*KNOBS, *_OPTION_FIELDS, "data_files")
+_SOURCE_KEYS = ("config", "name", *_ENTRY_FIELDS)
 _RECIPE_KEYS = ("name", "description", "seed", "stopping_strategy", "streaming", "sources")
 
 
@@ -329,8 +350,25 @@ def _source_from_dict(entry: Any, index: int) -> MixSource:
             raise RecipeError(
                 f"{where}: unknown field {key!r}{_hint(key, _SOURCE_KEYS)}; a source takes: {', '.join(_SOURCE_KEYS)}"
             )
+    if "data_files" in entry:
+        # A file beside the catalog configs: named by `name`, or after its first file.
+        entry = dict(entry)
+        if "config" in entry:
+            raise RecipeError(f"{where}: a source is a config or data_files (named by name), not both")
+        try:
+            name = entry.pop("name", None)
+            if name is None:
+                files = entry["data_files"]
+                name = file_stem(data_file_paths(files)[0]) if isinstance(files, (str, list, tuple)) else None
+        except (ValueError, FileNotFoundError) as e:
+            raise RecipeError(f"{where}: {e}") from None
+        return MixSource(config=name, **entry, index=index)
+    if "name" in entry:
+        raise RecipeError(f"{where}: name names a data_files source; a catalog source takes config")
     if "config" not in entry:
-        raise RecipeError(f"{where}: config is required (one of: {', '.join(CONFIG_NAMES)})")
+        raise RecipeError(
+            f"{where}: config is required (one of: {', '.join(CONFIG_NAMES)}), or data_files for your own files"
+        )
     return MixSource(**entry, index=index)
 
 
@@ -385,7 +423,11 @@ def _recipe_from_llava_next(data: Mapping[str, Any], label: str, seed: int | Non
                 )
         json_path = entry["json_path"]
         config = _BY_FILENAME.get(os.path.basename(json_path))
-        if config is None:
+        files = None
+        if config is None and os.path.isfile(json_path):
+            # Any other file (ShareGPT4V, the OneVision jsons, ...) becomes a file config named after it.
+            config, files = file_stem(json_path), json_path
+        elif config is None:
             unknown.append(f"datasets[{index}] {json_path!r}")
             continue
         # LLaVA-NeXT's default when an entry has no sampling_strategy.
@@ -402,14 +444,16 @@ def _recipe_from_llava_next(data: Mapping[str, Any], label: str, seed: int | Non
                 strategy.strip(),
             )
         try:
-            sources.append(MixSource(config=config, sampling_strategy=strategy, index=index, json_path=json_path))
+            sources.append(
+                MixSource(config=config, sampling_strategy=strategy, index=index, json_path=json_path, data_files=files)
+            )
         except RecipeError as e:
             raise RecipeError(f"{label}: {e}") from None
     if unknown:
         known = ", ".join(f"{s.filename} ({s.name})" for s in SOURCES)
         raise RecipeError(
-            f"{label}: json_path file names that match no llava_hf config: {', '.join(unknown)}; "
-            f"llava_hf knows: {known}"
+            f"{label}: json_path files that are neither a llava_hf catalog file nor an existing file: "
+            f"{', '.join(unknown)}; llava_hf knows: {known}"
         )
     # LLaVA-NeXT appends its files one after another; a recipe file has no seed, so random:N uses seed 0.
     return Recipe(sources=tuple(sources), seed=0 if seed is None else seed, stopping_strategy="concatenate", name=label)
@@ -626,6 +670,12 @@ def resolve(
     recipe = load_recipe(recipe)
     sources = recipe.sources
     if rows is None:
+        for source in sources:
+            if source.data_files is not None:
+                raise RecipeError(
+                    f"{recipe.label}: {source.where} is the user's own files, which have no published count; "
+                    "mix() counts them"
+                )
         rows = [CATALOG[s.config].num_records for s in sources]
     if len(rows) != len(sources):
         raise ValueError(f"{recipe.label}: {len(sources)} sources but {len(rows)} row counts")
@@ -739,10 +789,10 @@ def _default_for(value: Any, config: str) -> Any:
     return value
 
 
-def _check_defaults(name: str, value: Any) -> None:
+def _check_defaults(name: str, value: Any, names: Sequence[str] = ()) -> None:
     if isinstance(value, Mapping):
         for key in value:
-            if key != "*" and key not in CATALOG:
+            if key != "*" and key not in CATALOG and key not in names:
                 raise ValueError(
                     f"{name}: {key!r} is not a config; map config names (or '*' for the others) to folders: "
                     f"{', '.join(CONFIG_NAMES)}"
@@ -755,8 +805,9 @@ def apply_defaults(recipe: Recipe, **defaults: Any) -> Recipe:
     data_dir and image_dir may be a path (every source) or a mapping from config name to path, with "*"
     for the configs not named. A source with sample: true takes no data_dir or image_dir default.
     """
+    file_names = [s.config for s in recipe.sources if s.data_files is not None]
     for name in ("data_dir", "image_dir"):
-        _check_defaults(name, defaults.get(name))
+        _check_defaults(name, defaults.get(name), file_names)
     sources = []
     for source in recipe.sources:
         changes = {}
@@ -767,6 +818,8 @@ def apply_defaults(recipe: Recipe, **defaults: Any) -> Recipe:
                 continue
             if sample and name in ("data_dir", "image_dir"):
                 continue
+            if source.data_files is not None and name in ("data_dir", "sample"):
+                continue  # a file source names its files itself
             changes[name] = os.fspath(value) if isinstance(value, os.PathLike) else value
         try:
             sources.append(replace(source, **changes) if changes else source)
@@ -788,12 +841,19 @@ def _resolved_recipe(recipe: Recipe) -> Recipe:
     return replace(recipe, sources=tuple(sources))
 
 
-def _count_records(source: MixSource, token: bool | str | None) -> int:
+def _count_records(source: MixSource, token: bool | str | None) -> tuple[int, bool]:
+    """(records of the source's files, whether they make a multi-image config), from one scan."""
     from .load import load_builder
     from .sources import index_json_array, resolve_inputs
 
     options = source.load_options()
     load_builder(source.config, token=token, **options)  # refuses bad option combinations first
+    if source.data_files is not None:
+        from .files import index_file
+
+        work_dir = options.get("cache_dir") or str(datasets.config.HF_DATASETS_CACHE)
+        indexes = [index_file(path, work_dir) for path in data_file_paths(source.data_files)]
+        return sum(index.num_records for index in indexes), any(index.multi_image for index in indexes)
     catalog = get_source(source.config)
     inputs = resolve_inputs(
         catalog,
@@ -803,7 +863,7 @@ def _count_records(source: MixSource, token: bool | str | None) -> int:
         revision=options.get("revision"),
         token=token,
     )
-    return index_json_array(inputs.json_path, catalog.filename).num_records
+    return index_json_array(inputs.json_path, catalog.filename).num_records, False
 
 
 class _SourceRows:
@@ -852,17 +912,21 @@ class _MixStream(datasets.ArrowBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(features=FEATURES)
+        return datasets.DatasetInfo(features=MULTI_IMAGE_FEATURES if self.schedule["multi_image"] else FEATURES)
 
     def _split_generators(self, dl_manager):
         # Tuples and arrays, not lists: datasets would read lists as shards.
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs=self.schedule)]
 
-    def _generate_tables(self, options, labels, source_ids, rows):
+    def _generate_tables(self, options, labels, source_ids, rows, multi_image):
+        from .files import wrap_images
+
         sources = [_SourceRows(option, label) for option, label in zip(options, labels)]
         pending: list[pa.Table] = []
         for s, row in zip(source_ids.tolist(), rows.tolist()):
-            pending.append(sources[s].take(row))
+            table = sources[s].take(row)
+            # A multi-image mix: rows of a single-image source get one-element lists.
+            pending.append(wrap_images(table) if multi_image and "image" in table.column_names else table)
             if len(pending) == BATCH_ROWS:
                 yield Key(0, len(pending)), pa.concat_tables(pending)
                 pending = []
@@ -913,7 +977,8 @@ def _map_style(
 
 
 def _streaming_mix(recipe: Recipe, token: bool | str | None) -> tuple[datasets.IterableDataset, MixReport]:
-    counts = [_count_records(source, token) for source in recipe.sources]
+    scans = [_count_records(source, token) for source in recipe.sources]
+    counts = [records for records, _ in scans]
     for source, count in zip(recipe.sources, counts):
         logger.info("%s: %s records", source.where, f"{count:,}")
     plan = resolve(recipe, counts)
@@ -922,6 +987,7 @@ def _streaming_mix(recipe: Recipe, token: bool | str | None) -> tuple[datasets.I
         "labels": tuple(f"{recipe.label}: {s.where}" for s in recipe.sources),
         "source_ids": plan.source_ids,
         "rows": plan.rows,
+        "multi_image": any(multi for _, multi in scans),
     }
     digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode())
     digest.update(plan.source_ids.tobytes() + plan.rows.tobytes())
@@ -941,11 +1007,14 @@ def _map_style_mix(
     parts, records = [], []
     for source in recipe.sources:
         part = load_dataset(source.config, num_proc=num_proc, token=token, **source.load_options())
-        if part.features != FEATURES:
+        if part.features not in (FEATURES, MULTI_IMAGE_FEATURES):
             raise ValueError(f"{recipe.label}: {source.where}: the prepared rows do not have the llava_hf schema")
         parts.append(part)
         records.append(prepare_report(part)["records"])
         logger.info("%s: %s rows", source.where, f"{len(part):,}")
+    if any(part.features == MULTI_IMAGE_FEATURES for part in parts):
+        # A multi-image source makes the mix multi-image: single-image rows get one-element lists.
+        parts = [as_multi_image(part) for part in parts]
     plan = resolve(recipe, [len(part) for part in parts], records=records)
     dataset = _map_style(recipe, parts, plan, flatten=flatten, num_proc=num_proc)
     return dataset, MixReport.from_plan(plan, counted_from="prepared")

@@ -9,7 +9,9 @@ A raw record (all files share this shape):
 Anything a record carries beyond the schema's fields is kept, as JSON, in the row's `extra` column:
 the record's own extra keys under their names, and under reserved keys starting with "@": `@id` (an id
 that was not a string), `@image` (an explicit null image), `@turns` (extra keys of each turn, aligned
-with the turns) and `@metadata` (extra keys of the pretrain metadata record).
+with the turns), `@metadata` (extra keys of the pretrain metadata record) and `@order` (the record's keys in
+the source's order, kept only when `restore_record` would not give that order by itself; in `@metadata`
+too, for the metadata record).
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class Row:
     blip_caption: str | None = None
     url: str | None = None
     extra: str | None = None
+    # Multi-image configs (column `images`): every image name in order; None for a text-only row.
+    images: tuple[str, ...] | None = None
+
+    def image_names(self) -> tuple[str, ...]:
+        """The names of the images this row embeds, in order (none for a text-only row)."""
+        if self.images is not None:
+            return self.images
+        return (self.image,) if self.image is not None else ()
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -101,12 +111,17 @@ def parse_record(
     source_from: Literal["config", "image_collection"] = "config",
     metadata: Any = None,
     metadata_file: str | None = None,
+    multi_image: bool = False,
 ) -> Row:
     """Validate one raw record (and its metadata record, for pretrain configs) into a `Row`.
 
+    With `multi_image` (a config whose files hold list-valued images), the row's `images` holds every
+    image name in order (a single name becomes a one-element list) and `image` is None.
+
     Raises `SourceError` naming `file`, `index` and the record's id when the record is not a JSON object,
-    has no usable `id` or `conversations`, has a turn without a string `from`/`value`, or when the metadata
-    record belongs to another id.
+    has no usable `id` or `conversations`, has a turn without a string `from`/`value`, when the metadata
+    record belongs to another id, or (reason "image_count") when a list of images does not match the
+    number of `<image>` tokens.
     """
     if not isinstance(raw, dict):
         raise SourceError(file, f"expected a JSON object, got {_describe(raw)}", index)
@@ -117,17 +132,43 @@ def parse_record(
     extra: dict[str, Any] = {_escape_key(k): v for k, v in raw.items() if k not in RECORD_KEYS}
     if id_was_other:
         extra["@id"] = raw["id"]
+    # Extra keys may stand before `conversations` (mix665k's ShareGPT rows: id, model, conversations).
+    restored_order = ["id", *(["image"] if "image" in raw else []), "conversations"]
+    restored_order += [k for k in raw if k not in RECORD_KEYS]
+    if list(raw) != restored_order:
+        extra["@order"] = list(raw)
 
     # Text-only rows (mix665k) have no `image` key; an explicit null is kept in `extra` to be restored.
     image = raw.get("image")
+    images = None
     if "image" in raw and image is None:
         extra["@image"] = None
+    elif multi_image and isinstance(image, list):
+        images = _image_list(image, file=file, index=index, rid=rid)
+        image = None
     elif image is not None and (not isinstance(image, str) or not image):
-        raise SourceError(file, f"expected 'image' to be a file name, got {_describe(image)}", index, rid)
+        expected = "a file name or a list of file names" if multi_image else "a file name"
+        raise SourceError(file, f"expected 'image' to be {expected}, got {_describe(image)}", index, rid)
+    elif multi_image and image is not None:
+        # A single name in a multi-image config: a one-element list, restored as the plain name it was.
+        images, image = (image,), None
+        extra["@one_image"] = True
 
     turns, turn_extras = _parse_turns(raw, file=file, index=index, rid=rid)
     if any(turn_extras):
         extra["@turns"] = turn_extras
+    if images is not None and not extra.get("@one_image"):
+        tokens = sum(value.count(IMAGE_TOKEN) for _, value in turns)
+        # LLaVA-NeXT puts the images first and writes no token at all ("images first"): zero is allowed.
+        if tokens not in (0, len(images)):
+            raise SourceError(
+                file,
+                f"has {len(images)} images but {tokens} {IMAGE_TOKEN!r} tokens; expected {len(images)} (one per "
+                "image, in order) or none (images first)",
+                index,
+                rid,
+                reason="image_count",
+            )
 
     fields = {name: None for name in METADATA_FIELDS}
     if metadata is not None:
@@ -137,9 +178,9 @@ def parse_record(
         if metadata_extra:
             extra["@metadata"] = metadata_extra
 
-    if image is None:
+    if image is None and not images:
         source = TEXT_ONLY
-    elif source_from == "image_collection" and "/" in image:
+    elif source_from == "image_collection" and image is not None and "/" in image:
         # mix665k: the first path component names the image collection (coco, gqa, ocr_vqa, ...).
         source = image.split("/", 1)[0]
     else:
@@ -151,8 +192,16 @@ def parse_record(
         conversations=turns,
         source=source,
         extra=json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None,
+        images=images,
         **fields,
     )
+
+
+def _image_list(value: list, *, file: str, index: int, rid: str) -> tuple[str, ...]:
+    for k, name in enumerate(value):
+        if not isinstance(name, str) or not name:
+            raise SourceError(file, f"image {k}: expected a file name, got {_describe(name)}", index, rid)
+    return tuple(value)
 
 
 def _parse_turns(
@@ -210,18 +259,31 @@ def _parse_metadata(
         for k, v in metadata.items()
         if k not in ("id", *METADATA_FIELDS) and not (k == "image" and v == image)
     }
+    # The order restore_record gives: id, image, the non-null fields, then the extra keys (an extra `image`
+    # that differs from the chat's keeps the place of the chat's).
+    restored = dict.fromkeys(["id", *(["image"] if image is not None else [])])
+    restored.update(dict.fromkeys(name for name in METADATA_FIELDS if fields[name] is not None))
+    restored.update(dict.fromkeys(k for k in metadata if _escape_key(k) in extra))
+    restored_order = list(restored)
+    if list(metadata) != restored_order:
+        extra["@order"] = list(metadata)
     return fields, extra
 
 
 def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Rebuild the raw chat record, and with `with_metadata` the pretrain metadata record, from a row.
 
-    `row` is a dataset row whose `image` is the relative image name (or None). The inverse of
+    `row` is a dataset row whose `image` is the relative image name (or None), or whose `images` is the
+    list of relative names (multi-image configs). The inverse of
     `parse_record`: `restore_record` of a parsed record gives back the source records, key for key.
     """
     extra = json.loads(row["extra"]) if row.get("extra") else {}
     record: dict[str, Any] = {"id": extra.pop("@id", row["id"])}
-    if row.get("image") is not None:
+    one_image = extra.pop("@one_image", False)
+    if row.get("images") is not None:
+        # Multi-image rows: `images` holds the relative names; a record that named one image plainly gets it back.
+        record["image"] = row["images"][0] if one_image else list(row["images"])
+    elif row.get("image") is not None:
         record["image"] = row["image"]
     elif "@image" in extra:
         record["image"] = extra.pop("@image")
@@ -231,7 +293,9 @@ def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple
         for turn, more in zip(row["conversations"], turn_extras, strict=True)
     ]
     metadata_extra = extra.pop("@metadata", {})
+    order = extra.pop("@order", None)
     record.update({_unescape_key(k): v for k, v in extra.items()})
+    record = _in_order(record, order)
     if not with_metadata:
         return record, None
     metadata: dict[str, Any] = {"id": record["id"]}
@@ -240,5 +304,13 @@ def restore_record(row: dict[str, Any], *, with_metadata: bool = False) -> tuple
     for name in METADATA_FIELDS:
         if row.get(name) is not None:
             metadata[name] = row[name]
+    order = metadata_extra.pop("@order", None)
     metadata.update({_unescape_key(k): v for k, v in metadata_extra.items()})
-    return record, metadata
+    return record, _in_order(metadata, order)
+
+
+def _in_order(record: dict[str, Any], order: list[str] | None) -> dict[str, Any]:
+    """`record` with its keys in the source's `order` (keys it does not name keep their place after them)."""
+    if not order:
+        return record
+    return {**{k: record[k] for k in order if k in record}, **record}

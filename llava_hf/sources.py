@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,10 +286,11 @@ class _Scanner:
         return self.base + self.pos
 
 
-def index_json_array(path: str, label: str | None = None) -> JsonIndex:
+def index_json_array(path: str, label: str | None = None, visit: Callable[[Any], None] | None = None) -> JsonIndex:
     """Scan the JSON array in `path` once and return where each record starts.
 
     Memory stays bounded (a 16 MB window plus one record); the whole file is also hashed on the way.
+    `visit`, if given, is called with each decoded record, in order (file configs decide their schema so).
     Raises SourceError naming the file and record index for malformed JSON or a file that is not an array.
     """
     label = label or os.path.basename(path)
@@ -315,6 +316,8 @@ def index_json_array(path: str, label: str | None = None) -> JsonIndex:
                 start = scan.offset()
                 record, end = _decode_one(scan, decoder, len(starts), previous_id)
                 starts.append(start)
+                if visit is not None:
+                    visit(record)
                 previous_id = _latin1_fix(record.get("id")) if isinstance(record, dict) else None
                 scan.pos = end
                 separator = scan.peek()

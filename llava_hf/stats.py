@@ -108,7 +108,16 @@ class StatsAccumulator:
             self._add_batch(batch)
 
     def _add_batch(self, batch: pa.RecordBatch) -> None:
-        image, conversations, source = (batch.column(name) for name in COLUMNS)
+        if "images" in batch.schema.names:
+            # A multi-image config: a row has images when its list is not empty; every image is counted.
+            images = batch.column("images")
+            present = pc.fill_null(pc.greater(pc.list_value_length(images), 0), False).to_numpy(zero_copy_only=False)
+            image = pc.list_flatten(images)
+            flat_present = pc.is_valid(image).to_numpy(zero_copy_only=False)
+        else:
+            image = batch.column("image")
+            present = flat_present = pc.is_valid(image).to_numpy(zero_copy_only=False)
+        conversations, source = batch.column("conversations"), batch.column("source")
         self.rows += batch.num_rows
         for item in pc.value_counts(source).to_pylist():
             self.sources[item["values"]] += item["counts"]
@@ -120,10 +129,9 @@ class StatsAccumulator:
         speakers = turns.field("from").to_numpy(zero_copy_only=False)
         for speaker in np.unique(speakers).tolist():
             self.words_by_speaker.setdefault(speaker, _Tally()).add(counts[speakers == speaker])
-        present = pc.is_valid(image).to_numpy(zero_copy_only=False)
         self.image_rows += int(present.sum())
         self._count_token_places(values, pc.list_parent_indices(conversations).to_numpy(), present)
-        self._read_new_images(image, present)
+        self._read_new_images(image, flat_present)
 
     def result(self) -> dict[str, Any]:
         """The figures as `compute_stats` returns them."""
@@ -191,7 +199,12 @@ def compute_stats(ds: datasets.Dataset | datasets.IterableDataset, *, progress: 
     from datasets.utils.tqdm import tqdm
 
     accumulator = StatsAccumulator()
-    batches = ds.select_columns(list(COLUMNS)).with_format("arrow").iter(batch_size=BATCH_ROWS)
+    columns = (
+        list(COLUMNS)
+        if "image" in (ds.features or {}) or "images" not in (ds.features or {})
+        else ["images", *COLUMNS[1:]]
+    )
+    batches = ds.select_columns(columns).with_format("arrow").iter(batch_size=BATCH_ROWS)
     total = len(ds) if isinstance(ds, datasets.Dataset) else None
     with tqdm(total=total, unit=" rows", desc="statistics", disable=not progress) as bar:
         for batch in batches:

@@ -24,8 +24,9 @@ from typing import Any
 from PIL import Image
 
 from .catalog import get_source
-from .convert import ShardSpec, check_options, iter_batches, plan_source
+from .convert import ShardSpec, check_options, plan_source
 from .errors import BadImage, SourceError
+from .files import data_file_paths, file_config_name, file_source, plan_files
 from .images import BAD_IMAGE_REASONS, ImageRoot, sniff_format
 from .records import IMAGE_TOKEN, Row, text_problem
 from .sources import Shard, index_json_array, resolve_inputs
@@ -45,7 +46,10 @@ PROBLEM_REASONS = (
     "first_turn_not_human",
     "roles_not_alternating",
     "image_token_count",
+    "images_first",
 )
+# Reasons counted but no problem: LLaVA-NeXT's multi-image records with no <image> token (images first).
+NOTE_REASONS = ("images_first",)
 
 _EXTENSIONS = {
     ".jpg": "JPEG",
@@ -93,7 +97,9 @@ class VerifyReport:
 
     @property
     def clean(self) -> bool:
-        return not any(count for reason, count in self.counts.items() if reason not in self.ignored)
+        return not any(
+            count for reason, count in self.counts.items() if reason not in self.ignored and reason not in NOTE_REASONS
+        )
 
     def bad_records(self) -> list[tuple[int, str | None]]:
         """(index, id) of the records with a problem not in `ignored`, in file order, each once. Ids repeat
@@ -148,8 +154,10 @@ def check_conversation(row: Row) -> Iterator[tuple[str, str]]:
                 yield "roles_not_alternating", f"turn {k} is from {role!r}, expected {expected!r}"
                 break
     tokens = sum(value.count(IMAGE_TOKEN) for _, value in turns)
-    images = 0 if row.image is None else 1
-    if tokens != images:
+    images = len(row.image_names())
+    if row.images is not None and tokens == 0 and images:
+        yield "images_first", f"no {IMAGE_TOKEN} token for {images} image{'s' if images != 1 else ''}: images first"
+    elif tokens != images:
         yield "image_token_count", f"{tokens} {IMAGE_TOKEN} tokens for {images} image{'s' if images != 1 else ''}"
 
 
@@ -188,42 +196,44 @@ def _verify_shard(shard: Shard, spec: ShardSpec, decode: bool) -> tuple[list[Pro
     counts: Counter = Counter()
     images_checked = 0
     root: ImageRoot | None = spec.open_images()
+    spec = spec.bind(shard)
 
     def add(reason: str, index: int | None, rid: Any, detail: str, image: str | None = None) -> None:
         counts[reason] += 1
         if counts[reason] <= EXAMPLES_PER_REASON:
             problems.append(Problem(reason, spec.json_label, index, None if rid is None else str(rid), detail, image))
 
-    for first, chat, meta in iter_batches(shard, spec):
+    for first, chat, meta in spec.batches(shard):
         rows: list[tuple[int, Row]] = []
         for k, raw in enumerate(chat):
             try:
                 rows.append((first + k, spec.parse(raw, meta[k] if meta is not None else None, first + k)))
             except SourceError as e:
                 add("bad_record", first + k, e.record_id, e.problem)
-        named = [row.image for _, row in rows if row.image is not None]
+        named = [name for _, row in rows for name in row.image_names()]
         found = iter(root.read_many(named) if root is not None and named else [])
         for index, row in rows:
             text = text_problem(row)
+            first_image = next(iter(row.image_names()), None)
             if text:
-                add("bad_text", index, row.id, text, row.image)
+                add("bad_text", index, row.id, text, first_image)
             for reason, detail in check_conversation(row):
-                add(reason, index, row.id, detail, row.image)
-            if row.image is None:
-                continue
-            images_checked += 1
-            result = next(found) if root is not None else BadImage("missing", f"image {row.image!r} has no image root")
-            if isinstance(result, BadImage):
-                add(result.reason, index, row.id, str(result), row.image)
-                continue
-            for reason, detail in check_image_bytes(row.image, result[1], decode):
-                add(reason, index, row.id, detail, row.image)
+                add(reason, index, row.id, detail, first_image)
+            for name in row.image_names():
+                images_checked += 1
+                result = next(found) if root is not None else BadImage("missing", f"image {name!r} has no image root")
+                if isinstance(result, BadImage):
+                    add(result.reason, index, row.id, str(result), name)
+                    continue
+                for reason, detail in check_image_bytes(name, result[1], decode):
+                    add(reason, index, row.id, detail, name)
     return problems, counts, images_checked
 
 
 def verify(
-    name: str,
+    name: str | os.PathLike | list | None = None,
     *,
+    data_files: str | os.PathLike | list | None = None,
     data_dir: str | os.PathLike | None = None,
     image_dir: str | os.PathLike | None = None,
     sample: bool = False,
@@ -240,12 +250,30 @@ def verify(
     `num_proc` processes decode images (default: all cores); `decode=False` skips the full decode;
     `ignore` lists reasons that do not make the report unclean. Raises ValueError for an unknown config
     or reason, FileNotFoundError for missing source files, SourceError for a file that is not a JSON array.
+    `name` may be the user's own files, or with `data_files` the name of their config (as for load_dataset).
     """
-    source = get_source(name)
+    from .load import is_data_files
+
     ignored = tuple(ignore)
     unknown = [r for r in ignored if r not in PROBLEM_REASONS]
     if unknown:
         raise ValueError(f"unknown problem reason(s) {unknown}; choose from {', '.join(PROBLEM_REASONS)}")
+    if data_files is None and is_data_files(name):
+        name, data_files = None, name
+    if data_files is not None:
+        import datasets
+
+        paths = data_file_paths(data_files)
+        name = file_config_name(name, paths)
+        if sample or data_dir:
+            raise ValueError(f"{name}: data_files names the files to read; drop data_dir and sample")
+        plan = plan_files(
+            file_source(name, paths),
+            image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
+            work_dir=str(datasets.config.HF_DATASETS_CACHE),
+        )
+        return _verify_plan(name, plan, decode, num_proc, progress, ignored)
+    source = get_source(name)
     check_options(source, data_dir=data_dir, image_dir=image_dir, sample=sample)
     try:
         plan = plan_source(
@@ -266,6 +294,10 @@ def verify(
         ).json_path
         records = index_json_array(json_path, source.filename).num_records
         return VerifyReport(name, records, 0, {"bad_record": 1}, [problem], ignored, decode)
+    return _verify_plan(name, plan, decode, num_proc, progress, ignored)
+
+
+def _verify_plan(name: str, plan, decode: bool, num_proc: int | None, progress: bool, ignored: tuple) -> VerifyReport:
     logger.info(
         "%s: verifying %s records of %s, images from %s%s",
         name,

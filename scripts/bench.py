@@ -58,6 +58,9 @@ MODES = {
     "quick": (500, (30_000, 60_000), 2, 320),
     "smallest": (40, (1_000, 3_000), 1, 40),
 }
+# Record counts of the generated JSONL whose prepare peak RSS is compared (a file config, issue 15): the
+# peak must not grow with the record count (the scan keeps a few integers per batch of 100 records).
+JSONL_SIZES = {"full": (100_000, 1_000_000), "quick": (20_000, 100_000), "smallest": (1_000, 3_000)}
 # MADV_WILLNEED only starts reads: wait this long after an open before counting what it made resident.
 READ_SETTLE = 0.5
 BATCH = 32  # DataLoader batch: torch fetches a batch from a datasets.Dataset with one __getitems__ call
@@ -293,14 +296,20 @@ def make_corpus(work: Path, n: int) -> dict:
     }
 
 
-def make_memory_corpus(work: Path, records: int) -> dict:
-    """A `records`-record detail_23k.json over TINY_IMAGES tiny JPEGs: text-heavy, like the real 150K file."""
+def tiny_images(work: Path) -> Path:
+    """The folder of TINY_IMAGES tiny JPEGs the memory checks' records point to (made once)."""
     images = work / "tiny-images"
     if not _manifest_matches(images, {"version": CORPUS_VERSION, "n": TINY_IMAGES}):
         shutil.rmtree(images, ignore_errors=True)
         images.mkdir(parents=True)
         _write_pictures((str(images), list(range(TINY_IMAGES)), True))
         (images / "corpus.json").write_text(json.dumps({"key": {"version": CORPUS_VERSION, "n": TINY_IMAGES}}))
+    return images
+
+
+def make_memory_corpus(work: Path, records: int) -> dict:
+    """A `records`-record detail_23k.json over TINY_IMAGES tiny JPEGs: text-heavy, like the real 150K file."""
+    images = tiny_images(work)
     folder = work / f"memory-{records}"
     key = {"version": CORPUS_VERSION, "records": records}
     if not _manifest_matches(folder, key):
@@ -322,6 +331,35 @@ def make_memory_corpus(work: Path, records: int) -> dict:
     return {
         "records": records,
         "data_dir": str(folder / "data"),
+        "json": str(path),
+        "image_dir": str(images),
+        "json_bytes": os.path.getsize(path),
+    }
+
+
+def make_jsonl_corpus(work: Path, records: int) -> dict:
+    """A `records`-record JSON Lines file of short LLaVA records over the TINY_IMAGES tiny JPEGs (every
+    tenth with two images, LLaVA-NeXT's list form), for the memory check of file configs."""
+    images = tiny_images(work)
+    folder = work / f"jsonl-{records}"
+    key = {"version": CORPUS_VERSION, "records": records}
+    path = folder / "my_data.jsonl"
+    if not _manifest_matches(folder, key):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        with open(path, "w") as f:
+            for i in range(records):
+                if i % 10 == 9:  # every tenth record has two images, LLaVA-NeXT's list form
+                    image = [image_name(i % TINY_IMAGES), image_name((i + 1) % TINY_IMAGES)]
+                    question = "<image>\n<image>\nWhat differs between the two pictures?"
+                else:
+                    image = image_name(i % TINY_IMAGES)
+                    question = "<image>\nWhat is in the picture?"
+                turns = [{"from": "human", "value": question}, {"from": "gpt", "value": f"Picture number {i}."}]
+                f.write(json.dumps({"id": f"{i:09d}", "image": image, "conversations": turns}) + "\n")
+        (folder / "corpus.json").write_text(json.dumps({"key": key}))
+    return {
+        "records": records,
         "json": str(path),
         "image_dir": str(images),
         "json_bytes": os.path.getsize(path),
@@ -438,6 +476,25 @@ def child_prepare_memory(a: dict) -> dict:
     peak = proc_status()["VmHWM"]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
     return {"seconds": seconds, "base": base, "peak": max(peak, maxrss), "cache": builder.cache_dir}
+
+
+def child_prepare_files_memory(a: dict) -> dict:
+    """Peak RSS of one in-process prepare of a file config (a JSONL given as data_files, num_proc=1)."""
+    import gc
+
+    import llava_hf
+
+    quiet_datasets()
+    gc.collect()
+    base = proc_status()["VmRSS"]
+    started = time.perf_counter()
+    builder = llava_hf.load_builder(a["json"], image_dir=a["image_dir"], cache_dir=a["cache_dir"])
+    builder.download_and_prepare()
+    seconds = time.perf_counter() - started
+    peak = proc_status()["VmHWM"]
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    rows = builder.info.splits["train"].num_examples
+    return {"seconds": seconds, "base": base, "peak": max(peak, maxrss), "rows": rows}
 
 
 def child_json_load_memory(a: dict) -> dict:
@@ -629,6 +686,7 @@ CHILDREN = {
     "prepare_from_list": child_prepare_from_list,
     "prepare_json_map": child_prepare_json_map,
     "prepare_memory": child_prepare_memory,
+    "prepare_files_memory": child_prepare_files_memory,
     "json_load_memory": child_json_load_memory,
     "worker_memory": child_worker_memory,
     "open": child_open,
@@ -727,6 +785,29 @@ def measure_memory(work: Path, run_dir: Path, sizes: tuple[int, ...]) -> dict:
         if len(out["sizes"]) > 1:  # only the largest is kept, for the worker memory measurement
             shutil.rmtree(out["sizes"][-2]["cache_root"], ignore_errors=True)
     small, big = out["sizes"][-2], out["sizes"][-1]
+    grown = (big["prepare"]["peak"] - small["prepare"]["peak"]) / (big["records"] - small["records"]) * 100_000
+    out["growth_per_100k_records"] = grown
+    out["growth_between"] = [small["records"], big["records"]]
+    return out
+
+
+def measure_files_memory(work: Path, run_dir: Path, sizes: tuple[int, ...]) -> dict:
+    """Peak RSS of preparing a generated JSONL file config at `sizes` records, each in a fresh child."""
+    out = {"sizes": []}
+    for records in sizes:
+        corpus = make_jsonl_corpus(work, records)
+        cache = fresh(run_dir / f"files-memory-{records}")
+        settle()
+        prepared = run_child(
+            "prepare_files_memory",
+            {"json": corpus["json"], "image_dir": corpus["image_dir"], "cache_dir": str(cache)},
+            run_dir,
+        )
+        if prepared["rows"] != records:
+            raise RuntimeError(f"the {records:,}-record JSONL prepared into {prepared['rows']:,} rows")
+        out["sizes"].append({**corpus, "prepare": prepared})
+        shutil.rmtree(cache, ignore_errors=True)
+    small, big = out["sizes"][0], out["sizes"][-1]
     grown = (big["prepare"]["peak"] - small["prepare"]["peak"]) / (big["records"] - small["records"]) * 100_000
     out["growth_per_100k_records"] = grown
     out["growth_between"] = [small["records"], big["records"]]
@@ -965,6 +1046,27 @@ def report_memory(results: dict) -> None:
     )
 
 
+def report_files_memory(results: dict) -> None:
+    memory = results["files_memory"]
+    rows = [
+        [
+            f"llava_hf prepare, JSONL file config, {size['records']:,} records",
+            fmt(mb(size["json_bytes"])),
+            fmt(mb(size["prepare"]["peak"])),
+            fmt(mb(size["prepare"]["peak"] - size["prepare"]["base"])),
+            fmt(size["prepare"]["seconds"]),
+        ]
+        for size in memory["sizes"]
+    ]
+    growth = fmt(mb(memory["growth_per_100k_records"]))
+    print_table(
+        f"[3b] peak memory preparing your own JSONL (tiny images); the peak grows {growth} MB per 100K records "
+        "from {:,} to {:,}".format(*memory["growth_between"]),
+        ["", "JSONL MB", "peak RSS MB", "above start MB", "seconds"],
+        rows,
+    )
+
+
 def report_serving(results: dict) -> None:
     serving = results["serving"]
     row_way, batch_way, llava = serving["contenders"]
@@ -1052,6 +1154,8 @@ def report(results: dict) -> list[dict]:
     report_header(results)
     report_prepare(results)
     report_memory(results)
+    if "files_memory" in results:
+        report_files_memory(results)
     report_serving(results)
     report_lazy(results)
     targets = evaluate_targets(results)
@@ -1186,6 +1290,8 @@ def main(argv: list[str] | None = None) -> int:
     results["prepare"] = measure_prepare(corpus, run_dir, repeats)
     step(f"memory during prepare: {', '.join(f'{s:,}' for s in sizes)} records")
     results["memory"] = measure_memory(work, run_dir, sizes)
+    step(f"memory preparing a JSONL file config: {', '.join(f'{s:,}' for s in JSONL_SIZES[mode])} records")
+    results["files_memory"] = measure_files_memory(work, run_dir, JSONL_SIZES[mode])
     step("serving")
     served = results["prepare"]["served"]
     results["serving"] = measure_serving(corpus, served["cache"], repeats, rows)

@@ -12,7 +12,18 @@ import sys
 
 from conftest import ROOT
 
-SECTIONS = ("machine", "corpus", "floor", "prepare", "memory", "serving", "worker_memory", "lazy", "targets")
+SECTIONS = (
+    "machine",
+    "corpus",
+    "floor",
+    "prepare",
+    "memory",
+    "files_memory",
+    "serving",
+    "worker_memory",
+    "lazy",
+    "targets",
+)
 
 
 def test_smallest_setting_writes_every_section_and_ratio(tmp_path):
@@ -39,6 +50,9 @@ def test_smallest_setting_writes_every_section_and_ratio(tmp_path):
     assert all(v["embedded"] for v in variants.values() if "embedded" in v)
     assert [size["records"] for size in results["memory"]["sizes"]] == [1_000, 3_000]
     assert math.isfinite(results["memory"]["growth_per_100k_records"])
+    assert [size["records"] for size in results["files_memory"]["sizes"]] == [1_000, 3_000]
+    assert [size["prepare"]["rows"] for size in results["files_memory"]["sizes"]] == [1_000, 3_000]
+    assert math.isfinite(results["files_memory"]["growth_per_100k_records"])
     for key in ("decoded warm", "decoded cold", "bytes warm", "bytes cold"):
         assert all(results["serving"][key][who]["median"] > 0 for who in results["serving"]["contenders"])
     assert all(len(results["worker_memory"][kind]["workers"]) == 4 for kind in ("arrow", "json_load"))

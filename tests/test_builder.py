@@ -69,7 +69,7 @@ def test_mix665k_quirks(release, cache_dir):
         None,
         '{"@turns":[{},{"weight":1.0}]}',
         None,
-        '{"model":""}',
+        '{"model":"","@order":["id","model","conversations"]}',  # model stands before conversations
     ]
     assert rows[7]["image"] is None
     # GIF and PNG files under .jpg names are embedded as they are

@@ -135,8 +135,11 @@ def test_to_messages_token_at_end_start_and_absent(release, cache_dir):
 def test_to_messages_is_lazy_and_copies_no_image_bytes(release, cache_dir):
     ds = load(release, "detail_23k", cache_dir)
     conv = to_messages(ds)
-    # the same Arrow files, only a view with a transform on top
-    assert conv.cache_files == ds.cache_files
+    # the source's Arrow files, plus the messages column written once beside them
+    (messages_file,) = [f for f in conv.cache_files if f not in ds.cache_files]
+    assert [f for f in conv.cache_files if f in ds.cache_files] == ds.cache_files
+    assert os.path.basename(messages_file["filename"]).startswith("llava_hf-trl-messages-")
+    assert conv.features == formats.TRL_FEATURES
     assert (
         conv.data.column("images").chunks[0].buffers()[-1].address
         == ds.data.column("image").chunks[0].buffers()[-1].address
@@ -263,9 +266,13 @@ def test_llava_round_trip_gives_the_source_records_key_for_key(release, cache_di
     with open(tmp_path / source.filename, encoding="utf-8") as f:
         records = json.load(f)
     assert records == release.records(name)  # int ids, `model`, the turn's `weight` included
+    # key for key, in the source's order (mix665k's ShareGPT rows: id, model, conversations)
+    assert [list(r) for r in records] == [list(r) for r in release.records(name)]
     if source.metadata_filename:
         with open(tmp_path / source.metadata_filename, encoding="utf-8") as f:
-            assert json.load(f) == release.metadata(name)
+            metadata = json.load(f)
+        assert metadata == release.metadata(name)
+        assert [list(r) for r in metadata] == [list(r) for r in release.metadata(name)]
         assert result["metadata"] == str(tmp_path / source.metadata_filename)
     else:
         assert result["metadata"] is None

@@ -246,8 +246,8 @@ REFUSALS = [
     (
         recipe("concatenate", {}, {"repeats": 2}),
         "recipe: sources[1] (detail_23k): unknown field 'repeats' (did you mean 'repeat'?); a source takes: config, "
-        "proportion, repeat, choose, sampling_strategy, data_dir, image_dir, cache_dir, embed_images, on_bad_image, "
-        "sample, revision",
+        "name, proportion, repeat, choose, sampling_strategy, data_dir, image_dir, cache_dir, embed_images, "
+        "on_bad_image, sample, revision, data_files",
     ),
     (
         recipe("concatenate", {}, {"sampling_strategy": "frist:10"}),
@@ -306,7 +306,8 @@ REFUSALS = [
     (
         {"seed": 0, "stopping_strategy": "concatenate", "sources": [{"repeat": 2}]},
         "recipe: sources[0]: config is required (one of: conversation_58k, detail_23k, complex_reasoning_77k, "
-        "llava_instruct_150k, llava_instruct_80k, llava_v1_5_mix665k, cc3m_595k, blip_558k)",
+        "llava_instruct_150k, llava_instruct_80k, llava_v1_5_mix665k, cc3m_595k, blip_558k), or data_files for your own "
+        "files",
     ),
     (
         {"name": "mine", "seed": 0, "stopping_strategy": "interleave", "sources": [{"config": "detail_23k"}]},
@@ -413,7 +414,7 @@ def test_llava_next_mixture_maps_file_names_to_configs(parts, tmp_path):
     assert [c.json_path for c in report.sources] == [f"{parts.data_dir}/{name}.json" for name in files]
 
 
-def test_llava_next_files_that_match_no_config_are_named():
+def test_llava_next_files_that_are_neither_catalog_nor_existing_are_named():
     mixture = {
         "datasets": [
             {"json_path": "/data/llava_v1_5_mix665k.json", "sampling_strategy": "all"},
@@ -424,7 +425,8 @@ def test_llava_next_files_that_match_no_config_are_named():
     with pytest.raises(RecipeError) as caught:
         load_recipe(mixture)
     assert str(caught.value) == (
-        "recipe: json_path file names that match no llava_hf config: datasets[1] '/data/sharegpt4v-coco-50k.json', "
+        "recipe: json_path files that are neither a llava_hf catalog file nor an existing file: "
+        "datasets[1] '/data/sharegpt4v-coco-50k.json', "
         "datasets[2] '/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k_meta.json'; llava_hf knows: conversation_58k.json "
         "(conversation_58k), detail_23k.json (detail_23k), complex_reasoning_77k.json (complex_reasoning_77k), "
         "llava_instruct_150k.json (llava_instruct_150k), llava_instruct_80k.json (llava_instruct_80k), "

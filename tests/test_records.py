@@ -63,7 +63,22 @@ def test_extra_record_and_turn_keys_are_kept():
     row = parse(raw, config="llava_v1_5_mix665k", source_from="image_collection")
     assert row.image is None
     assert row.source == "text_only"
-    assert json.loads(row.extra) == {"model": "", "@turns": [{}, {"weight": 0.5}]}
+    # `model` stands before `conversations`: the order is kept, since restoring would put it last
+    assert json.loads(row.extra) == {
+        "model": "",
+        "@order": ["id", "model", "conversations"],
+        "@turns": [{}, {"weight": 0.5}],
+    }
+    restored = restore_record({**row.__dict__, "conversations": _turns(row)})[0]
+    assert list(restored) == ["id", "model", "conversations"] and restored == raw
+
+
+def test_key_order_is_stored_only_when_restoring_would_lose_it():
+    assert parse({**BUS, "model": "x"}).extra == '{"model":"x"}'  # extra keys last: the order restore gives
+    raw = {"conversations": BUS["conversations"], "image": BUS["image"], "id": BUS["id"]}
+    row = parse(raw)
+    assert json.loads(row.extra) == {"@order": ["conversations", "image", "id"]}
+    assert list(restore_record({**row.__dict__, "conversations": _turns(row)})[0]) == ["conversations", "image", "id"]
 
 
 def test_source_key_starting_with_at_is_escaped():

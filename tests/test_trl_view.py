@@ -1,0 +1,215 @@
+"""`to_messages` of a Dataset is a real Dataset: it composes the way TRL users combine datasets."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+
+import datasets
+import pyarrow as pa
+import pytest
+
+import llava_hf
+from llava_hf import formats, trl_view
+from llava_hf.formats import TRL_FEATURES, to_messages
+
+IMAGE = {"type": "image", "text": None}
+
+
+def text(value: str) -> dict:
+    return {"type": "text", "text": value}
+
+
+def load(release, name, cache_dir, **kw):
+    return llava_hf.load_dataset(name, cache_dir=cache_dir, **{**release.options(name), **kw})
+
+
+@pytest.fixture
+def views(release, cache_dir):
+    """(detail_23k view, mix665k view, mix665k dataset): 3 rows with images; 7 with images and 1 text-only."""
+    mix = load(release, "llava_v1_5_mix665k", cache_dir)
+    return to_messages(load(release, "detail_23k", cache_dir)), to_messages(mix), mix
+
+
+def summary(row) -> tuple:
+    """(first user turn's blocks, image sizes) of one row: enough to tell rows apart."""
+    return row["messages"][0]["content"], [im.size for im in row["images"]]
+
+
+def test_features_are_the_trl_columns_and_rows_are_unchanged(views):
+    detail, mix, _ = views
+    assert detail.features == TRL_FEATURES and mix.features == TRL_FEATURES
+    assert mix.column_names == ["messages", "images"]
+    assert mix[7]["images"] == []  # the text-only row
+    assert [len(r) for r in mix[:8]["images"]] == [1] * 7 + [0]
+    assert mix[0]["messages"][0]["content"] == [IMAGE, text("What are the colors of the bus in the image?")]
+
+
+def test_image_lists_share_the_image_bytes():
+    image = pa.chunked_array(
+        [
+            pa.array(
+                [{"bytes": b"a", "path": "a"}, None, None, {"bytes": b"bc", "path": "b"}, {"bytes": b"d", "path": "d"}]
+            )
+        ]
+    )
+    lists = trl_view.image_lists(image)
+    assert lists.to_pylist() == [
+        [{"bytes": b"a", "path": "a"}],
+        [],
+        [],
+        [{"bytes": b"bc", "path": "b"}],
+        [{"bytes": b"d", "path": "d"}],
+    ]
+    assert lists.num_chunks == 2  # one per run of rows with an image, text-only rows at its ends
+    source_bytes = image.chunk(0).field("bytes").buffers()[2].address
+    assert lists.chunk(0).values.field("bytes").buffers()[2].address == source_bytes
+    assert lists.chunk(1).values.field("bytes").buffers()[2].address == source_bytes
+
+
+def test_concatenate_keeps_the_columns(views):
+    detail, mix, _ = views
+    both = datasets.concatenate_datasets([detail, mix])
+    assert both.features == TRL_FEATURES
+    assert len(both) == 11
+    assert [summary(both[i]) for i in range(11)] == [summary(detail[i]) for i in range(3)] + [
+        summary(mix[i]) for i in range(8)
+    ]
+    assert both[3]["messages"][0]["role"] == "user"  # not the raw `from`/`value` turns
+    both = pickle.loads(pickle.dumps(both))
+    assert [summary(r) for r in both][3:] == [summary(r) for r in mix]
+
+
+def test_interleave_keeps_the_columns(views):
+    detail, mix, _ = views
+    mixed = datasets.interleave_datasets([detail, mix])  # alternates until the shorter one ends
+    assert len(mixed) == 6
+    assert [summary(r) for r in mixed] == [summary(x) for pair in zip(detail, mix) for x in pair]
+    assert mixed.features == TRL_FEATURES
+
+
+def test_to_iterable_dataset_and_shards(views):
+    _, mix, _ = views
+    stream = mix.to_iterable_dataset(num_shards=2)
+    assert stream.features == TRL_FEATURES
+    assert [summary(r) for r in stream] == [summary(r) for r in mix]
+
+
+def test_shuffle_select_map_filter(views):
+    _, mix, _ = views
+    shuffled = mix.shuffle(seed=0)
+    order = datasets.Dataset.from_dict({"i": list(range(8))}).shuffle(seed=0)["i"]
+    assert [summary(r) for r in shuffled] == [summary(mix[i]) for i in order]
+    with_count = mix.map(lambda row: {"n_images": len(row["images"])})
+    assert with_count["n_images"] == [1] * 7 + [0]  # a column added by map is a real column
+    assert set(with_count.features) == {"messages", "images", "n_images"}
+    text_only = mix.filter(lambda row: not row["images"])
+    assert len(text_only) == 1 and text_only[0]["messages"][0]["content"][0]["text"].startswith("How to tell")
+
+
+def test_a_selection_of_the_source_follows_its_index_mapping(views):
+    _, mix, ds = views
+    picked = to_messages(ds.select([7, 2, 0]))
+    assert [summary(r) for r in picked] == [summary(mix[i]) for i in (7, 2, 0)]
+
+
+def _first_sizes(ds):
+    return [[im.size for im in r["images"]] for r in ds]
+
+
+def test_pickled_copy_reopens_the_files(views):
+    _, mix, _ = views
+    state = pickle.dumps(mix)
+    # the image bytes are in the Arrow file, not in the pickle
+    image_bytes = sum(len(b) for b in mix.data.column("images").combine_chunks().flatten().field("bytes").to_pylist())
+    assert len(state) < image_bytes
+    again = pickle.loads(state)
+    blocks = [type(b) for row in again.data.blocks for b in row]
+    assert blocks == [datasets.table.MemoryMappedTable, trl_view.ImageListsBlock]
+    assert [summary(r) for r in again] == [summary(r) for r in mix]
+    assert again.features == TRL_FEATURES
+
+
+def test_spawned_worker_reads_the_same_rows(views):
+    _, mix, _ = views
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(_first_sizes, (mix,)) == _first_sizes(mix)
+
+
+def test_messages_file_is_written_once_and_reused(release, cache_dir):
+    ds = load(release, "detail_23k", cache_dir)
+    first = to_messages(ds)
+    (path,) = [f["filename"] for f in first.cache_files if "trl-messages" in f["filename"]]
+    mtime = os.stat(path).st_mtime_ns
+    again = to_messages(ds)
+    assert [f["filename"] for f in again.cache_files if "trl-messages" in f["filename"]] == [path]
+    assert os.stat(path).st_mtime_ns == mtime
+    # another role map is another file
+    other = to_messages(ds, roles={"gpt": "model"})
+    (other_path,) = [f["filename"] for f in other.cache_files if "trl-messages" in f["filename"]]
+    assert other_path != path and other[0]["messages"][1]["role"] == "model"
+    assert os.path.basename(os.path.dirname(path)) == "llava_hf_views"
+    assert not [n for n in os.listdir(os.path.dirname(path)) if n.startswith(".tmp-")]
+
+
+def test_in_memory_dataset(release, cache_dir):
+    ds = load(release, "detail_23k", cache_dir)
+    memory = datasets.Dataset.from_list(ds.to_list(), features=ds.features)
+    assert [summary(r) for r in to_messages(memory)] == [summary(r) for r in to_messages(ds)]
+
+
+def test_iterable_source_still_maps(release, cache_dir):
+    stream = to_messages(load(release, "detail_23k", cache_dir, streaming=True))
+    assert isinstance(stream, datasets.IterableDataset)
+    assert [summary(r) for r in stream] == [summary(r) for r in to_messages(load(release, "detail_23k", cache_dir))]
+    assert stream.features == formats.TRL_FEATURES
+
+
+EDGE_ROWS = [
+    ([("human", "<image>\nWhat is this?"), ("gpt", "A bus.")], True),
+    ([("human", "What is this?\n<image>"), ("gpt", "A bus.")], True),
+    ([("human", "Left\n<image>\nright"), ("gpt", "")], True),
+    ([("human", "<image>\n\nTwo newlines"), ("gpt", "x")], True),
+    ([("system", "Be brief."), ("human", "Describe."), ("gpt", "A")], True),  # image block goes to the user turn
+    ([("gpt", "No user turn"), ("gpt", "at all")], True),  # ... or to the first turn
+    ([("human", "Text only"), ("gpt", "ok")], False),
+    ([("human", "<image>")], True),
+    ([("human", "")], False),
+    ([], False),
+]
+BAD_ROWS = [
+    ([("human", "<image> and <image>")], True),  # two tokens, one image
+    ([("human", "<image>")], False),  # a token in a text-only row
+    ([("bot", "hi")], False),  # a speaker with no role
+    ([], True),  # an image and no turn to put it in
+]
+
+
+def test_messages_array_is_conversation_to_messages_row_for_row():
+    rows = EDGE_ROWS + BAD_ROWS
+    turns = pa.array(
+        [[{"from": f, "value": v} for f, v in turns] for turns, _ in rows],
+        pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
+    )
+    has_image = pa.array([image for _, image in rows]).to_numpy(zero_copy_only=False)
+    got = trl_view.messages_array(turns, has_image, formats.DEFAULT_ROLES).to_pylist()
+    expected = [
+        formats.conversation_to_messages([{"from": f, "value": v} for f, v in turns], has_image=image)
+        for turns, image in EDGE_ROWS
+    ]
+    assert got == expected + [None] * len(BAD_ROWS)
+    assert got[4][1]["content"] == [IMAGE, text("Describe.")] and got[5][0]["content"][0] == IMAGE
+
+
+def test_a_read_only_cache_keeps_the_messages_in_memory(release, cache_dir, monkeypatch):
+    ds = load(release, "detail_23k", cache_dir)
+    expected = [summary(r) for r in to_messages(ds)]  # written to the cache, before it turns read-only
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(trl_view.tempfile, "mkstemp", refuse)
+    view = to_messages(ds, roles={"gpt": "model"})  # another key: a file that is not there yet
+    assert [f for f in view.cache_files if "trl-messages" in f["filename"]] == []
+    assert [summary(r) for r in view] == expected and view[0]["messages"][1]["role"] == "model"
