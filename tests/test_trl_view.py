@@ -62,10 +62,40 @@ def test_image_lists_share_the_image_bytes():
         [{"bytes": b"bc", "path": "b"}],
         [{"bytes": b"d", "path": "d"}],
     ]
-    assert lists.num_chunks == 2  # one per run of rows with an image, text-only rows at its ends
-    source_bytes = image.chunk(0).field("bytes").buffers()[2].address
-    assert lists.chunk(0).values.field("bytes").buffers()[2].address == source_bytes
-    assert lists.chunk(1).values.field("bytes").buffers()[2].address == source_bytes
+    assert lists.num_chunks == 1  # one list chunk per source chunk, the text-only rows skipped by offsets
+    assert lists.chunk(0).offsets.to_pylist() == [0, 1, 1, 1, 2, 3]
+    source_bytes = image.chunk(0).field("bytes").buffers()[2]
+    values = lists.chunk(0).values.field("bytes").buffers()[2]
+    assert (values.address, values.size) == (source_bytes.address, source_bytes.size)  # the same buffer, no copy
+
+
+def test_image_lists_of_a_sliced_chunk_with_bytes_missing():
+    image = pa.array(
+        [{"bytes": b"zz", "path": "z"}, {"bytes": b"a", "path": "a"}, None, {"bytes": None, "path": "/abs/b.jpg"}]
+    )
+    lists = trl_view.image_lists(pa.chunked_array([image.slice(1)]))
+    assert lists.to_pylist() == [[{"bytes": b"a", "path": "a"}], [], [{"bytes": None, "path": "/abs/b.jpg"}]]
+    assert lists.num_chunks == 1
+
+
+def test_image_lists_where_a_null_image_holds_data():
+    # A null struct over children that still hold bytes: the buffer does not run on unbroken over the
+    # images, so each run of rows with an image is its own list chunk (still no copy).
+    children = [pa.array([b"a", b"xx", b"b"]), pa.array(["a", "x", "b"])]
+    image = pa.StructArray.from_arrays(children, names=["bytes", "path"], mask=pa.array([False, True, False]))
+    lists = trl_view.image_lists(pa.chunked_array([image]))
+    assert lists.to_pylist() == [[{"bytes": b"a", "path": "a"}], [], [{"bytes": b"b", "path": "b"}]]
+    assert lists.num_chunks == 2
+    assert lists.chunk(1).values.field("bytes").buffers()[2].address == children[0].buffers()[2].address
+
+
+def test_list_images_reads_a_null_list_as_empty_without_a_copy():
+    item = {"bytes": b"a", "path": "a"}
+    images = pa.array([[item, item], None, [], [item]], TRL_FEATURES.arrow_schema.field("images").type)
+    lists = trl_view.list_images(pa.chunked_array([images]))
+    assert lists.to_pylist() == [[item, item], [], [], [item]]
+    assert lists.null_count == 0
+    assert lists.chunk(0).values.field("bytes").buffers()[2].address == images.values.field("bytes").buffers()[2].address
 
 
 def test_concatenate_keeps_the_columns(views):
