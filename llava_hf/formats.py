@@ -150,19 +150,22 @@ def to_messages(
 
     `messages` is a list of `{"role", "content"}` with content blocks `{"type": "image", "text": None}` and
     `{"type": "text", "text": ...}` (an image block wherever `<image>` stood); `images` holds the row's image,
-    or a multi-image config's images in order (an empty list for text-only rows). Give it to `trl.SFTTrainer(train_dataset=...)` with a
-    vision-language processor. `roles` adds to or overrides `DEFAULT_ROLES`.
+    or a multi-image config's images in order (an empty list for text-only rows). Give it to
+    `trl.SFTTrainer(train_dataset=...)` with a vision-language processor. `roles` adds to or overrides
+    `DEFAULT_ROLES`.
 
     A `Dataset` gives a plain `Dataset` whose `features` are `TRL_FEATURES`: it concatenates, interleaves,
     shuffles, maps, filters, converts with `to_iterable_dataset()` and pickles to DataLoader workers like
-    any other, and views of single- and multi-image configs concatenate with each other. Its `messages` column is computed once from the text (no image is read) and cached as an
-    Arrow file in `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`;
-    its `images` column is a list view over the source's memory-mapped image column: no image byte is
-    copied, and a pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
+    any other, and views of single- and multi-image configs concatenate with each other. Its `messages`
+    column is computed once from the text (no image is read) and cached as an Arrow file in
+    `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`; its `images`
+    column is a list view over the source's memory-mapped image column: no image byte is copied, and a
+    pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
 
     For a `Dataset` the conversations are checked first (one pass over the text, no images): ValueError lists
     the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,
-    or a text-only row holds one (a multi-image row: `<image>` tokens neither one per image nor none). Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
+    or a text-only row holds one (a multi-image row: `<image>` tokens neither one per image nor none).
+    Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
     """
     role_map = {**DEFAULT_ROLES, **(roles or {})}
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):

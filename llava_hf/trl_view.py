@@ -144,7 +144,8 @@ def list_images(images: pa.ChunkedArray) -> pa.ChunkedArray:
             chunks.append(pa.ListArray.from_arrays(_offsets(lengths), pc.list_flatten(chunk), type=chunk.type))
         else:
             chunks.append(pa.ListArray.from_arrays(offsets, chunk.values, type=chunk.type))
-    return pa.chunked_array(chunks, images.type.storage_type if isinstance(images.type, pa.ExtensionType) else images.type)
+    list_type = images.type.storage_type if isinstance(images.type, pa.ExtensionType) else images.type
+    return pa.chunked_array(chunks, list_type)
 
 
 def _image_column(table: pa.Table | Table) -> str:

@@ -95,7 +95,9 @@ def test_list_images_reads_a_null_list_as_empty_without_a_copy():
     lists = trl_view.list_images(pa.chunked_array([images]))
     assert lists.to_pylist() == [[item, item], [], [], [item]]
     assert lists.null_count == 0
-    assert lists.chunk(0).values.field("bytes").buffers()[2].address == images.values.field("bytes").buffers()[2].address
+    assert (
+        lists.chunk(0).values.field("bytes").buffers()[2].address == images.values.field("bytes").buffers()[2].address
+    )
 
 
 def test_concatenate_keeps_the_columns(views):
