@@ -79,6 +79,11 @@ def test_image_lists_of_a_sliced_chunk_with_bytes_missing():
     lists = trl_view.image_lists(pa.chunked_array([image.slice(1)]))
     assert lists.to_pylist() == [[{"bytes": b"a", "path": "a"}], [], [{"bytes": None, "path": "/abs/b.jpg"}]]
     assert lists.num_chunks == 1
+    lists.validate(full=True)
+    # a chunk of text-only rows only, and an empty chunk
+    lists = trl_view.image_lists(pa.chunked_array([pa.nulls(2, image.type), image.slice(0, 0), image.slice(1, 1)]))
+    assert lists.to_pylist() == [[], [], [{"bytes": b"a", "path": "a"}]]
+    lists.validate(full=True)
 
 
 def test_image_lists_where_a_null_image_holds_data():
@@ -343,6 +348,12 @@ def test_a_selection_of_a_multi_image_source(multi):
     view, ds, _ = multi
     picked = to_messages(ds.select([4, 2, 0]))
     assert [multi_summary(r) for r in picked] == [multi_summary(view[i]) for i in (4, 2, 0)]
+
+
+def test_an_in_memory_multi_image_dataset(multi):
+    view, ds, _ = multi
+    memory = datasets.Dataset.from_list(ds.to_list(), features=ds.features)
+    assert [multi_summary(r) for r in to_messages(memory)] == [multi_summary(r) for r in view]
 
 
 def test_single_and_multi_image_views_concatenate_and_interleave(views, multi):
