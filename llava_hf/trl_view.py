@@ -93,7 +93,7 @@ def _compacted_child(child: pa.Array, rows: np.ndarray) -> pa.Array | None:
         return None
     if not len(child):
         return child
-    validity, offsets_buffer, data = child.buffers()
+    _, offsets_buffer, data = child.buffers()
     offsets = np.frombuffer(offsets_buffer, width)[child.offset : child.offset + len(child) + 1]
     starts, ends = offsets[rows], offsets[rows + 1]
     if (starts[1:] != ends[:-1]).any():
@@ -128,7 +128,8 @@ def list_images(images: pa.ChunkedArray) -> pa.ChunkedArray:
     """A multi-image config's `images` column with a null (text-only) row read as an empty list.
 
     Zero copy: it already is a list column, and a null row's offsets span nothing, so dropping the null mask
-    leaves an empty list. A chunk whose null rows span items is rebuilt from its items (a copy; never seen).
+    leaves an empty list. A chunk whose null rows span items (llava_hf writes none) is rebuilt from its items,
+    a copy.
     """
     chunks = []
     for chunk in images.chunks:
@@ -231,7 +232,7 @@ def _row_blocks(table: Table) -> list[list]:
 
 
 def _images_column(table: Table) -> Table:
-    """The `images` column over `table`, one block per file holding the source's `image` column."""
+    """The `images` column over `table`, one block per file holding the source's `image` (or `images`) column."""
     blocks = []
     for row_block in _row_blocks(table):
         (block,) = [b for b in row_block if {"image", "images"} & set(b.column_names)]

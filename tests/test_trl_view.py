@@ -47,6 +47,8 @@ def test_features_are_the_trl_columns_and_rows_are_unchanged(views):
     assert mix[7]["images"] == []  # the text-only row
     assert [len(r) for r in mix[:8]["images"]] == [1] * 7 + [0]
     assert mix[0]["messages"][0]["content"] == [IMAGE, text("What are the colors of the bus in the image?")]
+    # a prepared cache's text-only rows hold no image data: one list chunk per source chunk, no fallback
+    assert mix.data.column("images").num_chunks == views[2].data.column("image").num_chunks
 
 
 def test_image_lists_share_the_image_bytes():
@@ -313,6 +315,12 @@ def test_multi_image_rows_put_each_block_where_its_token_stood(multi):
     assert view[4]["messages"][0]["content"] == [text("Text only.")] and view[4]["images"] == []
     assert view[5]["messages"][0]["content"] == [text("One"), IMAGE]
     assert [len(r) for r in view[:]["images"]] == [2, 1, 3, 0, 0, 1]
+    # the view's lists are the source's own (null rows read as []), over the same memory-mapped bytes
+    source, lists = multi[1].data.column("images"), view.data.column("images")
+    assert lists.num_chunks == source.num_chunks and lists.null_count == 0 and source.null_count == 1
+    assert [c.values.field("bytes").buffers()[2].address for c in lists.chunks] == [
+        c.values.field("bytes").buffers()[2].address for c in source.chunks
+    ]
     # the same messages as the row-by-row conversion of the stream
     stream = to_messages(multi[1].to_iterable_dataset())
     assert isinstance(stream, datasets.IterableDataset)
