@@ -6,12 +6,14 @@ import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import jpeg, sha256
+from conftest import ROOT, jpeg, sha256
 
 import llava_hf
 from llava_hf import formats, trl_view
@@ -415,3 +417,15 @@ def test_messages_array_with_image_counts():
     )
     assert got[2] is None and got[4] is None
     assert got[3] == [{"role": "user", "content": [text("No images")]}]
+
+
+def test_bench_script_runs_at_its_smallest(tmp_path):
+    # Nothing timed: it runs, the two layouts agree (the script checks) and the chunk counts are reported.
+    command = [sys.executable, str(ROOT / "scripts" / "bench_trl_view.py"), "--rows", "3000", "--text-only", "300"]
+    result = subprocess.run(
+        [*command, "--repeats", "1", "--work", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "to_messages of 3,000 rows (300 text-only, 3 chunks, " in result.stdout
+    assert "images column, compacted (3 chunks)" in result.stdout
+    assert "ratio runs / compacted" in result.stdout
