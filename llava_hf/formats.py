@@ -149,20 +149,23 @@ def to_messages(
     """The dataset in TRL's conversational vision format: columns `messages` and `images`, nothing else.
 
     `messages` is a list of `{"role", "content"}` with content blocks `{"type": "image", "text": None}` and
-    `{"type": "text", "text": ...}` (an image block wherever `<image>` stood); `images` holds the row's image
-    (an empty list for text-only rows). Give it to `trl.SFTTrainer(train_dataset=...)` with a
-    vision-language processor. `roles` adds to or overrides `DEFAULT_ROLES`.
+    `{"type": "text", "text": ...}` (an image block wherever `<image>` stood); `images` holds the row's image,
+    or a multi-image config's images in order (an empty list for text-only rows). Give it to
+    `trl.SFTTrainer(train_dataset=...)` with a vision-language processor. `roles` adds to or overrides
+    `DEFAULT_ROLES`.
 
     A `Dataset` gives a plain `Dataset` whose `features` are `TRL_FEATURES`: it concatenates, interleaves,
     shuffles, maps, filters, converts with `to_iterable_dataset()` and pickles to DataLoader workers like
-    any other. Its `messages` column is computed once from the text (no image is read) and cached as an
-    Arrow file in `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`;
-    its `images` column is a list view over the source's memory-mapped image column: no image byte is
-    copied, and a pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
+    any other, and views of single- and multi-image configs concatenate with each other. Its `messages`
+    column is computed once from the text (no image is read) and cached as an Arrow file in
+    `llava_hf_views/` beside the dataset's own files, keyed by their identity and `roles`; its `images`
+    column is a list view over the source's memory-mapped image column: no image byte is copied, and a
+    pickled copy re-opens the same file. An `IterableDataset` gets a `map` instead.
 
     For a `Dataset` the conversations are checked first (one pass over the text, no images): ValueError lists
     the first offending rows by index and id when a speaker has no role, a row holds more than one `<image>`,
-    or a text-only row holds one. Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
+    or a text-only row holds one (a multi-image row: `<image>` tokens neither one per image nor none).
+    Filter such rows out (`ds.filter`) or map the speaker with `roles=`.
     """
     role_map = {**DEFAULT_ROLES, **(roles or {})}
     if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
@@ -176,34 +179,20 @@ def to_messages(
             features=TRL_FEATURES,
         )
     check_rows(ds, roles=role_map)
-    if "images" in ds.features:
-        # A multi-image config (lists already): the lazy transform view, which puts each image block where
-        # its <image> stood; single-image data gets the composable, cached view of trl_view.
-        view = ds.select_columns(["images", "conversations"]).rename_columns({"conversations": "messages"})
-        return view.with_transform(
-            partial(_messages_batch, roles=role_map, image_column="images", turns_column="messages")
-        )
     from .trl_view import messages_view
 
     return messages_view(ds, role_map)
 
 
-def _messages_batch(
-    batch: dict[str, list],
-    *,
-    roles: Mapping[str, str],
-    image_column: str = "image",
-    turns_column: str = "conversations",
-) -> dict[str, list]:
-    ids = batch.get("id") or [None] * len(batch[turns_column])
-    # A streamed multi-image config has `images`, not `image`; in the lazy view both are called `images`,
-    # and a multi-image row's value is a list.
-    multi = image_column not in batch and "images" in batch
-    pictures = batch["images"] if multi else batch[image_column]
+def _messages_batch(batch: dict[str, list], *, roles: Mapping[str, str]) -> dict[str, list]:
+    ids = batch.get("id") or [None] * len(batch["conversations"])
+    # A streamed multi-image config has `images` (a list per row, None for text-only), not `image`.
+    multi = "image" not in batch and "images" in batch
+    pictures = batch["images"] if multi else batch["image"]
     messages, images = [], []
-    for rid, turns, image in zip(ids, batch[turns_column], pictures, strict=True):
+    for rid, turns, image in zip(ids, batch["conversations"], pictures, strict=True):
         where = f"row id={rid!r}" if rid is not None else "row"
-        if multi or isinstance(image, list):
+        if multi:
             image = list(image or [])
             messages.append(
                 conversation_to_messages(turns, has_image=bool(image), roles=roles, where=where, num_images=len(image))

@@ -3,13 +3,15 @@
 A formatted view (`with_transform`) is what `datasets` drops on `concatenate_datasets` and refuses in
 `to_iterable_dataset`, and its `features` are the source's. So the TRL columns are real columns:
 
-- `messages` is computed once from the text (ids, turns and the image column's null mask; no image is
+- `messages` is computed once from the text (ids, turns and each row's number of images; no image is
   read) and written as one Arrow file in `llava_hf_views/` beside the dataset's files, named by a key over
   those files' identity (path, size, mtime, datasets' replays) and the role map: the next call memory-maps it.
-- `images` is `list<struct<bytes, path>>` built over the source's memory-mapped image column without a
-  copy: list offsets `0, 1, 2, ...` over each run of rows with an image, and empty lists (over an empty
-  values array) for each run of text-only rows. Arrow cannot cast a struct to a list, so `datasets` has no
-  replay for this; `ImageListsBlock` is a `MemoryMappedTable` that replays it when it is unpickled.
+- `images` is `list<struct<bytes, path>>` built over the source's memory-mapped image column without
+  copying an image: for single-image data, one-item lists over the images alone (new offsets over the
+  source's own data buffers step over the text-only rows, which become empty lists); for a multi-image
+  config, its own `images` lists (a null, text-only row read as an empty list). Arrow cannot cast a struct
+  to a list, so `datasets` has no replay for this; `ImageListsBlock` is a `MemoryMappedTable` that replays
+  it when it is unpickled. Both kinds have the same features, so their views concatenate and interleave.
 
 The rows of the source's index mapping (after `select`, `shuffle`, `filter`) are the view's index mapping:
 the columns cover the source table, in its order, and a row outside the mapping that could not be a
@@ -47,30 +49,118 @@ TEXT_BATCH_ROWS = 10_000
 
 
 def image_lists(image: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Each row's image as a one-item list, or an empty list where it is null, without copying a byte.
+    """Each row's image as a one-item list, or an empty list where it is null, without copying a byte of it.
 
     A list array needs the values of its rows contiguous, and a text-only row's null image between two
-    images would be one of them: so one list chunk per run of rows with an image, the text-only rows
-    around it being empty lists at its ends (offsets `0, 0, 1, 2, 2, 2` over two images).
+    images would be one of them. So the values are the images alone, compacted: a struct over the source's
+    own `bytes` and `path` data buffers with new offsets that step over the null rows (a null image holds no
+    data, so the buffers run on unbroken). Only offsets are computed (a few bytes a row), and there is one
+    list chunk per source chunk. A chunk whose null rows do hold data falls back to one list chunk per run
+    of rows with an image (offsets `0, 0, 1, 2, 2, 2` over two images), which copies nothing either.
     """
     item_type = image.type.storage_type if isinstance(image.type, pa.ExtensionType) else image.type
     chunks: list[pa.Array] = []
     for chunk in image.chunks:
+        if isinstance(chunk, pa.ExtensionArray):
+            chunk = chunk.storage
         valid = chunk.is_valid().to_numpy(zero_copy_only=False)
-        ones = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])
-        # A new list chunk starts where a run of images follows a text-only row.
-        starts = np.flatnonzero(valid[1:] & ~valid[:-1]) + 1
-        for start, end in zip([0, *starts.tolist()], [*starts.tolist(), len(chunk)], strict=True):
-            offsets = ones[start : end + 1] - ones[start]
-            first = start + int(np.argmax(valid[start:end])) if offsets[-1] else start
-            values = chunk.slice(first, int(offsets[-1]))
-            chunks.append(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
+        offsets = pa.array(np.concatenate([[0], np.cumsum(valid, dtype=np.int64)]).astype(np.int32))
+        values = _compacted(chunk, np.flatnonzero(valid))
+        if values is not None:
+            chunks.append(pa.ListArray.from_arrays(offsets, values, type=pa.list_(item_type)))
+        else:
+            chunks.extend(_run_lists(chunk, valid))
     return pa.chunked_array(chunks, pa.list_(item_type))
 
 
+def _compacted(images: pa.StructArray, rows: np.ndarray) -> pa.StructArray | None:
+    """The images at `rows` as a struct over the same data buffers, or None when that cannot be done."""
+    children = [_compacted_child(images.field(k), rows) for k in range(images.type.num_fields)]
+    if any(child is None for child in children):
+        return None
+    return pa.StructArray.from_arrays(children, fields=list(images.type))
+
+
+def _compacted_child(child: pa.Array, rows: np.ndarray) -> pa.Array | None:
+    """The items at `rows` of a binary or string array over its own data buffer, new offsets only; None when
+    another type, or when a skipped item holds data (the buffer would not run on unbroken over `rows`)."""
+    kind = child.type
+    if pa.types.is_binary(kind) or pa.types.is_string(kind):
+        width = np.int32
+    elif pa.types.is_large_binary(kind) or pa.types.is_large_string(kind):
+        width = np.int64
+    else:
+        return None
+    if not len(child):
+        return child
+    _, offsets_buffer, data = child.buffers()
+    offsets = np.frombuffer(offsets_buffer, width)[child.offset : child.offset + len(child) + 1]
+    starts, ends = offsets[rows], offsets[rows + 1]
+    if (starts[1:] != ends[:-1]).any():
+        return None
+    new_offsets = np.append(starts, ends[-1:]) if len(rows) else offsets[:1]
+    mask = None
+    null_count = 0
+    if child.null_count:
+        # A valid image may lack bytes (prepared with embed_images=False): its null is kept.
+        present = child.is_valid().to_numpy(zero_copy_only=False)[rows]
+        null_count = int(len(rows) - present.sum())
+        mask = pa.array(present).buffers()[1] if null_count else None
+    buffers = [mask, pa.py_buffer(np.ascontiguousarray(new_offsets, width)), data]
+    return pa.Array.from_buffers(kind, len(rows), buffers, null_count=null_count)
+
+
+def _run_lists(chunk: pa.Array, valid: np.ndarray) -> list[pa.ListArray]:
+    """One list chunk per run of rows with an image, the text-only rows around it empty lists at its ends."""
+    ones = np.concatenate([[0], np.cumsum(valid, dtype=np.int64)])
+    # A new list chunk starts where a run of images follows a text-only row.
+    starts = np.flatnonzero(valid[1:] & ~valid[:-1]) + 1
+    lists = []
+    for start, end in zip([0, *starts.tolist()], [*starts.tolist(), len(chunk)], strict=True):
+        offsets = ones[start : end + 1] - ones[start]
+        first = start + int(np.argmax(valid[start:end])) if offsets[-1] else start
+        values = chunk.slice(first, int(offsets[-1]))
+        lists.append(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
+    return lists
+
+
+def list_images(images: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A multi-image config's `images` column with a null (text-only) row read as an empty list.
+
+    Zero copy: it already is a list column, and a null row's offsets span nothing, so dropping the null mask
+    leaves an empty list. A chunk whose null rows span items (llava_hf writes none) is rebuilt from its items,
+    a copy.
+    """
+    chunks = []
+    for chunk in images.chunks:
+        if isinstance(chunk, pa.ExtensionArray):
+            chunk = chunk.storage
+        if not chunk.null_count:
+            chunks.append(chunk)
+            continue
+        offsets = chunk.offsets
+        lengths = np.diff(offsets.to_numpy())
+        if lengths[~chunk.is_valid().to_numpy(zero_copy_only=False)].any():
+            lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy()
+            chunks.append(pa.ListArray.from_arrays(_offsets(lengths), pc.list_flatten(chunk), type=chunk.type))
+        else:
+            chunks.append(pa.ListArray.from_arrays(offsets, chunk.values, type=chunk.type))
+    list_type = images.type.storage_type if isinstance(images.type, pa.ExtensionType) else images.type
+    return pa.chunked_array(chunks, list_type)
+
+
+def _image_column(table: pa.Table | Table) -> str:
+    """The source's image column: `image` (one per row) or `images` (a multi-image config's lists)."""
+    return "images" if "images" in table.column_names else "image"
+
+
 def _images_table(source: pa.Table) -> pa.Table:
-    """`{"images": image_lists(source["image"])}` with the TRL schema's metadata."""
-    return pa.Table.from_arrays([image_lists(source.column("image"))], schema=IMAGES_FEATURES.arrow_schema)
+    """The `images` column of the view over the source's image column, with the TRL schema's metadata."""
+    if "images" in source.column_names:
+        column = list_images(source.column("images"))
+    else:
+        column = image_lists(source.column("image"))
+    return pa.Table.from_arrays([column], schema=IMAGES_FEATURES.arrow_schema)
 
 
 class ImageListsBlock(MemoryMappedTable):
@@ -87,8 +177,9 @@ class ImageListsBlock(MemoryMappedTable):
 
     @classmethod
     def over(cls, block: MemoryMappedTable) -> ImageListsBlock:
-        source_replays = [*block.replays, ("select", (["image"],), {})]
-        return cls(_images_table(block.table.select(["image"])), block.path, [], source_replays=source_replays)
+        name = _image_column(block)
+        source_replays = [*block.replays, ("select", ([name],), {})]
+        return cls(_images_table(block.table.select([name])), block.path, [], source_replays=source_replays)
 
     def __getstate__(self):
         # MemoryMappedTable's own state (looked up now: llava_hf's reader may add its marker to it).
@@ -141,15 +232,15 @@ def _row_blocks(table: Table) -> list[list]:
 
 
 def _images_column(table: Table) -> Table:
-    """The `images` column over `table`, one block per file holding the source's `image` column."""
+    """The `images` column over `table`, one block per file holding the source's `image` (or `images`) column."""
     blocks = []
     for row_block in _row_blocks(table):
-        (block,) = [b for b in row_block if "image" in b.column_names]
+        (block,) = [b for b in row_block if {"image", "images"} & set(b.column_names)]
         if isinstance(block, MemoryMappedTable):
             blocks.append([ImageListsBlock.over(block)])
         else:
             # In-memory data is copied by pickling anyway (that is what in memory means in datasets).
-            blocks.append([InMemoryTable(_images_table(block.table.select(["image"])))])
+            blocks.append([InMemoryTable(_images_table(block.table.select([_image_column(block)])))])
     return ConcatenationTable.from_blocks(blocks)
 
 
@@ -165,13 +256,17 @@ def _files_key(table: Table, roles: Mapping[str, str]) -> str | None:
     return Hasher.hash(parts)
 
 
-def messages_array(turns: pa.ListArray, has_image: np.ndarray, roles: Mapping[str, str]) -> pa.ListArray:
+def messages_array(turns: pa.ListArray, num_images: np.ndarray, roles: Mapping[str, str]) -> pa.ListArray:
     """`conversation_to_messages` of every row at once (null where a row cannot convert).
 
-    The per-turn text is split in Python (only the string work), the lists and structs are built by Arrow
-    from flat arrays: about ten times faster than building nested dicts row by row.
+    `num_images` is each row's number of images (a bool mask for single-image data): a row's `<image>`
+    tokens must be that many (each becomes an image block where it stood) or none (all its image blocks
+    open its first user turn, or its first turn). The per-turn text is split in Python (only the string
+    work), the lists and structs are built by Arrow from flat arrays: about ten times faster than building
+    nested dicts row by row.
     """
     n = len(turns)
+    num_images = np.asarray(num_images).astype(np.int64)
     lengths = pc.fill_null(pc.list_value_length(turns), 0).to_numpy()
     values = turns.flatten()
     parents = np.repeat(np.arange(n), lengths)
@@ -181,9 +276,10 @@ def messages_array(turns: pa.ListArray, has_image: np.ndarray, roles: Mapping[st
     texts = values.field("value").to_pylist()
     tokens = np.fromiter((t.count(IMAGE_TOKEN) for t in texts), np.int64, len(texts))
     row_tokens = np.bincount(parents, tokens, n)
-    bad = (row_tokens > 1) | ((row_tokens > 0) & ~has_image) | (np.bincount(parents, unknown, n) > 0)
-    # A row with an image and no token gets the image block first in its first user turn (or first turn).
-    needs_block = has_image & (row_tokens == 0)
+    # One token per image, or none: for a single-image row that is at most one, and none without an image.
+    bad = ((row_tokens > 0) & (row_tokens != num_images)) | (np.bincount(parents, unknown, n) > 0)
+    # A row with images and no token gets their blocks first in its first user turn (or first turn).
+    needs_block = (num_images > 0) & (row_tokens == 0)
     bad |= needs_block & (lengths == 0)
     first_turn = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     is_user = pc.equal(role, "user").to_numpy(zero_copy_only=False)
@@ -191,9 +287,9 @@ def messages_array(turns: pa.ListArray, has_image: np.ndarray, roles: Mapping[st
     user_rows, first_user = np.unique(parents[user_turns], return_index=True)
     target = first_turn.copy()
     target[user_rows] = user_turns[first_user]
-    insert_at = np.zeros(len(texts), bool)
+    insert_at = np.zeros(len(texts), np.int64)
     rows = np.flatnonzero(needs_block & (lengths > 0))
-    insert_at[target[rows]] = True
+    insert_at[target[rows]] = num_images[rows]
 
     block_types: list[str] = []
     block_texts: list[str | None] = []
@@ -201,8 +297,8 @@ def messages_array(turns: pa.ListArray, has_image: np.ndarray, roles: Mapping[st
     for k, value in enumerate(texts):
         before = len(block_types)
         if insert_at[k]:
-            block_types.append("image")
-            block_texts.append(None)
+            block_types.extend(["image"] * int(insert_at[k]))
+            block_texts.extend([None] * int(insert_at[k]))
         if tokens[k]:
             for block in content_blocks(value):
                 block_types.append(block["type"])
@@ -226,15 +322,18 @@ def _offsets(counts: np.ndarray) -> pa.Array:
 def _messages_table(table: Table, roles: Mapping[str, str]) -> pa.Table:
     """The `messages` column for every row of `table`, in its order (null where a row cannot convert)."""
     source = table.table
-    present = source.column("image").is_valid()
+    if "images" in source.column_names:
+        present = pc.fill_null(pc.list_value_length(source.column("images")), 0)
+    else:
+        present = source.column("image").is_valid()
     message_type = MESSAGES_FEATURES.arrow_schema.field("messages").type
     chunks = []
     start = 0
     for batch in source.select(["conversations"]).to_batches(max_chunksize=TEXT_BATCH_ROWS):
-        has_image = present.slice(start, batch.num_rows).to_numpy(zero_copy_only=False)
+        num_images = present.slice(start, batch.num_rows).to_numpy(zero_copy_only=False)
         start += batch.num_rows
         # A row outside the index mapping may be one that cannot convert (null); rows inside were checked.
-        chunks.append(messages_array(batch.column(0), has_image, roles).cast(message_type))
+        chunks.append(messages_array(batch.column(0), num_images, roles).cast(message_type))
     column = pa.chunked_array(chunks, message_type)
     return pa.Table.from_arrays([column], schema=MESSAGES_FEATURES.arrow_schema)
 

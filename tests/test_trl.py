@@ -7,10 +7,12 @@ torch and transformers): `.ci/run` runs this file in its own venv; elsewhere it 
 
 from __future__ import annotations
 
+import json
 import math
 
 import datasets
 import pytest
+from conftest import jpeg
 
 trl = pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
@@ -97,7 +99,7 @@ def parts(tmp_path_factory):
     return a, b, *tiny_processor_and_model(texts)
 
 
-def train_three_steps(train, processor, model, out) -> list[float]:
+def train_three_steps(train, processor, model, out, images_per_row=(1, 1)) -> list[float]:
     args = trl.SFTConfig(
         output_dir=str(out),
         max_steps=3,
@@ -111,11 +113,11 @@ def train_three_steps(train, processor, model, out) -> list[float]:
         max_length=None,
     )
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=train, processing_class=processor)
-    # the collator gets the images: one picture and IMAGE_TOKENS image tokens per row
+    # the collator gets the images: each row's pictures and IMAGE_TOKENS image tokens per picture
     batch = trainer.data_collator([dict(row) for row in _first(train, 2)])
-    assert tuple(batch["pixel_values"].shape) == (2, 3, IMAGE_SIDE, IMAGE_SIDE)
+    assert tuple(batch["pixel_values"].shape) == (sum(images_per_row), 3, IMAGE_SIDE, IMAGE_SIDE)
     image_id = model.config.image_token_index
-    assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [IMAGE_TOKENS, IMAGE_TOKENS]
+    assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [n * IMAGE_TOKENS for n in images_per_row]
     trainer.train()
     assert trainer.state.global_step == 3
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -149,4 +151,25 @@ def test_sft_on_an_iterable_view(parts, tmp_path):
     train = to_messages(a).to_iterable_dataset()
     assert isinstance(train, datasets.IterableDataset)
     losses = train_three_steps(train, processor, model, tmp_path)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_sft_on_multi_image_rows_concatenated_with_single_image_rows(parts, tmp_path):
+    a, _, processor, model = parts
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"img{k}.jpg").write_bytes(jpeg(100 + k))
+    turns = [{"from": "human", "value": "Compare <image> with\n<image>"}, {"from": "gpt", "value": "Same."}]
+    first = [{"from": "human", "value": "Which is brighter?"}, {"from": "gpt", "value": "The first."}]  # no token
+    records = [
+        {"id": "m0", "image": ["img0.jpg", "img1.jpg"], "conversations": turns},
+        {"id": "m1", "image": ["img2.jpg", "img0.jpg"], "conversations": first},
+        {"id": "m2", "image": ["img1.jpg", "img2.jpg", "img0.jpg"], "conversations": first},
+    ]
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    multi = llava_hf.load_dataset(str(path), image_dir=str(folder), cache_dir=str(tmp_path / "cache"))
+    train = datasets.concatenate_datasets([to_messages(multi), to_messages(a)])
+    losses = train_three_steps(train, processor, model, tmp_path / "out", images_per_row=(2, 2))
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)

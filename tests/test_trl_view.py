@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import ROOT, jpeg, sha256
 
 import llava_hf
 from llava_hf import formats, trl_view
@@ -44,6 +49,8 @@ def test_features_are_the_trl_columns_and_rows_are_unchanged(views):
     assert mix[7]["images"] == []  # the text-only row
     assert [len(r) for r in mix[:8]["images"]] == [1] * 7 + [0]
     assert mix[0]["messages"][0]["content"] == [IMAGE, text("What are the colors of the bus in the image?")]
+    # a prepared cache's text-only rows hold no image data: one list chunk per source chunk, no fallback
+    assert mix.data.column("images").num_chunks == views[2].data.column("image").num_chunks
 
 
 def test_image_lists_share_the_image_bytes():
@@ -62,10 +69,47 @@ def test_image_lists_share_the_image_bytes():
         [{"bytes": b"bc", "path": "b"}],
         [{"bytes": b"d", "path": "d"}],
     ]
-    assert lists.num_chunks == 2  # one per run of rows with an image, text-only rows at its ends
-    source_bytes = image.chunk(0).field("bytes").buffers()[2].address
-    assert lists.chunk(0).values.field("bytes").buffers()[2].address == source_bytes
-    assert lists.chunk(1).values.field("bytes").buffers()[2].address == source_bytes
+    assert lists.num_chunks == 1  # one list chunk per source chunk, the text-only rows skipped by offsets
+    assert lists.chunk(0).offsets.to_pylist() == [0, 1, 1, 1, 2, 3]
+    source_bytes = image.chunk(0).field("bytes").buffers()[2]
+    values = lists.chunk(0).values.field("bytes").buffers()[2]
+    assert (values.address, values.size) == (source_bytes.address, source_bytes.size)  # the same buffer, no copy
+
+
+def test_image_lists_of_a_sliced_chunk_with_bytes_missing():
+    image = pa.array(
+        [{"bytes": b"zz", "path": "z"}, {"bytes": b"a", "path": "a"}, None, {"bytes": None, "path": "/abs/b.jpg"}]
+    )
+    lists = trl_view.image_lists(pa.chunked_array([image.slice(1)]))
+    assert lists.to_pylist() == [[{"bytes": b"a", "path": "a"}], [], [{"bytes": None, "path": "/abs/b.jpg"}]]
+    assert lists.num_chunks == 1
+    lists.validate(full=True)
+    # a chunk of text-only rows only, and an empty chunk
+    lists = trl_view.image_lists(pa.chunked_array([pa.nulls(2, image.type), image.slice(0, 0), image.slice(1, 1)]))
+    assert lists.to_pylist() == [[], [], [{"bytes": b"a", "path": "a"}]]
+    lists.validate(full=True)
+
+
+def test_image_lists_where_a_null_image_holds_data():
+    # A null struct over children that still hold bytes: the buffer does not run on unbroken over the
+    # images, so each run of rows with an image is its own list chunk (still no copy).
+    children = [pa.array([b"a", b"xx", b"b"]), pa.array(["a", "x", "b"])]
+    image = pa.StructArray.from_arrays(children, names=["bytes", "path"], mask=pa.array([False, True, False]))
+    lists = trl_view.image_lists(pa.chunked_array([image]))
+    assert lists.to_pylist() == [[{"bytes": b"a", "path": "a"}], [], [{"bytes": b"b", "path": "b"}]]
+    assert lists.num_chunks == 2
+    assert lists.chunk(1).values.field("bytes").buffers()[2].address == children[0].buffers()[2].address
+
+
+def test_list_images_reads_a_null_list_as_empty_without_a_copy():
+    item = {"bytes": b"a", "path": "a"}
+    images = pa.array([[item, item], None, [], [item]], TRL_FEATURES.arrow_schema.field("images").type)
+    lists = trl_view.list_images(pa.chunked_array([images]))
+    assert lists.to_pylist() == [[item, item], [], [], [item]]
+    assert lists.null_count == 0
+    assert (
+        lists.chunk(0).values.field("bytes").buffers()[2].address == images.values.field("bytes").buffers()[2].address
+    )
 
 
 def test_concatenate_keeps_the_columns(views):
@@ -213,3 +257,175 @@ def test_a_read_only_cache_keeps_the_messages_in_memory(release, cache_dir, monk
     view = to_messages(ds, roles={"gpt": "model"})  # another key: a file that is not there yet
     assert [f for f in view.cache_files if "trl-messages" in f["filename"]] == []
     assert [summary(r) for r in view] == expected and view[0]["messages"][1]["role"] == "model"
+
+
+# --- multi-image configs --------------------------------------------------------------------------------
+
+
+def turns(question: str, answer: str) -> list[dict]:
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+
+
+MULTI_RECORDS = [
+    {"id": "m0", "image": ["img0.jpg", "img1.jpg"], "conversations": turns("First <image> then\n<image>\nok?", "Yes.")},
+    {"id": "m1", "image": "img2.jpg", "conversations": turns("<image>\nWhat?", "A picture.")},
+    # LLaVA-NeXT's images-first habit: no token at all.
+    {"id": "m2", "image": ["img2.jpg", "img0.jpg", "img1.jpg"], "conversations": turns("Order?", "2, 0, 1.")},
+    {"id": "m3", "image": [], "conversations": turns("Hello.", "Hi.")},  # an empty list: text-only
+    {"id": "m4", "conversations": turns("Text only.", "Yes.")},  # no image key: text-only
+    {"id": "m5", "image": ["img1.jpg"], "conversations": turns("One\n<image>", "Ok.")},
+]
+# The image names of each row, in order.
+MULTI_IMAGES = [["img0.jpg", "img1.jpg"], ["img2.jpg"], ["img2.jpg", "img0.jpg", "img1.jpg"], [], [], ["img1.jpg"]]
+
+
+@pytest.fixture
+def multi(tmp_path, cache_dir):
+    """(multi-image view, its source dataset, {image name: sha256}) over MULTI_RECORDS."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"img{k}.jpg").write_bytes(jpeg(100 + k))
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in MULTI_RECORDS), encoding="utf-8")
+    ds = llava_hf.load_dataset(str(path), image_dir=str(folder), cache_dir=cache_dir)
+    digests = {f"img{k}.jpg": sha256((folder / f"img{k}.jpg").read_bytes()) for k in range(3)}
+    return to_messages(ds), ds, digests
+
+
+def image_digests(ds) -> list[list[str]]:
+    """The sha256 of each row's images, in order, read from the view's own column (no decode)."""
+    raw = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+    return [[sha256(im["bytes"]) for im in row["images"]] for row in raw]
+
+
+def multi_summary(row) -> tuple:
+    return row["messages"], [im.size for im in row["images"]]
+
+
+def test_multi_image_rows_put_each_block_where_its_token_stood(multi):
+    view, _, digests = multi
+    assert view.features == TRL_FEATURES and view.column_names == ["messages", "images"]
+    assert image_digests(view) == [[digests[name] for name in names] for names in MULTI_IMAGES]
+    assert view[0]["messages"] == [
+        {"role": "user", "content": [text("First "), IMAGE, text(" then"), IMAGE, text("ok?")]},
+        {"role": "assistant", "content": [text("Yes.")]},
+    ]
+    assert view[1]["messages"][0]["content"] == [IMAGE, text("What?")]
+    assert view[2]["messages"][0]["content"] == [IMAGE, IMAGE, IMAGE, text("Order?")]  # images first
+    assert view[3]["messages"][0]["content"] == [text("Hello.")] and view[3]["images"] == []
+    assert view[4]["messages"][0]["content"] == [text("Text only.")] and view[4]["images"] == []
+    assert view[5]["messages"][0]["content"] == [text("One"), IMAGE]
+    assert [len(r) for r in view[:]["images"]] == [2, 1, 3, 0, 0, 1]
+    # the view's lists are the source's own (null rows read as []), over the same memory-mapped bytes
+    source, lists = multi[1].data.column("images"), view.data.column("images")
+    assert lists.num_chunks == source.num_chunks and lists.null_count == 0 and source.null_count == 1
+    assert [c.values.field("bytes").buffers()[2].address for c in lists.chunks] == [
+        c.values.field("bytes").buffers()[2].address for c in source.chunks
+    ]
+    # the same messages as the row-by-row conversion of the stream
+    stream = to_messages(multi[1].to_iterable_dataset())
+    assert isinstance(stream, datasets.IterableDataset)
+    assert [multi_summary(r) for r in stream] == [multi_summary(r) for r in view]
+
+
+def test_multi_image_view_composes(multi):
+    view, _, digests = multi
+    expected = [multi_summary(r) for r in view]
+    assert [multi_summary(r) for r in view.shuffle(seed=3)] == [
+        expected[i] for i in datasets.Dataset.from_dict({"i": list(range(6))}).shuffle(seed=3)["i"]
+    ]
+    stream = view.to_iterable_dataset(num_shards=2)
+    assert stream.features == TRL_FEATURES
+    assert [multi_summary(r) for r in stream] == expected
+    counted = view.map(lambda row: {"n": len(row["images"])})
+    assert counted["n"] == [2, 1, 3, 0, 0, 1]
+    many = view.filter(lambda row: len(row["images"]) > 1)
+    assert image_digests(many) == [[digests[n] for n in MULTI_IMAGES[i]] for i in (0, 2)]
+    again = pickle.loads(pickle.dumps(view))
+    assert [type(b) for row in again.data.blocks for b in row] == [
+        datasets.table.MemoryMappedTable,
+        trl_view.ImageListsBlock,
+    ]
+    assert [multi_summary(r) for r in again] == expected
+    twice = datasets.concatenate_datasets([view, view])
+    assert [multi_summary(r) for r in twice] == expected * 2
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert pool.apply(image_digests, (view,)) == image_digests(view)
+
+
+def test_a_selection_of_a_multi_image_source(multi):
+    view, ds, _ = multi
+    picked = to_messages(ds.select([4, 2, 0]))
+    assert [multi_summary(r) for r in picked] == [multi_summary(view[i]) for i in (4, 2, 0)]
+
+
+def test_an_in_memory_multi_image_dataset(multi):
+    view, ds, _ = multi
+    memory = datasets.Dataset.from_list(ds.to_list(), features=ds.features)
+    assert [multi_summary(r) for r in to_messages(memory)] == [multi_summary(r) for r in view]
+
+
+def test_single_and_multi_image_views_concatenate_and_interleave(views, multi):
+    detail, _, _ = views
+    view, _, digests = multi
+    assert detail.features == view.features == TRL_FEATURES
+    assert detail.data.schema.field("images").type == view.data.schema.field("images").type
+    both = datasets.concatenate_datasets([detail, view])
+    assert both.features == TRL_FEATURES and len(both) == 9
+    assert image_digests(both) == image_digests(detail) + [[digests[n] for n in names] for names in MULTI_IMAGES]
+    assert [multi_summary(r) for r in both] == [multi_summary(r) for r in detail] + [multi_summary(r) for r in view]
+    mixed = datasets.interleave_datasets([detail, view], stopping_strategy="all_exhausted")
+    order = [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2), (0, 0), (1, 3), (0, 1), (1, 4), (0, 2), (1, 5)]
+    sources = (detail, view)
+    assert [multi_summary(r) for r in mixed] == [multi_summary(sources[s][i]) for s, i in order]
+    back = pickle.loads(pickle.dumps(both))
+    assert image_digests(back) == image_digests(both)
+
+
+def test_multi_image_rows_with_the_wrong_token_count_are_refused(tmp_path, cache_dir):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg(1))
+    records = [{"id": "ok", "image": ["a.jpg"], "conversations": turns("<image>", "x")}]
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    ds = llava_hf.load_dataset(str(path), image_dir=str(folder), cache_dir=cache_dir)
+    # A row changed after prepare (map): two tokens for one image.
+    bad = ds.map(lambda row: {"conversations": turns("<image> <image>", "x")})
+    with pytest.raises(ValueError, match=r"row 0 \(id='ok'\): 2 '<image>' tokens for 1 images; expected 1 or none"):
+        to_messages(bad)
+
+
+def test_messages_array_with_image_counts():
+    rows = [
+        ([("human", "<image> and <image>")], 2),
+        ([("system", "s"), ("human", "Compare."), ("gpt", "x")], 2),  # both blocks open the user turn
+        ([("human", "<image>")], 2),  # one token for two images
+        ([("human", "No images")], 0),
+        ([], 3),  # images and no turn to put them in
+    ]
+    turns_array = pa.array(
+        [[{"from": f, "value": v} for f, v in turns] for turns, _ in rows],
+        pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])),
+    )
+    got = trl_view.messages_array(turns_array, np.array([n for _, n in rows]), formats.DEFAULT_ROLES).to_pylist()
+    assert got[0] == [{"role": "user", "content": [IMAGE, text(" and "), IMAGE]}]
+    assert got[1][1]["content"] == [IMAGE, IMAGE, text("Compare.")]
+    assert got[1] == formats.conversation_to_messages(
+        [{"from": f, "value": v} for f, v in rows[1][0]], has_image=True, num_images=2
+    )
+    assert got[2] is None and got[4] is None
+    assert got[3] == [{"role": "user", "content": [text("No images")]}]
+
+
+def test_bench_script_runs_at_its_smallest(tmp_path):
+    # Nothing timed: it runs, the two layouts agree (the script checks) and the chunk counts are reported.
+    command = [sys.executable, str(ROOT / "scripts" / "bench_trl_view.py"), "--rows", "3000", "--text-only", "300"]
+    result = subprocess.run(
+        [*command, "--repeats", "1", "--work", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "to_messages of 3,000 rows (300 text-only, 3 chunks, " in result.stdout
+    assert "images column, compacted (3 chunks)" in result.stdout
+    assert "ratio runs / compacted" in result.stdout
