@@ -1,0 +1,208 @@
+"""Hostile inputs and damaged caches (issue 13): no hang, no bare traceback, nothing served unprepared.
+
+Cases that could hang or exhaust memory when broken run in a child process with a timeout and a memory
+limit, so that a regression fails the test instead of the test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, jpeg, write_json
+
+from llava_hf import images as images_module
+from llava_hf.errors import BadImage
+from llava_hf.images import open_root
+
+N = 30  # records in the fake detail_23k
+
+
+def turns() -> list[dict]:
+    return [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A picture."}]
+
+
+def image_name(i: int) -> str:
+    return f"{i:012d}.jpg"
+
+
+@pytest.fixture
+def fake(tmp_path) -> dict:
+    """detail_23k with N records r00..r29, each with its own JPEG; returns the load options."""
+    data_dir, image_dir = tmp_path / "data", tmp_path / "coco" / "train2017"
+    image_dir.mkdir(parents=True)
+    records = [{"id": f"r{i:02d}", "image": image_name(i), "conversations": turns()} for i in range(N)]
+    write_json(data_dir / "detail_23k.json", records)
+    for i in range(N):
+        (image_dir / image_name(i)).write_bytes(jpeg(i))
+    return {"data_dir": str(data_dir), "image_dir": str(image_dir), "cache_dir": str(tmp_path / "cache")}
+
+
+CHILD = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+import llava_hf
+options = json.loads(sys.argv[1])
+try:
+    if options.pop("verify", False):
+        report = llava_hf.verify("detail_23k", num_proc=1, progress=False, decode=False, **options)
+        print(json.dumps({{"counts": dict(report.counts), "problems": [str(p) for p in report.problems]}}))
+    else:
+        ds = llava_hf.load_dataset("detail_23k", **options)
+        print(json.dumps({{"ids": list(ds["id"]), "report": llava_hf.prepare_report(ds)["skipped"]}}))
+except Exception as e:
+    print(json.dumps({{"error": type(e).__name__, "message": str(e)}}))
+"""
+
+
+def run_child(options: dict, memory: int = 3 << 30, timeout: float = 120) -> dict:
+    """Run a prepare (or verify) in a child process limited to `memory` bytes of address space."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD.format(memory=memory)), json.dumps(options)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ids_without(*missing: int) -> list[str]:
+    return [f"r{i:02d}" for i in range(N) if i not in missing]
+
+
+# --- 1. image roots read regular files only, bounded --------------------------------------------------------
+
+
+def _fifo(fake) -> Path:
+    path = Path(fake["image_dir"]) / image_name(3)
+    path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def _dev_zero(fake) -> Path:
+    path = Path(fake["image_dir"]) / image_name(3)
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    return path
+
+
+KINDS = {"fifo": (_fifo, "a FIFO (named pipe)"), "dev_zero": (_dev_zero, "a character device")}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_regular_image_stops_prepare_naming_it(fake, kind):
+    make, what = KINDS[kind]
+    path = make(fake)
+    result = run_child(fake)
+    assert result == {
+        "error": "SourceError",
+        "message": f"detail_23k.json: record 3 (id='r03'): image file {path} is {what}, not a regular file; "
+        "only regular files are read",
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_regular_image_is_skipped_and_counted(fake, kind):
+    KINDS[kind][0](fake)
+    result = run_child({**fake, "on_bad_image": "skip"})
+    assert result["ids"] == ids_without(3)
+    assert result["report"]["counts"] == {"not_a_file": 1}
+    assert [(e["index"], e["id"]) for e in result["report"]["examples"]["not_a_file"]] == [(3, "r03")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_regular_image_is_reported_by_verify(fake, kind):
+    make, what = KINDS[kind]
+    path = make(fake)
+    options = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
+    result = run_child(options)
+    assert result["counts"] == {"not_a_file": 1}
+    assert result["problems"] == [
+        f"detail_23k.json: record 3 (id='r03'): not_a_file: image file {path} is {what}, not a regular file; "
+        "only regular files are read"
+    ]
+
+
+def test_reads_are_bounded_whatever_stat_says(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_module, "MAX_IMAGE_BYTES", 1000)
+    path = tmp_path / "grown.jpg"
+    path.write_bytes(jpeg(1)[:3] + b"\0" * 5000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(BadImage) as info:
+            images_module._read_bounded(fd, 0, str(path))  # a size of 0, as /proc files and /dev/zero report
+    finally:
+        os.close(fd)
+    assert (info.value.reason, str(info.value)) == (
+        "too_large",
+        f"image file {path} has more than the 1,000 bytes allowed",
+    )
+    # and the bytes of an ordinary file come back whole, whatever size was expected
+    path.write_bytes(b"x" * 999)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert images_module._read_bounded(fd, 10, str(path)) == b"x" * 999
+    finally:
+        os.close(fd)
+
+
+def test_symlinked_image_file_is_still_read(fake):
+    target = Path(fake["image_dir"]).parent / "elsewhere.jpg"
+    target.write_bytes(jpeg(77))
+    link = Path(fake["image_dir"]) / image_name(4)
+    link.unlink()
+    link.symlink_to(target)
+    assert open_root(fake["image_dir"]).read(image_name(4)) == (image_name(4), jpeg(77))
+
+
+def test_not_an_image_message_never_quotes_the_bytes(tmp_path):
+    (tmp_path / "passwd.jpg").write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    root = open_root(str(tmp_path))
+    for method in (root.read, root.locate):
+        with pytest.raises(BadImage) as info:
+            method("passwd.jpg")
+        assert str(info.value) == (
+            f"image file {tmp_path}/passwd.jpg (32 bytes) is not an image: it starts with no known image signature"
+        )
+
+
+SURROGATE = "000000000003\ud83d.jpg"
+
+
+def _surrogate_name(fake) -> None:
+    path = Path(fake["data_dir"]) / "detail_23k.json"
+    records = json.loads(path.read_text(encoding="utf-8"))
+    records[3]["image"] = SURROGATE
+    # ensure_ascii keeps the lone surrogate as the escape \ud83d: valid JSON, as a hostile file has it
+    path.write_text(json.dumps(records), encoding="utf-8")
+
+
+BAD_NAME = (
+    "image path '000000000003\\\\ud83d.jpg' holds an unpaired UTF-16 surrogate at character 12; expected UTF-8 text"
+)
+
+
+def test_unencodable_image_name_names_the_record(fake):
+    _surrogate_name(fake)
+    result = run_child(fake)
+    assert result == {"error": "SourceError", "message": f"detail_23k.json: record 3 (id='r03'): {BAD_NAME}"}
+
+
+def test_unencodable_image_name_is_skipped_and_verified(fake):
+    _surrogate_name(fake)
+    result = run_child({**fake, "on_bad_image": "skip"})
+    assert result["ids"] == ids_without(3)
+    assert result["report"]["counts"] == {"bad_name": 1}
+    options = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
+    result = run_child(options)
+    assert result["counts"]["bad_name"] == 1
+    assert f"detail_23k.json: record 3 (id='r03'): bad_name: {BAD_NAME}" in result["problems"]
