@@ -324,9 +324,7 @@ def _read_bounded(fd: int, size: int, path: str, already: int = 0) -> bytes:
         parts.append(chunk)
         total += len(chunk)
         if total >= limit:
-            raise BadImage(
-                "too_large", f"image file {path} has more than the {MAX_IMAGE_BYTES:,} bytes allowed"
-            )
+            raise BadImage("too_large", f"image file {path} has more than the {MAX_IMAGE_BYTES:,} bytes allowed")
         request = _READ_WHOLE
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
