@@ -206,3 +206,45 @@ def test_unencodable_image_name_is_skipped_and_verified(fake):
     result = run_child(options)
     assert result["counts"]["bad_name"] == 1
     assert f"detail_23k.json: record 3 (id='r03'): bad_name: {BAD_NAME}" in result["problems"]
+
+
+# --- 2. a record over the per-record limit is called that --------------------------------------------------
+
+
+def test_oversized_valid_record_is_called_too_large(tmp_path, monkeypatch):
+    from llava_hf import sources
+    from llava_hf.errors import SourceError
+
+    monkeypatch.setattr(sources, "_MAX_RECORD", 1 << 20)
+    path = tmp_path / "x.json"
+    big = {"id": "b", "conversations": [{"from": "human", "value": "y" * (6 << 20)}]}  # past one read of the scan
+    path.write_text(json.dumps([{"id": "a"}, big, {"id": "c"}]), encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        sources.index_json_array(str(path))
+    assert str(info.value) == (
+        "x.json: record 1: larger than the 1 MiB limit per record (it starts at byte 14, the record after "
+        "id='a'); no LLaVA record comes near it: remove or split it"
+    )
+
+
+def test_malformed_record_in_a_big_file_is_still_malformed(tmp_path, monkeypatch):
+    from llava_hf import sources
+    from llava_hf.errors import SourceError
+
+    monkeypatch.setattr(sources, "_MAX_RECORD", 1 << 20)
+    path = tmp_path / "x.json"
+    filler = [{"id": str(i), "conversations": [{"from": "human", "value": "z" * 1000}]} for i in range(3000)]
+    path.write_text('[{"id": "a"}, {"id": "b" "c"}, ' + json.dumps(filler)[1:], encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        sources.index_json_array(str(path))
+    assert (
+        str(info.value)
+        == "x.json: record 1: malformed JSON at byte 24 (the record after id='a'): Expecting ',' delimiter"
+    )
+    # a file cut inside a record is truncated, not too large
+    path.write_text('[{"id": "a"}, {"id": "b", "v": "' + "w" * 100, encoding="utf-8")
+    with pytest.raises(SourceError) as info:
+        sources.index_json_array(str(path))
+    assert str(info.value) == (
+        "x.json: record 1: malformed JSON at byte 30 (the record after id='a'): Unterminated string starting at"
+    )
