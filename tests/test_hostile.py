@@ -239,7 +239,7 @@ def test_malformed_record_in_a_big_file_is_still_malformed(tmp_path, monkeypatch
         sources.index_json_array(str(path))
     assert (
         str(info.value)
-        == "x.json: record 1: malformed JSON at byte 24 (the record after id='a'): Expecting ',' delimiter"
+        == "x.json: record 1: malformed JSON at byte 25 (the record after id='a'): Expecting ',' delimiter"
     )
     # a file cut inside a record is truncated, not too large
     path.write_text('[{"id": "a"}, {"id": "b", "v": "' + "w" * 100, encoding="utf-8")
