@@ -246,5 +246,5 @@ def test_malformed_record_in_a_big_file_is_still_malformed(tmp_path, monkeypatch
     with pytest.raises(SourceError) as info:
         sources.index_json_array(str(path))
     assert str(info.value) == (
-        "x.json: record 1: malformed JSON at byte 30 (the record after id='a'): Unterminated string starting at"
+        "x.json: record 1: malformed JSON at byte 31 (the record after id='a'): Unterminated string starting at"
     )
