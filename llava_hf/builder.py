@@ -22,9 +22,17 @@ from datasets.fingerprint import Hasher
 from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
+from .failures import PrepareInterrupted, explain, interrupt_in, interrupted, stop_workers_on_interrupt
 from .features import FEATURES
 from .images import open_root
-from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
+from .locking import (
+    LockMode,
+    children_die_with_this_process,
+    datasets_locks,
+    explain_lock_error,
+    is_lock_error,
+    lock_mode,
+)
 from .reader import REPORT_FILENAME
 from .sources import BATCH_ROWS, input_identity
 
@@ -186,10 +194,22 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def download_and_prepare(self, *args, **kwargs):
         try:
-            with datasets_locks(self._lock_mode):
+            with datasets_locks(self._lock_mode), stop_workers_on_interrupt():
                 super().download_and_prepare(*args, **kwargs)
-        except OSError as e:
-            raise explain_lock_error(e) from e
+        except KeyboardInterrupt as e:
+            if isinstance(e, PrepareInterrupted):
+                raise
+            raise interrupted(self.config.name, self.cache_dir) from None
+        except Exception as e:
+            # multiprocess raises TimeoutError from its cleanup when Ctrl-C lands while results are awaited
+            if interrupt_in(e):
+                raise interrupted(self.config.name, self.cache_dir) from None
+            if isinstance(e, OSError) and is_lock_error(e):
+                raise explain_lock_error(e) from e
+            explained = explain(e, self.config.name, self.cache_dir)
+            if explained is e:
+                raise
+            raise explained from e
         if self._plan is None:  # reused, not prepared here
             self._check_reused_images()
 
@@ -248,6 +268,18 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             logger.warning(
                 "%s: skipped %s rows with bad images (%s)", spec.config, f"{skips.total():,}", skips.summary()
             )
+
+    def _prepare_split_single(self, *args, **kwargs):
+        # Runs in each num_proc worker (and in the preparing process with num_proc 1): an error is made
+        # explicit here, where it is an object, before datasets wraps it and multiprocess turns it into text.
+        try:
+            yield from super()._prepare_split_single(*args, **kwargs)
+        except Exception as e:
+            folder = os.path.dirname(kwargs.get("fpath") or self._output_dir).removesuffix(".incomplete")
+            explained = explain(e, self.config.name, folder)
+            if explained is e:
+                raise
+            raise explained from e
 
     def _exit_if_orphaned(self) -> None:
         # A worker whose preparing process was killed would go on writing shards into the folder the next
