@@ -105,7 +105,8 @@ def explain(error: BaseException, config: str, folder: str) -> BaseException:
     os_error = _os_error_in(inner)
     if os_error is not None:
         where = os_error.filename or folder
-        what = os_error.strerror or str(os_error)
+        # pyarrow's strerror is a sentence of its own ("Error writing bytes to file. Detail: ...")
+        what = os.strerror(os_error.errno)
         advice = _ADVICE.get(os_error.errno, "fix that and run again")
         return PrepareError(
             f"{config}: preparing failed on {where}: {what}; {advice} (nothing was kept in the cache)",

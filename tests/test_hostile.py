@@ -248,3 +248,134 @@ def test_malformed_record_in_a_big_file_is_still_malformed(tmp_path, monkeypatch
     assert str(info.value) == (
         "x.json: record 1: malformed JSON at byte 31 (the record after id='a'): Unterminated string starting at"
     )
+
+
+# --- 3. errors a user meets reach the caller with the file and the remedy ---------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def entries(cache_dir: Path) -> list[str]:
+    """Every folder of a prepared or half-prepared entry under `cache_dir`, and every dataset_info.json."""
+    found = []
+    for folder, subfolders, files in os.walk(cache_dir):
+        found += [os.path.join(folder, s) for s in subfolders if s.endswith(".incomplete")]
+        found += [os.path.join(folder, f) for f in files if f in ("dataset_info.json", "llava_hf_report.json")]
+    return found
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_disk_full_names_the_folder_and_the_remedy(fake, small_disk, num_proc):
+    import llava_hf
+    from llava_hf.failures import PrepareError
+
+    # 30 images of 100 KB (a JPEG signature and padding: nothing is decoded) do not fit in 1 MiB
+    for i in range(N):
+        (Path(fake["image_dir"]) / image_name(i)).write_bytes(jpeg(i) + b"\0" * 100_000)
+    cache = small_disk / "cache"
+    builder = llava_hf.load_builder(
+        "detail_23k", data_dir=fake["data_dir"], image_dir=fake["image_dir"], cache_dir=cache
+    )
+    with pytest.raises(PrepareError) as info:
+        builder.download_and_prepare(num_proc=num_proc)
+    assert str(info.value) == (
+        f"detail_23k: preparing failed on {builder.cache_dir}: No space left on device; free space there, or "
+        "pass another cache_dir, and run again (nothing was kept in the cache)"
+    )
+    assert info.value.errno == 28
+    assert entries(cache) == []
+
+
+def test_lock_error_explained_is_never_its_own_cause():
+    from llava_hf.locking import explain_lock_error
+
+    error = FileNotFoundError(2, "No such file or directory", "/x/y.lock")
+    try:
+        try:
+            raise error
+        except OSError as e:
+            raise explain_lock_error(e) from e
+    except OSError as raised:
+        assert raised is not error
+        assert raised.__cause__ is error
+        assert (type(raised), str(raised)) == (FileNotFoundError, "[Errno 2] No such file or directory: '/x/y.lock'")
+
+
+INTERRUPTED = """
+import json, sys, time
+import llava_hf
+from llava_hf import images
+
+read = images.FolderRoot._read
+
+def slow_read(self, name):
+    time.sleep(0.4)  # a slow mount: the prepare is still running when Ctrl-C comes
+    return read(self, name)
+
+images.FolderRoot._read = slow_read
+options = json.loads(sys.argv[1])
+try:
+    llava_hf.load_dataset("detail_23k", **options)
+    print(json.dumps({"error": None}))
+except BaseException as e:
+    print(json.dumps({"error": type(e).__name__, "keyboard": isinstance(e, KeyboardInterrupt), "message": str(e)}))
+"""
+
+
+@pytest.mark.parametrize(("num_proc", "delay"), [(None, 0.5), (2, 0.3), (2, 1.5)])
+def test_ctrl_c_stops_the_prepare_and_its_workers(fake, num_proc, delay):
+    import signal
+    import time
+
+    import llava_hf
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    options = {**fake, "num_proc": num_proc}
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, json.dumps(options)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's: Ctrl-C reaches every process
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.endswith(".incomplete") for path in entries(Path(fake["cache_dir"]))):
+            assert time.monotonic() < deadline, "the prepare never started writing"
+            assert child.poll() is None, child.stderr.read()[-3000:]
+            time.sleep(0.05)
+        time.sleep(delay)
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    result = json.loads(out.strip().splitlines()[-1])
+    builder = llava_hf.load_builder(
+        "detail_23k", data_dir=fake["data_dir"], image_dir=fake["image_dir"], cache_dir=fake["cache_dir"]
+    )
+    assert result == {
+        "error": "PrepareInterrupted",
+        "keyboard": True,
+        "message": f"detail_23k: preparing was interrupted (Ctrl-C); nothing was kept in {builder.cache_dir}, the "
+        "next run prepares again",
+    }
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker or queue manager is left running
+        os.killpg(child.pid, 0)
+    assert entries(Path(fake["cache_dir"])) == []
