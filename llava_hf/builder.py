@@ -25,6 +25,7 @@ from .errors import BadImage, SourceError
 from .failures import PrepareInterrupted, explain, interrupt_in, interrupted, stop_workers_on_interrupt
 from .features import FEATURES
 from .images import open_root
+from .integrity import DamagedEntry, check_sizes, load_files, record_files, remedy
 from .locking import (
     LockMode,
     children_die_with_this_process,
@@ -133,6 +134,15 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 super().__init__(*args, **kwargs)
         except OSError as e:
             raise explain_lock_error(e) from e
+        except json.JSONDecodeError as e:
+            # datasets reads an existing entry's dataset_info.json here, before any download_mode applies
+            folder = getattr(self, "_cache_dir", None)
+            if folder is None:
+                raise
+            raise DamagedEntry(
+                f"{self.config.name}: the prepared entry is damaged: {os.path.join(folder, 'dataset_info.json')} "
+                f"is not valid JSON ({e.msg} at byte {e.pos}; truncated?); delete {folder} and prepare again"
+            ) from None
         # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
         self.name = self.info.builder_name = "llava_hf"
         self._source: Source = get_source(self.config.name)
@@ -211,7 +221,23 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 raise
             raise explained from e
         if self._plan is None:  # reused, not prepared here
+            self._check_reused_files()
             self._check_reused_images()
+
+    def _check_reused_files(self) -> None:
+        # A stat per file: a truncated or missing file (a full disk during a copy, a crash of the storage)
+        # is named now, not met later as pyarrow's "Expected to be able to read N bytes" without a name.
+        path = os.path.join(self.cache_dir, REPORT_FILENAME)
+        try:
+            files = load_files(path)
+        except FileNotFoundError:
+            return  # not an entry of this builder's (a datasets-written cache): nothing recorded
+        except ValueError:
+            raise DamagedEntry(
+                f"{self.config.name}: the prepared entry is damaged: {path} is not valid JSON; {remedy(self.cache_dir)}"
+            ) from None
+        if files:  # entries prepared before checksums were recorded have none
+            check_sizes(self.cache_dir, files, self.config.name)
 
     def _check_reused_images(self) -> None:
         # The cache key names an image folder by its last two path components, so that a cache is found
@@ -361,6 +387,33 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": __version__},
+            # Size and checksums of every file written (dataset_info.json is added by _save_info).
+            "files": record_files(self._output_dir, _written_files(self._output_dir)),
         }
-        with open(os.path.join(self._output_dir, REPORT_FILENAME), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+        _write_json(os.path.join(self._output_dir, REPORT_FILENAME), report)
+
+    def _save_info(self) -> None:
+        super()._save_info()
+        # datasets writes dataset_info.json after the data, still inside "<entry>.incomplete": add its checksum.
+        path = os.path.join(self._output_dir, REPORT_FILENAME)
+        if self._output_dir.endswith(".incomplete") and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+            report.setdefault("files", {}).update(record_files(self._output_dir, ["dataset_info.json"]))
+            _write_json(path, report)
+
+
+def _written_files(folder: str) -> list[str]:
+    return [
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_file(follow_symlinks=False) and entry.name != REPORT_FILENAME and not entry.name.endswith(".lock")
+    ]
+
+
+def _write_json(path: str, value: Any) -> None:
+    # Written whole, then renamed: a crash never leaves a truncated report.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
