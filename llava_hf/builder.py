@@ -387,19 +387,22 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": __version__},
-            # Size and checksums of every file written (dataset_info.json is added by _save_info).
+            # Size and checksums of every file written (dataset_info.json and LICENSE are added by _save_info).
             "files": record_files(self._output_dir, _written_files(self._output_dir)),
         }
         _write_json(os.path.join(self._output_dir, REPORT_FILENAME), report)
 
     def _save_info(self) -> None:
         super()._save_info()
-        # datasets writes dataset_info.json after the data, still inside "<entry>.incomplete": add its checksum.
+        # datasets writes dataset_info.json (and LICENSE) after the data, inside "<entry>.incomplete": add them.
         path = os.path.join(self._output_dir, REPORT_FILENAME)
         if self._output_dir.endswith(".incomplete") and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 report = json.load(f)
-            report.setdefault("files", {}).update(record_files(self._output_dir, ["dataset_info.json"]))
+            files = report.setdefault("files", {})
+            files.update(
+                record_files(self._output_dir, [f for f in _written_files(self._output_dir) if f not in files])
+            )
             _write_json(path, report)
 
 

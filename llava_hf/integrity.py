@@ -35,7 +35,7 @@ class DamagedEntry(PrepareError):
 
 
 def remedy(folder: str) -> str:
-    return f"prepare it again with download_mode='force_redownload' (llava-hf prepare ... --force), or delete {folder}"
+    return f"prepare it again with download_mode='force_redownload', or delete {folder}"
 
 
 # --- recording -----------------------------------------------------------------------------------------------

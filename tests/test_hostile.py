@@ -379,3 +379,109 @@ def test_ctrl_c_stops_the_prepare_and_its_workers(fake, num_proc, delay):
     with pytest.raises(ProcessLookupError):  # no worker or queue manager is left running
         os.killpg(child.pid, 0)
     assert entries(Path(fake["cache_dir"])) == []
+
+
+# --- 4. integrity of prepared data ---------------------------------------------------------------------------
+
+
+def prepared(fake, **kw):
+    import llava_hf
+
+    ds = llava_hf.load_dataset("detail_23k", **fake, **kw)
+    return ds, os.path.dirname(ds.cache_files[0]["filename"])
+
+
+def test_prepare_records_size_and_sha256_of_every_file(fake):
+    import hashlib
+
+    import llava_hf
+
+    ds, folder = prepared(fake)
+    files = llava_hf.prepare_report(ds)["files"]
+    written = sorted(f for f in os.listdir(folder) if f != "llava_hf_report.json" and not f.endswith(".lock"))
+    assert sorted(files) == written == ["LICENSE", "dataset_info.json", "llava_hf-train.arrow"]
+    for name, entry in files.items():
+        data = (Path(folder) / name).read_bytes()
+        assert (entry["size"], entry["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    # 16 shards (sources.MIN_SHARDS), one record batch each
+    assert [b["rows"] for b in files["llava_hf-train.arrow"]["batches"]] == [
+        (i + 1) * N // 16 - i * N // 16 for i in range(16)
+    ]
+    check = llava_hf.verify_prepared(ds)
+    assert (check.intact, check.problems, check.files) == (True, [], 3)
+
+
+def flip_image_byte(arrow: Path, image: bytes) -> None:
+    data = bytearray(arrow.read_bytes())
+    at = data.index(image) + len(image) // 2
+    assert data.count(image) == 1
+    data[at] ^= 0x01
+    arrow.write_bytes(bytes(data))
+
+
+def test_verify_prepared_names_the_file_and_the_row_of_a_flipped_bit(fake, capsys):
+    import llava_hf
+    from llava_hf.cli import main
+
+    ds, folder = prepared(fake)
+    arrow = Path(folder) / "llava_hf-train.arrow"
+    cli = ["verify", "--prepared", "detail_23k", "--data-dir", fake["data_dir"], "--image-dir", fake["image_dir"]]
+    cli += ["--cache-dir", fake["cache_dir"]]
+    assert main(cli) == 0
+    assert capsys.readouterr().out.strip().endswith("intact (every sha256 matches the prepare report)")
+    flip_image_byte(arrow, jpeg(7))
+    check = llava_hf.verify_prepared(ds)
+    problem = f"{arrow}: row 7 (id='r07'): its image bytes differ from the prepared ones (record batch 4)"
+    assert (check.intact, check.problems, check.damaged_rows) == (False, [problem], [7])
+    assert main(cli) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[1:] == [f"  {problem}"]
+    assert "DAMAGED, 1 problems" in out.splitlines()[0]
+
+
+def test_verify_prepared_of_damaged_text_names_the_rows_of_its_batch(fake):
+    import llava_hf
+
+    ds, folder = prepared(fake)
+    arrow = Path(folder) / "llava_hf-train.arrow"
+    data = bytearray(arrow.read_bytes())
+    at = data.index(b"A picture.")
+    data[at] ^= 0x20  # "a picture." in row 0 (the first record batch): the text changed, no image did
+    arrow.write_bytes(bytes(data))
+    check = llava_hf.verify_prepared(ds)
+    assert check.problems == [f"{arrow}: rows 0..0 (record batch 0) differ from the prepared bytes"]
+    assert check.damaged_rows == [0]
+
+
+def test_reusing_a_truncated_arrow_file_names_it_and_the_remedy(fake):
+    import llava_hf
+
+    ds, folder = prepared(fake)
+    arrow = Path(folder) / "llava_hf-train.arrow"
+    size = arrow.stat().st_size
+    del ds
+    os.truncate(arrow, size - 100)
+    with pytest.raises(llava_hf.DamagedEntry) as info:
+        llava_hf.load_dataset("detail_23k", **fake)
+    assert str(info.value) == (
+        f"detail_23k: the prepared entry is damaged: {arrow} has {size - 100:,} bytes, {size:,} when it was "
+        f"prepared (truncated); prepare it again with download_mode='force_redownload', or delete {folder}"
+    )
+    # the remedy works
+    ds = llava_hf.load_dataset("detail_23k", **fake, download_mode="force_redownload")
+    assert ds["id"] == ids_without()
+    assert llava_hf.verify_prepared(ds).intact
+
+
+def test_reusing_a_truncated_dataset_info_names_it(fake):
+    import llava_hf
+
+    ds, folder = prepared(fake)
+    info_path = Path(folder) / "dataset_info.json"
+    text = info_path.read_text(encoding="utf-8")
+    info_path.write_text(text[: len(text) // 2], encoding="utf-8")
+    with pytest.raises(llava_hf.DamagedEntry) as info:
+        llava_hf.load_dataset("detail_23k", **fake)
+    message = str(info.value)
+    assert message.startswith(f"detail_23k: the prepared entry is damaged: {info_path} is not valid JSON (")
+    assert message.endswith(f"; truncated?); delete {folder} and prepare again")
