@@ -223,6 +223,36 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         if self._plan is None:  # reused, not prepared here
             self._check_reused_files()
             self._check_reused_images()
+            self._check_reused_skips()
+
+    def _check_reused_skips(self) -> None:
+        # An entry prepared with on_bad_image="skip" lacks the rows whose images were bad then; if those
+        # images are there now (a mount that came up, files put back), the entry is stale. Only the skipped
+        # rows' images are read (all of them, in parallel), never the others.
+        path = os.path.join(self.cache_dir, REPORT_FILENAME)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        skipped = report.get("skipped", {}).get("rows") or []
+        location = self.config.image_dir or report.get("source", {}).get("images")
+        if not skipped or not self.config.embed_images or location is None or not os.path.exists(location):
+            return
+        root = open_root(location, self._source.image_aliases)
+        back = [
+            (index, name)
+            for (index, name), found in zip(skipped, root.read_many(name for _, name in skipped))
+            if not isinstance(found, BadImage)
+        ]
+        if back:
+            index, name = back[0]
+            message = (
+                f"{self.config.name}: {len(back):,} of the {len(skipped):,} rows skipped when this entry was prepared "
+                f"now have their image in {location} (e.g. record {index}, {name!r}); the entry lacks them: pass "
+                "download_mode='force_redownload' to prepare them in"
+            )
+            logger.warning(message)
+            warnings.warn(message, stacklevel=3)
 
     def _check_reused_files(self) -> None:
         # A stat per file: a truncated or missing file (a full disk during a copy, a crash of the storage)

@@ -147,10 +147,12 @@ def _memo_path() -> str:
 
 
 def content_hash(path: str) -> str:
-    """The sha256 of a whole file, remembered per machine by (path, size, mtime) so that a file read
-    before is not read again; a touched file is hashed again and, unchanged, gives the same hash."""
+    """The sha256 of a whole file, remembered per machine by (path, size, mtime, ctime, inode) so that a
+    file read before is not read again; a touched file is hashed again and, unchanged, gives the same hash."""
     stat = os.stat(path)
-    key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    # ctime and inode too: an edit in place with the mtime set back (cp -p, rsync -t, a restore from a
+    # backup) keeps path, size and mtime, but no user can set ctime back, and a replaced file has a new inode.
+    key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     memo_path = _memo_path()
     try:
         with open(memo_path, encoding="utf-8") as f:

@@ -485,3 +485,73 @@ def test_reusing_a_truncated_dataset_info_names_it(fake):
     message = str(info.value)
     assert message.startswith(f"detail_23k: the prepared entry is damaged: {info_path} is not valid JSON (")
     assert message.endswith(f"; truncated?); delete {folder} and prepare again")
+
+
+# --- 5. a reused entry re-checks its skipped rows; the source memo notices in-place edits -------------------
+
+
+def test_reused_entry_says_when_skipped_images_came_back(fake, monkeypatch):
+    import llava_hf
+    from llava_hf.images import FolderRoot
+
+    folder = Path(fake["image_dir"])
+    kept = {i: (folder / image_name(i)).read_bytes() for i in (3, 11)}
+    for i in kept:
+        (folder / image_name(i)).unlink()
+    ds = llava_hf.load_dataset("detail_23k", **fake, on_bad_image="skip")
+    assert ds["id"] == ids_without(3, 11)
+    assert llava_hf.prepare_report(ds)["skipped"]["rows"] == [[3, image_name(3)], [11, image_name(11)]]
+
+    read = []
+    original = FolderRoot._read
+
+    def counting(self, name):
+        read.append(name)
+        return original(self, name)
+
+    monkeypatch.setattr(FolderRoot, "_read", counting)
+    with warnings_recorded() as caught:  # still missing: nothing to say
+        llava_hf.load_dataset("detail_23k", **fake, on_bad_image="skip")
+    # a missing COCO name is also tried with the train2014/val2014 prefixes
+    tried = {i: [f"{prefix}{image_name(i)}" for prefix in ("", "COCO_train2014_", "COCO_val2014_")] for i in (3, 11)}
+    assert (caught, sorted(read)) == ([], sorted(tried[3] + tried[11]))
+    read.clear()
+    (folder / image_name(11)).write_bytes(kept[11])
+    with pytest.warns(UserWarning) as caught:
+        ds = llava_hf.load_dataset("detail_23k", **fake, on_bad_image="skip")
+    assert [str(w.message) for w in caught] == [
+        f"detail_23k: 1 of the 2 rows skipped when this entry was prepared now have their image in {folder} (e.g. "
+        f"record 11, '{image_name(11)}'); the entry lacks them: pass download_mode='force_redownload' to prepare "
+        "them in"
+    ]
+    assert sorted(read) == sorted([*tried[3], image_name(11)])  # the skipped rows' images, no other
+    assert ds["id"] == ids_without(3, 11)
+
+
+def warnings_recorded():
+    import warnings
+
+    class Recorder:
+        def __enter__(self):
+            self._context = warnings.catch_warnings(record=True)
+            self.caught = self._context.__enter__()
+            warnings.simplefilter("always")
+            return self.caught
+
+        def __exit__(self, *exc):
+            return self._context.__exit__(*exc)
+
+    return Recorder()
+
+
+def test_source_edited_in_place_with_mtime_restored_is_noticed(fake):
+    import llava_hf
+
+    path = Path(fake["data_dir"]) / "detail_23k.json"
+    assert llava_hf.load_dataset("detail_23k", **fake)["id"][5] == "r05"
+    stat = path.stat()
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace('"r05"', '"x05"'), encoding="utf-8")  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p, rsync -t, a restore
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert llava_hf.load_dataset("detail_23k", **fake)["id"][5] == "x05"
