@@ -555,3 +555,16 @@ def test_source_edited_in_place_with_mtime_restored_is_noticed(fake):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p, rsync -t, a restore
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert llava_hf.load_dataset("detail_23k", **fake)["id"][5] == "x05"
+
+
+def test_lazy_open_of_a_truncated_arrow_file_names_it(fake):
+    from llava_hf.reader import open_lazy
+
+    _, folder = prepared(fake)
+    arrow = Path(folder) / "llava_hf-train.arrow"
+    os.truncate(arrow, arrow.stat().st_size - 100)
+    with pytest.raises(OSError) as info:
+        open_lazy(str(arrow))
+    message = str(info.value)
+    assert message.startswith(f"{arrow} is damaged or incomplete (")
+    assert message.endswith("); prepare it again with download_mode='force_redownload'")
