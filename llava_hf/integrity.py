@@ -50,22 +50,31 @@ def _image_bytes(batch: pa.RecordBatch) -> pa.Array | None:
     return image.field("bytes")
 
 
-def row_checksums(batch: pa.RecordBatch) -> list[int] | None:
-    """The crc32 of each row's image bytes (0 for a row without), or None when the batch holds none."""
+def batch_checksums(data: pa.Buffer, offset: int, length: int, batch: pa.RecordBatch) -> tuple[int, list[int] | None]:
+    """(crc32 of the record batch's bytes outside its image values, crc32 of each row's image bytes or
+    None when it holds none) of the batch read zero-copy from `data` at [offset, offset + length).
+
+    Every byte of the batch is covered once: a damaged row is found by its own crc, any other damage by
+    the first."""
+    end = offset + length
     values = _image_bytes(batch)
-    if values is None:
-        return None
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    if values is None or values.buffers()[2] is None or len(values) == 0:
+        return zlib.crc32(data[offset:end]), None if values is None else [0] * len(values)
     buffers = values.buffers()
-    if buffers[2] is None:
-        return [0] * len(values)
     large = pa.types.is_large_binary(values.type)
     offsets = np.frombuffer(buffers[1], dtype=np.int64 if large else np.int32, count=values.offset + len(values) + 1)
-    offsets = offsets[values.offset :]
-    data = memoryview(buffers[2])
+    offsets = offsets[values.offset :].astype(np.int64)
+    base = buffers[2].address - data.address  # where the image bytes lie in the file (read zero-copy)
+    low, high = base + int(offsets[0]), base + int(offsets[-1])
+    if not offset <= low <= high <= end:
+        return zlib.crc32(data[offset:end]), None  # not laid out in the file as expected: whole-batch crc only
+    rest = zlib.crc32(data[high:end], zlib.crc32(data[offset:low]))
     valid = values.is_valid().to_numpy(zero_copy_only=False)
-    return [zlib.crc32(data[int(offsets[i]) : int(offsets[i + 1])]) if valid[i] else 0 for i in range(len(values))]
+    rows = [
+        zlib.crc32(data[base + int(offsets[i]) : base + int(offsets[i + 1])]) if valid[i] else 0
+        for i in range(len(values))
+    ]
+    return rest, rows
 
 
 def _pack(crcs: list[int]) -> str:
@@ -113,23 +122,27 @@ def _sha(path: str) -> str:
 def describe_file(path: str) -> dict[str, Any]:
     """Size and sha256 of the file at `path`; for an Arrow stream, also its record batches' checksums."""
     size = os.path.getsize(path)
-    entry: dict[str, Any] = {"size": size, HASH: _sha(path)}
-    if size and path.endswith(".arrow"):
-        data = _map(path)
-        batches = []
-        for offset, length, batch in _batches(data):
-            described = {
-                "offset": offset,
-                "length": length,
-                "rows": batch.num_rows,
-                "crc32": zlib.crc32(data[offset : offset + length]),
-            }
-            crcs = row_checksums(batch)
-            if crcs is not None:
-                described["images_crc32"] = _pack(crcs)
-            batches.append(described)
-        entry["batches"] = batches
+    entry: dict[str, Any] = {"size": size}
+    # The sha256 in a thread of its own, while the record batches are scanned (both release the GIL).
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(_sha, path)
+        _describe_batches(path, size, entry)
+    entry[HASH] = digest.result()
     return entry
+
+
+def _describe_batches(path: str, size: int, entry: dict[str, Any]) -> None:
+    if not size or not path.endswith(".arrow"):
+        return
+    data = _map(path)
+    batches = []
+    for offset, length, batch in _batches(data):
+        rest, rows = batch_checksums(data, offset, length, batch)
+        described = {"offset": offset, "length": length, "rows": batch.num_rows, "crc32": rest}
+        if rows is not None:
+            described["images_crc32"] = _pack(rows)
+        batches.append(described)
+    entry["batches"] = batches
 
 
 def record_files(folder: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -206,64 +219,61 @@ def check_files(folder: str, files: dict[str, dict[str, Any]]) -> PreparedCheck:
         if size != expected["size"]:
             check.problems.append(f"{path}: {size:,} bytes, {expected['size']:,} when it was prepared")
         if _sha(path) != expected[HASH]:
-            located = False
-            if "batches" in expected:
-                try:
-                    found = describe_file(path)
-                except (pa.ArrowException, OSError, ValueError):
-                    found = {}  # its batches no longer parse: each one is compared by its crc32 alone
-                located = _locate(path, expected, found, first_row, check)
+            located = "batches" in expected and _locate(path, expected, first_row, check)
             if not located:
                 check.problems.append(f"{path}: its {HASH} differs from the prepare report")
         first_row += rows
+    check.damaged_rows = sorted(set(check.damaged_rows))
     return check
 
 
-def _locate(path: str, expected: dict, found: dict, first_row: int, check: PreparedCheck) -> bool:
-    """Add the damaged rows (or record batches) of the Arrow file at `path`; False when none differ."""
+def _locate(path: str, expected: dict, first_row: int, check: PreparedCheck) -> bool:
+    """Add the damaged rows (or record batches) of the Arrow file at `path`; False when none differ.
+
+    Each record batch is read at the offset recorded for it and checked on its own, so a damage that
+    makes one batch unreadable still lets the others be checked."""
     located = False
-    found_batches = {b["offset"]: b for b in found.get("batches", [])}
     row = first_row
     data = _map(path)
+    try:
+        schema = pa.ipc.open_stream(pa.BufferReader(data)).schema
+    except (pa.ArrowException, OSError, ValueError):
+        schema = None  # the stream's header itself is damaged
     for number, batch in enumerate(expected["batches"]):
-        start, end = batch["offset"], batch["offset"] + batch["length"]
+        start, length = batch["offset"], batch["length"]
         last = row + batch["rows"] - 1
-        if end > data.size:
-            check.problems.append(f"{path}: rows {row}..{last} (record batch {number}) are cut off")
-            check.damaged_rows.extend(range(row, last + 1))
-            located = True
-        elif zlib.crc32(data[start:end]) != batch["crc32"]:
-            located = True
-            now = found_batches.get(start)
+        where = f"rows {row}..{last} (record batch {number})"
+        damaged = None
+        if start + length > data.size:
+            damaged = f"{where} are cut off"
+        else:
+            try:
+                read = pa.ipc.read_record_batch(pa.ipc.read_message(data.slice(start, length)), schema)
+                rest, rows = batch_checksums(data, start, length, read)
+            except (pa.ArrowException, OSError, ValueError, TypeError):
+                read, rest, rows = None, None, None
             wanted = _unpack(batch["images_crc32"]) if "images_crc32" in batch else None
-            got = _unpack(now["images_crc32"]) if now and "images_crc32" in now else None
             differing = []
-            if wanted is not None and got is not None and len(wanted) == len(got):
-                differing = [k for k in range(len(wanted)) if wanted[k] != got[k]]
-            ids = _ids(data[start:end], data) if differing else None
+            if rows is not None and wanted is not None and len(rows) == len(wanted):
+                differing = [k for k in range(len(rows)) if rows[k] != wanted[k]]
+            if read is None:
+                damaged = f"{where} no longer parse"
+            elif rest != batch["crc32"] or (differing == [] and rows != wanted):
+                damaged = f"{where} differ from the prepared bytes"
+            ids = read.column(read.schema.get_field_index("id")).to_pylist() if differing else []
             for k in differing:
-                who = f" (id={ids[k]!r})" if ids and k < len(ids) else ""
+                who = f" (id={ids[k]!r})" if k < len(ids) else ""
                 check.problems.append(
                     f"{path}: row {row + k}{who}: its image bytes differ from the prepared ones (record batch {number})"
                 )
                 check.damaged_rows.append(row + k)
-            if not differing:
-                check.problems.append(
-                    f"{path}: rows {row}..{last} (record batch {number}) differ from the prepared bytes"
-                )
-                check.damaged_rows.extend(range(row, last + 1))
+                located = True
+        if damaged is not None:
+            check.problems.append(f"{path}: {damaged}")
+            check.damaged_rows.extend(range(row, last + 1))
+            located = True
         row = last + 1
     return located
-
-
-def _ids(message: pa.Buffer, data: pa.Buffer) -> list[str] | None:
-    # The damaged batch may still decode (a flip inside image bytes): its ids name the rows.
-    try:
-        schema = pa.ipc.open_stream(pa.BufferReader(data)).schema
-        batch = pa.ipc.read_record_batch(pa.ipc.read_message(message), schema)
-        return batch.column(batch.schema.get_field_index("id")).to_pylist()
-    except (pa.ArrowException, OSError, ValueError, KeyError):
-        return None
 
 
 def load_files(report_path: str) -> dict[str, dict[str, Any]] | None:
