@@ -141,7 +141,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 raise
             raise DamagedEntry(
                 f"{self.config.name}: the prepared entry is damaged: {os.path.join(folder, 'dataset_info.json')} "
-                f"is not valid JSON ({e.msg} at byte {e.pos}; truncated?); delete {folder} and prepare again"
+                f"is not valid JSON (at byte {e.pos}: {e.msg}; truncated?); delete {folder} and prepare again"
             ) from None
         # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
         self.name = self.info.builder_name = "llava_hf"

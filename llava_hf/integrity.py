@@ -194,7 +194,12 @@ class PreparedCheck:
         head = f"{self.folder}: {self.files} files, {self.bytes:,} bytes checked"
         if self.intact:
             return f"{head}: intact (every sha256 matches the prepare report)"
-        return "\n".join([f"{head}: DAMAGED, {len(self.problems)} problems", *(f"  {p}" for p in self.problems)])
+        return "\n".join(
+            [
+                f"{head}: DAMAGED, {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}",
+                *(f"  {p}" for p in self.problems),
+            ]
+        )
 
 
 def _arrow_order(name: str) -> tuple:

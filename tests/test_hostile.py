@@ -436,7 +436,7 @@ def test_verify_prepared_names_the_file_and_the_row_of_a_flipped_bit(fake, capsy
     assert main(cli) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[1:] == [f"  {problem}"]
-    assert "DAMAGED, 1 problems" in out.splitlines()[0]
+    assert out.splitlines()[0].endswith(" bytes checked: DAMAGED, 1 problem")
 
 
 def test_verify_prepared_of_damaged_text_names_the_rows_of_its_batch(fake):
@@ -483,7 +483,7 @@ def test_reusing_a_truncated_dataset_info_names_it(fake):
     with pytest.raises(llava_hf.DamagedEntry) as info:
         llava_hf.load_dataset("detail_23k", **fake)
     message = str(info.value)
-    assert message.startswith(f"detail_23k: the prepared entry is damaged: {info_path} is not valid JSON (")
+    assert message.startswith(f"detail_23k: the prepared entry is damaged: {info_path} is not valid JSON (at byte ")
     assert message.endswith(f"; truncated?); delete {folder} and prepare again")
 
 
