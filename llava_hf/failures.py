@@ -37,7 +37,8 @@ class PrepareError(DatasetGenerationError):
     """A prepare that failed for a reason outside the source data (disk full, permissions, a damaged
     file); the message names the file and what to do. Nothing was kept: the next run starts over.
 
-    `errno` is the operating system's error number when there was one."""
+    `errno` is the operating system's error number when there was one. Not an OSError: datasets turns
+    every OSError raised while generating into "Cannot find data file"."""
 
     def __init__(self, message: str, errno: int | None = None):
         self.errno = errno
