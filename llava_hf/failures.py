@@ -130,18 +130,20 @@ def interrupted(config: str, folder: str) -> PrepareInterrupted:
 def stop_workers_on_interrupt() -> Iterator[None]:
     """Inside this block (in the main thread), SIGINT raises KeyboardInterrupt as usual and, should the
     process still be unwinding `INTERRUPT_GRACE_SECONDS` later, kills the worker processes it started."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is not signal.default_int_handler:
+        yield  # another thread, or the application handles (or ignores) SIGINT itself: leave it alone
         return
-    previous = signal.getsignal(signal.SIGINT)
+    import multiprocess
+
     done = threading.Event()
+    older = {child.pid for child in multiprocess.active_children()}  # not started by this prepare: spared
 
     def on_sigint(signum, frame):
-        threading.Thread(target=_kill_children_later, args=(done,), name="llava_hf-interrupt", daemon=True).start()
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            raise KeyboardInterrupt
+        threading.Thread(
+            target=_kill_children_later, args=(done, older), name="llava_hf-interrupt", daemon=True
+        ).start()
+        previous(signum, frame)  # Python's own: raises KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGINT, on_sigint)
@@ -155,12 +157,14 @@ def stop_workers_on_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _kill_children_later(done: threading.Event) -> None:
+def _kill_children_later(done: threading.Event, older: set[int]) -> None:
     import multiprocess
 
     if done.wait(INTERRUPT_GRACE_SECONDS):
         return  # unwound in time: the pool has stopped its workers itself
-    # Only processes this one started (pool workers, datasets' queue manager), by their pids.
+    # Only the processes the prepare started (pool workers, datasets' queue manager), by their pids.
     for child in multiprocess.active_children():
+        if child.pid in older:
+            continue
         with suppress(ProcessLookupError, TypeError):
             os.kill(child.pid, signal.SIGKILL)

@@ -568,3 +568,41 @@ def test_lazy_open_of_a_truncated_arrow_file_names_it(fake):
     message = str(info.value)
     assert message.startswith(f"{arrow} is damaged or incomplete (")
     assert message.endswith("); prepare it again with download_mode='force_redownload'")
+
+
+def _sleep_ignoring_sigint() -> None:
+    import signal
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    time.sleep(60)
+
+
+def test_interrupt_kills_the_prepares_children_when_unwinding_stalls(monkeypatch):
+    import signal
+    import time
+
+    import multiprocess
+
+    from llava_hf import failures
+
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by the test runner here")
+    monkeypatch.setattr(failures, "INTERRUPT_GRACE_SECONDS", 0.3)
+    context = multiprocess.get_context("fork")
+    before = context.Process(target=_sleep_ignoring_sigint)
+    before.start()
+    try:
+        with failures.stop_workers_on_interrupt():
+            worker = context.Process(target=_sleep_ignoring_sigint)
+            worker.start()
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            worker.join(timeout=5)  # a stalled unwinding: the worker is killed after the grace period
+            assert worker.exitcode == -signal.SIGKILL
+        assert before.is_alive()  # a process the prepare did not start is spared
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        before.kill()
+        before.join()
