@@ -121,6 +121,9 @@ def explain(error: BaseException, config: str, folder: str) -> BaseException:
 
 
 def interrupted(config: str, folder: str) -> PrepareInterrupted:
+    """What to raise for a Ctrl-C during `download_and_prepare` of `config` into `folder`."""
+    if os.path.exists(os.path.join(folder, "dataset_info.json")):  # it came while reusing a prepared entry
+        return PrepareInterrupted(f"{config}: interrupted (Ctrl-C); the prepared entry {folder} is as it was")
     return PrepareInterrupted(
         f"{config}: preparing was interrupted (Ctrl-C); nothing was kept in {folder}, the next run prepares again"
     )
