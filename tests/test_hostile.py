@@ -606,3 +606,22 @@ def test_interrupt_kills_the_prepares_children_when_unwinding_stalls(monkeypatch
     finally:
         before.kill()
         before.join()
+
+
+def test_verify_prepared_numbers_rows_across_the_shards_of_num_proc(fake):
+    import llava_hf
+
+    ds, folder = prepared(fake, num_proc=2)
+    arrows = sorted(f for f in os.listdir(folder) if f.endswith(".arrow"))
+    assert arrows == ["llava_hf-train-00000-of-00002.arrow", "llava_hf-train-00001-of-00002.arrow"]
+    assert llava_hf.verify_prepared(ds).intact
+    second = Path(folder) / arrows[1]
+    flip_image_byte(second, jpeg(20))
+    check = llava_hf.verify_prepared(ds)
+    batches = llava_hf.prepare_report(ds)["files"][arrows[0]]["batches"]
+    rows_before = sum(b["rows"] for b in batches)
+    assert rows_before < 20
+    assert ds[20]["id"] == "r20"
+    assert check.damaged_rows == [20]
+    assert len(check.problems) == 1
+    assert check.problems[0].startswith(f"{second}: row 20 (id='r20'): its image bytes differ from the prepared ones")
