@@ -22,7 +22,14 @@ from datasets.fingerprint import Hasher
 from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
-from .failures import PrepareInterrupted, explain, interrupt_in, interrupted, stop_workers_on_interrupt
+from .failures import (
+    PrepareInterrupted,
+    explain,
+    interrupt_in,
+    interrupted,
+    stop_workers_on_interrupt,
+    with_advice,
+)
 from .features import FEATURES
 from .images import open_root
 from .integrity import DamagedEntry, check_sizes, load_files, record_files, remedy
@@ -133,6 +140,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             with datasets_locks(self._lock_mode):
                 super().__init__(*args, **kwargs)
         except OSError as e:
+            if not is_lock_error(e) and with_advice(e) is not e:
+                raise with_advice(e) from e  # a cache_dir that is read-only, not writable, full
             raise explain_lock_error(e) from e
         except json.JSONDecodeError as e:
             # datasets reads an existing entry's dataset_info.json here, before any download_mode applies

@@ -74,6 +74,19 @@ def _os_error_in(error: BaseException | None) -> OSError | None:
     return None
 
 
+def with_advice(error: OSError) -> OSError:
+    """`error` (an OS error naming its file) as a new exception of the same type whose message also says
+    what to do, for disk full, quota, permission and read-only errors; `error` itself for any other."""
+    advice = _ADVICE.get(error.errno) if error.filename is not None else None
+    if advice is None or error.errno == errno.EIO:
+        return error
+    try:
+        explained = type(error)(error.errno, f"{os.strerror(error.errno)} ({advice})", error.filename)
+    except TypeError:  # a subclass with a constructor of its own
+        return error
+    return explained.with_traceback(error.__traceback__)
+
+
 def interrupt_in(error: BaseException | None) -> bool:
     """Whether a KeyboardInterrupt is in the cause/context chain of `error`."""
     seen = set()
@@ -94,7 +107,8 @@ def explain(error: BaseException, config: str, folder: str) -> BaseException:
     if isinstance(error, (SourceError, PrepareError, KeyboardInterrupt)):
         return error
     if isinstance(error, OSError) and (error.filename is not None or error.errno is None):
-        return error  # raised by llava_hf's own code, or by the OS naming the file: as it is, type kept
+        # raised by llava_hf's own code, or by the OS naming the file: its type kept, the remedy added
+        return with_advice(error)
     inner = error
     while isinstance(inner, DatasetGenerationError) and not isinstance(inner, (SourceError, PrepareError)):
         cause = inner.__cause__ or inner.__context__

@@ -625,3 +625,24 @@ def test_verify_prepared_numbers_rows_across_the_shards_of_num_proc(fake):
     assert check.damaged_rows == [20]
     assert len(check.problems) == 1
     assert check.problems[0].startswith(f"{second}: row 20 (id='r20'): its image bytes differ from the prepared ones")
+
+
+def test_read_only_cache_dir_names_it_and_the_remedy(fake, tmp_path):
+    import llava_hf
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "read_only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        with pytest.raises(OSError) as info:
+            llava_hf.load_dataset("detail_23k", **{**fake, "cache_dir": str(mount / "cache")})
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+    assert str(info.value) == (
+        f"[Errno 30] Read-only file system (the file system is read-only: pass a writable cache_dir): "
+        f"'{mount / 'cache'}'"
+    )
