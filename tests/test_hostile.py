@@ -47,24 +47,27 @@ CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
 import llava_hf
-options = json.loads(sys.argv[1])
-try:
-    if options.pop("verify", False):
-        report = llava_hf.verify("detail_23k", num_proc=1, progress=False, decode=False, **options)
-        print(json.dumps({{"counts": dict(report.counts), "problems": [str(p) for p in report.problems]}}))
-    else:
+
+def run(options):
+    try:
+        if options.pop("verify", False):
+            report = llava_hf.verify("detail_23k", num_proc=1, progress=False, decode=False, **options)
+            return {{"counts": dict(report.counts), "problems": [str(p) for p in report.problems]}}
         ds = llava_hf.load_dataset("detail_23k", **options)
-        print(json.dumps({{"ids": list(ds["id"]), "report": llava_hf.prepare_report(ds)["skipped"]}}))
-except Exception as e:
-    print(json.dumps({{"error": type(e).__name__, "message": str(e)}}))
+        return {{"ids": list(ds["id"]), "report": llava_hf.prepare_report(ds)["skipped"]}}
+    except Exception as e:
+        return {{"error": type(e).__name__, "message": str(e)}}
+
+print(json.dumps([run(options) for options in json.loads(sys.argv[1])]))
 """
 
 
-def run_child(options: dict, memory: int = 3 << 30, timeout: float = 120) -> dict:
-    """Run a prepare (or verify) in a child process limited to `memory` bytes of address space."""
+def run_child(*runs: dict, memory: int = 3 << 30, timeout: float = 120) -> list[dict]:
+    """Each prepare (or verify, with "verify": True) of `runs`, in one child process limited to `memory`
+    bytes of address space: a hang fails the test by its timeout, a runaway read by the limit."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD.format(memory=memory)), json.dumps(options)],
+        [sys.executable, "-c", textwrap.dedent(CHILD.format(memory=memory)), json.dumps(runs)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -99,37 +102,21 @@ KINDS = {"fifo": (_fifo, "a FIFO (named pipe)"), "dev_zero": (_dev_zero, "a char
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_non_regular_image_stops_prepare_naming_it(fake, kind):
+def test_non_regular_image_is_refused_skipped_and_verified(fake, kind):
     make, what = KINDS[kind]
     path = make(fake)
-    result = run_child(fake)
-    assert result == {
-        "error": "SourceError",
-        "message": f"detail_23k.json: record 3 (id='r03'): image file {path} is {what}, not a regular file; "
-        "only regular files are read",
+    problem = f"image file {path} is {what}, not a regular file; only regular files are read"
+    verify = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
+    raised, skipped, verified = run_child(fake, {**fake, "on_bad_image": "skip"}, verify)
+    assert raised == {"error": "SourceError", "message": f"detail_23k.json: record 3 (id='r03'): {problem}"}
+    assert skipped["ids"] == ids_without(3)
+    assert skipped["report"]["counts"] == {"not_a_file": 1}
+    assert [(e["index"], e["id"]) for e in skipped["report"]["examples"]["not_a_file"]] == [(3, "r03")]
+    assert skipped["report"]["rows"] == [[3, image_name(3)]]
+    assert verified == {
+        "counts": {"not_a_file": 1},
+        "problems": [f"detail_23k.json: record 3 (id='r03'): not_a_file: {problem}"],
     }
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_non_regular_image_is_skipped_and_counted(fake, kind):
-    KINDS[kind][0](fake)
-    result = run_child({**fake, "on_bad_image": "skip"})
-    assert result["ids"] == ids_without(3)
-    assert result["report"]["counts"] == {"not_a_file": 1}
-    assert [(e["index"], e["id"]) for e in result["report"]["examples"]["not_a_file"]] == [(3, "r03")]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_non_regular_image_is_reported_by_verify(fake, kind):
-    make, what = KINDS[kind]
-    path = make(fake)
-    options = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
-    result = run_child(options)
-    assert result["counts"] == {"not_a_file": 1}
-    assert result["problems"] == [
-        f"detail_23k.json: record 3 (id='r03'): not_a_file: image file {path} is {what}, not a regular file; "
-        "only regular files are read"
-    ]
 
 
 def test_reads_are_bounded_whatever_stat_says(tmp_path, monkeypatch):
@@ -191,21 +178,15 @@ BAD_NAME = (
 )
 
 
-def test_unencodable_image_name_names_the_record(fake):
+def test_unencodable_image_name_is_refused_skipped_and_verified(fake):
     _surrogate_name(fake)
-    result = run_child(fake)
-    assert result == {"error": "SourceError", "message": f"detail_23k.json: record 3 (id='r03'): {BAD_NAME}"}
-
-
-def test_unencodable_image_name_is_skipped_and_verified(fake):
-    _surrogate_name(fake)
-    result = run_child({**fake, "on_bad_image": "skip"})
-    assert result["ids"] == ids_without(3)
-    assert result["report"]["counts"] == {"bad_name": 1}
-    options = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
-    result = run_child(options)
-    assert result["counts"]["bad_name"] == 1
-    assert f"detail_23k.json: record 3 (id='r03'): bad_name: {BAD_NAME}" in result["problems"]
+    verify = {"data_dir": fake["data_dir"], "image_dir": fake["image_dir"], "verify": True}
+    raised, skipped, verified = run_child(fake, {**fake, "on_bad_image": "skip"}, verify)
+    assert raised == {"error": "SourceError", "message": f"detail_23k.json: record 3 (id='r03'): {BAD_NAME}"}
+    assert skipped["ids"] == ids_without(3)
+    assert skipped["report"]["counts"] == {"bad_name": 1}
+    assert verified["counts"]["bad_name"] == 1
+    assert f"detail_23k.json: record 3 (id='r03'): bad_name: {BAD_NAME}" in verified["problems"]
 
 
 # --- 2. a record over the per-record limit is called that --------------------------------------------------
