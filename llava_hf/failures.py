@@ -56,8 +56,8 @@ class PrepareInterrupted(KeyboardInterrupt):
 _ADVICE = {
     errno.ENOSPC: "free space there, or pass another cache_dir, and run again",
     errno.EDQUOT: "the disk quota is exhausted: free space there, or pass another cache_dir, and run again",
-    errno.EACCES: "this user may not write there: pass a cache_dir it may write to, or fix the permissions",
-    errno.EPERM: "this user may not write there: pass a cache_dir it may write to, or fix the permissions",
+    errno.EACCES: "this user may not use it: fix its permissions, or pass a cache_dir this user may write to",
+    errno.EPERM: "this user may not use it: fix its permissions, or pass a cache_dir this user may write to",
     errno.EROFS: "the file system is read-only: pass a writable cache_dir",
     errno.EIO: "the storage reported an I/O error: check the device or mount, and run again",
 }
