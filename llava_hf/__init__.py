@@ -10,11 +10,13 @@ from . import hook
 from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
 from .errors import SourceError
+from .failures import PrepareError, PrepareInterrupted
 from .features import FEATURES, MULTI_IMAGE_FEATURES
 from .files import as_multi_image
 from .formats import export_for_trainer, to_llamafactory, to_llava, to_messages, to_trl
 from .hub import export, push_to_hub
-from .load import load_builder, load_dataset, prepare_report
+from .integrity import DamagedEntry, PreparedCheck
+from .load import load_builder, load_dataset, prepare_report, verify_prepared
 from .preview import write_preview
 from .recipes import BUILTIN_RECIPES, MixReport, Recipe, RecipeError, load_recipe, mix, resolve, write_mix
 from .stats import compute_stats, stats_markdown, write_histograms, write_stats
@@ -33,12 +35,16 @@ __all__ = [
     "BUILTIN_RECIPES",
     "CATALOG",
     "CONFIG_NAMES",
+    "DamagedEntry",
     "FEATURES",
     "HOOK_INSTALLED",
     "MULTI_IMAGE_FEATURES",
     "LlavaBuilder",
     "LlavaConfig",
     "MixReport",
+    "PrepareError",
+    "PrepareInterrupted",
+    "PreparedCheck",
     "Recipe",
     "RecipeError",
     "SourceError",
@@ -60,6 +66,7 @@ __all__ = [
     "to_messages",
     "to_trl",
     "verify",
+    "verify_prepared",
     "write_histograms",
     "write_mix",
     "write_preview",

@@ -22,11 +22,27 @@ from datasets.fingerprint import Hasher
 from .catalog import SOURCES, Source, get_source
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
+from .failures import (
+    PrepareInterrupted,
+    explain,
+    interrupt_in,
+    interrupted,
+    stop_workers_on_interrupt,
+    with_advice,
+)
 from .features import FEATURES, MULTI_IMAGE_FEATURES
 from .files import FileSource, data_file_paths, file_config_name, file_identity, file_source, plan_files
 from .image_collections import check_sources, is_url
 from .images import open_root
-from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
+from .integrity import DamagedEntry, check_sizes, load_files, record_files, remedy
+from .locking import (
+    LockMode,
+    children_die_with_this_process,
+    datasets_locks,
+    explain_lock_error,
+    is_lock_error,
+    lock_mode,
+)
 from .reader import REPORT_FILENAME
 from .sources import BATCH_ROWS, input_identity
 
@@ -151,7 +167,18 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             with datasets_locks(self._lock_mode):
                 super().__init__(*args, **kwargs)
         except OSError as e:
+            if not is_lock_error(e) and with_advice(e) is not e:
+                raise with_advice(e) from e  # a cache_dir that is read-only, not writable, full
             raise explain_lock_error(e) from e
+        except json.JSONDecodeError as e:
+            # datasets reads an existing entry's dataset_info.json here, before any download_mode applies
+            folder = getattr(self, "_cache_dir", None)
+            if folder is None:
+                raise
+            raise DamagedEntry(
+                f"{self.config.name}: the prepared entry is damaged: {os.path.join(folder, 'dataset_info.json')} "
+                f"is not valid JSON (at byte {e.pos}: {e.msg}; truncated?); delete {folder} and prepare again"
+            ) from None
         # Wrapped configs are built by datasets from our module; keep the public name in infos and paths.
         self.name = self.info.builder_name = "llava_hf"
         self._source: Source = _config_source(self.config)
@@ -235,12 +262,70 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def download_and_prepare(self, *args, **kwargs):
         try:
-            with datasets_locks(self._lock_mode):
+            with datasets_locks(self._lock_mode), stop_workers_on_interrupt():
                 super().download_and_prepare(*args, **kwargs)
-        except OSError as e:
-            raise explain_lock_error(e) from e
+        except KeyboardInterrupt as e:
+            if isinstance(e, PrepareInterrupted):
+                raise
+            raise interrupted(self.config.name, self.cache_dir) from None
+        except Exception as e:
+            # multiprocess raises TimeoutError from its cleanup when Ctrl-C lands while results are awaited
+            if interrupt_in(e):
+                raise interrupted(self.config.name, self.cache_dir) from None
+            if isinstance(e, OSError) and is_lock_error(e):
+                raise explain_lock_error(e) from e
+            explained = explain(e, self.config.name, self.cache_dir)
+            if explained is e:
+                raise
+            raise explained from e
         if self._plan is None:  # reused, not prepared here
+            self._check_reused_files()
             self._check_reused_images()
+            self._check_reused_skips()
+
+    def _check_reused_skips(self) -> None:
+        # An entry prepared with on_bad_image="skip" lacks the rows whose images were bad then; if those
+        # images are there now (a mount that came up, files put back), the entry is stale. Only the skipped
+        # rows' images are read (all of them, in parallel), never the others.
+        path = os.path.join(self.cache_dir, REPORT_FILENAME)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+        skipped = report.get("skipped", {}).get("rows") or []
+        location = self.config.image_dir or report.get("source", {}).get("images")
+        if not skipped or not self.config.embed_images or location is None or not os.path.exists(location):
+            return
+        root = open_root(location, self._source.image_aliases)
+        back = [
+            (index, name)
+            for (index, name), found in zip(skipped, root.read_many(name for _, name in skipped))
+            if not isinstance(found, BadImage)
+        ]
+        if back:
+            index, name = back[0]
+            message = (
+                f"{self.config.name}: {len(back):,} of the {len(skipped):,} rows skipped when this entry was prepared "
+                f"now have their image in {location} (e.g. record {index}, {name!r}); the entry lacks them: pass "
+                "download_mode='force_redownload' to prepare them in"
+            )
+            logger.warning(message)
+            warnings.warn(message, stacklevel=3)
+
+    def _check_reused_files(self) -> None:
+        # A stat per file: a truncated or missing file (a full disk during a copy, a crash of the storage)
+        # is named now, not met later as pyarrow's "Expected to be able to read N bytes" without a name.
+        path = os.path.join(self.cache_dir, REPORT_FILENAME)
+        try:
+            files = load_files(path)
+        except FileNotFoundError:
+            return  # not an entry of this builder's (a datasets-written cache): nothing recorded
+        except ValueError:
+            raise DamagedEntry(
+                f"{self.config.name}: the prepared entry is damaged: {path} is not valid JSON; {remedy(self.cache_dir)}"
+            ) from None
+        if files:  # entries prepared before checksums were recorded have none
+            check_sizes(self.cache_dir, files, self.config.name)
 
     def _check_reused_images(self) -> None:
         # The cache key names an image folder by its last two path components, so that a cache is found
@@ -299,6 +384,18 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             logger.warning(
                 "%s: skipped %s rows with bad images (%s)", spec.config, f"{skips.total():,}", skips.summary()
             )
+
+    def _prepare_split_single(self, *args, **kwargs):
+        # Runs in each num_proc worker (and in the preparing process with num_proc 1): an error is made
+        # explicit here, where it is an object, before datasets wraps it and multiprocess turns it into text.
+        try:
+            yield from super()._prepare_split_single(*args, **kwargs)
+        except Exception as e:
+            folder = os.path.dirname(kwargs.get("fpath") or self._output_dir).removesuffix(".incomplete")
+            explained = explain(e, self.config.name, folder)
+            if explained is e:
+                raise
+            raise explained from e
 
     def _exit_if_orphaned(self) -> None:
         # A worker whose preparing process was killed would go on writing shards into the folder the next
@@ -380,6 +477,36 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             },
             "options": {"embed_images": self.config.embed_images, "on_bad_image": self.config.on_bad_image},
             "prepared_by": {"host": socket.gethostname(), "pid": os.getpid(), "llava_hf": __version__},
+            # Size and checksums of every file written (dataset_info.json and LICENSE are added by _save_info).
+            "files": record_files(self._output_dir, _written_files(self._output_dir)),
         }
-        with open(os.path.join(self._output_dir, REPORT_FILENAME), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
+        _write_json(os.path.join(self._output_dir, REPORT_FILENAME), report)
+
+    def _save_info(self) -> None:
+        super()._save_info()
+        # datasets writes dataset_info.json (and LICENSE) after the data, inside "<entry>.incomplete": add them.
+        path = os.path.join(self._output_dir, REPORT_FILENAME)
+        if self._output_dir.endswith(".incomplete") and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+            files = report.setdefault("files", {})
+            files.update(
+                record_files(self._output_dir, [f for f in _written_files(self._output_dir) if f not in files])
+            )
+            _write_json(path, report)
+
+
+def _written_files(folder: str) -> list[str]:
+    return [
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_file(follow_symlinks=False) and entry.name != REPORT_FILENAME and not entry.name.endswith(".lock")
+    ]
+
+
+def _write_json(path: str, value: Any) -> None:
+    # Written whole, then renamed: a crash never leaves a truncated report.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)

@@ -175,6 +175,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every record and image of a source without building it; exit 0 only when clean."""
     from .verify import verify, write_fix_list, write_report
 
+    if args.prepared:
+        return _verify_prepared(args)
     name, files = _target(args, args.config)
     report = verify(
         name,
@@ -195,6 +197,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.fix_list:
         print(f"fix list: {write_fix_list(report, args.fix_list):,} records (index, id) to skip in {args.fix_list}")
     return 0 if report.clean else 1
+
+
+def _verify_prepared(args: argparse.Namespace) -> int:
+    # The entry the same options would load, re-read as it is: nothing is prepared, no source is read.
+    from .load import load_builder, verify_prepared
+
+    name, files = _target(args, args.config)
+    builder = load_builder(name, **files, **_load_options(args))
+    if not os.path.exists(os.path.join(builder.cache_dir, "dataset_info.json")):
+        print(f"{name}: not prepared in {builder.cache_dir} (run `llava-hf prepare` with the same options)")
+        return 2
+    check = verify_prepared(builder)
+    print(check.summary())
+    return 0 if check.intact else 1
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -452,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--report", help="where to write the JSON report (default: NAME-verify.json)")
     check.add_argument("--fix-list", help="write the records with problems to this file, one 'index<TAB>id' a line")
+    check.add_argument(
+        "--prepared",
+        action="store_true",
+        help="check the prepared entry (the options of prepare) against its checksums instead of the source",
+    )
+    check.add_argument("--cache-dir", help="with --prepared: where prepared datasets are kept")
+    check.add_argument("--no-embed-images", action="store_true", help="with --prepared: the entry stores paths")
+    check.add_argument(
+        "--on-bad-image", choices=("raise", "skip"), default="raise", help="with --prepared: as when prepared"
+    )
 
     stats = add("stats", cmd_stats, "print statistics of one config and write them with PNG histograms")
     stats.add_argument("config", type=_config_or_files, metavar="NAME", help=_NAME_HELP)

@@ -209,9 +209,12 @@ class SkipLog:
 
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Every skipped row as [index, image name]: a reused entry re-checks just these images.
+    rows: list[list[Any]] = field(default_factory=list)
 
     def add(self, reason: str, index: int, record_id: str, image: str, detail: str) -> None:
         self.counts[reason] += 1
+        self.rows.append([index, image])
         listed = self.examples.setdefault(reason, [])
         if len(listed) < SKIP_EXAMPLES:
             listed.append({"index": index, "id": record_id, "image": image, "detail": detail})
@@ -225,6 +228,7 @@ class SkipLog:
         return {
             "counts": {r: self.counts[r] for r in reasons},
             "examples": {r: sorted(self.examples[r], key=lambda e: e["index"]) for r in reasons},
+            "rows": sorted(self.rows),
         }
 
     def save(self, path: str) -> None:
@@ -238,11 +242,13 @@ class SkipLog:
         log = cls()
         for part in parts:
             log.counts.update(part["counts"])
+            log.rows.extend(part.get("rows", []))
             for reason, listed in part["examples"].items():
                 log.examples.setdefault(reason, []).extend(listed)
         for listed in log.examples.values():
             listed.sort(key=lambda e: e["index"])
             del listed[SKIP_EXAMPLES:]
+        log.rows.sort()
         return log
 
     def summary(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 import struct
 import threading
 from collections import deque
@@ -21,7 +22,16 @@ from .errors import BadImage
 from .zipdir import ZipDirectory, ZipEntry, ZipMemberError, read_member
 
 # Every reason an image can be refused, in the order reports list them.
-BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_large", "unreadable")
+BAD_IMAGE_REASONS = (
+    "unsafe_path",
+    "bad_name",
+    "missing",
+    "not_a_file",
+    "empty",
+    "not_an_image",
+    "too_large",
+    "unreadable",
+)
 
 # No LLaVA image comes near this (the largest are a few MB); a bigger "image" is refused before it is
 # read, so a hostile or broken file can never make a worker allocate gigabytes.
@@ -65,11 +75,21 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def safe_name(name: str) -> str:
-    """`name` as a clean relative POSIX path, or BadImage("unsafe_path") when it could leave the root.
+    """`name` as a clean relative POSIX path, or BadImage("unsafe_path") when it could leave the root, or
+    BadImage("bad_name") when it is not storable text (an unpaired UTF-16 surrogate).
 
     Absolute paths, drive letters, URLs (any `scheme:`), `..` components and NUL bytes are refused; the
     check is on the text alone (CWE-22), so symlinked sub-folders inside a root keep working.
     """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # JSON allows a lone UTF-16 surrogate escape ("\ud83d"); no file system or Arrow string can hold it.
+        raise BadImage(
+            "bad_name",
+            f"image path {_printable(name)} holds an unpaired UTF-16 surrogate at character {e.start}; "
+            "expected UTF-8 text",
+        ) from None
     if not name or "\x00" in name:
         raise BadImage("unsafe_path", f"image path {name!r} is empty or contains a NUL byte")
     posix = name.replace("\\", "/")
@@ -82,6 +102,11 @@ def safe_name(name: str) -> str:
     return posixpath.normpath(posix)
 
 
+def _printable(name: str) -> str:
+    # repr() would keep a lone surrogate, which no terminal or log file can print.
+    return repr(name.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
 def _check_size(size: int, where: str) -> None:
     if size > MAX_IMAGE_BYTES:
         raise BadImage("too_large", f"image file {where} has {size:,} bytes, more than the {MAX_IMAGE_BYTES:,} allowed")
@@ -91,7 +116,11 @@ def _check_head(head: bytes, size: int, where: str) -> None:
     if size == 0:
         raise BadImage("empty", f"image file {where} is empty (0 bytes)")
     if sniff_format(head) is None:
-        raise BadImage("not_an_image", f"image file {where} is not an image (starts with {bytes(head[:8])!r})")
+        # The bytes are never quoted: the "image" may be any file the name points at (/etc/passwd).
+        raise BadImage(
+            "not_an_image",
+            f"image file {where} ({size:,} bytes) is not an image: it starts with no known image signature",
+        )
 
 
 @dataclass
@@ -214,33 +243,92 @@ class FolderRoot(ImageRoot):
 
     def _read(self, name: str) -> bytes | None:
         path = os.path.join(self.location, name)
-        try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                _check_size(size, path)
-                if size <= _READ_WHOLE:
-                    data = f.read()  # one request: one round trip to the storage
-                    _check_head(data[:HEAD_SIZE], len(data), path)
-                    return data
-                # A big file: its signature is checked before the rest is read or allocated, so a big file
-                # that is no image costs 16 bytes.
-                head = f.read(HEAD_SIZE)
-                _check_head(head, size, path)
-                return head + f.read()
-        except FileNotFoundError:
+        opened = _open_regular(path)
+        if opened is None:
             return None
+        fd, size = opened
+        try:
+            _check_size(size, path)
+            if size <= _READ_WHOLE:
+                data = _read_bounded(fd, size, path)  # one request: one round trip to the storage
+                _check_head(data[:HEAD_SIZE], len(data), path)
+                return data
+            # A big file: its signature is checked before the rest is read or allocated, so a big file
+            # that is no image costs 16 bytes.
+            head = os.read(fd, HEAD_SIZE)
+            _check_head(head, size, path)
+            return head + _read_bounded(fd, size - len(head), path, len(head))
         except OSError as e:
             raise BadImage("unreadable", f"image file {path} cannot be read: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
 
     def _probe(self, name: str) -> tuple[bytes, int] | None:
         path = os.path.join(self.location, name)
-        try:
-            with open(path, "rb") as f:
-                return f.read(HEAD_SIZE), os.fstat(f.fileno()).st_size
-        except FileNotFoundError:
+        opened = _open_regular(path)
+        if opened is None:
             return None
+        fd, size = opened
+        try:
+            return os.read(fd, HEAD_SIZE), size
         except OSError as e:
             raise BadImage("unreadable", f"image file {path} cannot be read: {e.strerror or e}") from None
+        finally:
+            os.close(fd)
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _open_regular(path: str) -> tuple[int, int] | None:
+    """(descriptor, size) of the regular file at `path` (symlinks followed), None when there is none;
+    BadImage("not_a_file") for anything else, found without reading a byte of it."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; for a regular file it
+        # changes nothing. The kind is then taken from the open descriptor (no race with a rename).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise BadImage("not_a_file", f"image file {path} is a folder, not a regular file") from None
+    except OSError as e:
+        raise BadImage("unreadable", f"image file {path} cannot be read: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError as e:
+        os.close(fd)
+        raise BadImage("unreadable", f"image file {path} cannot be read: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(info.st_mode)), "not a regular file")
+        # A symlink to /dev/zero has size 0 and never ends; a FIFO blocks: neither is read.
+        raise BadImage("not_a_file", f"image file {path} is {kind}, not a regular file; only regular files are read")
+    return fd, info.st_size
+
+
+def _read_bounded(fd: int, size: int, path: str, already: int = 0) -> bytes:
+    """The rest of the file at `fd`, refused as too_large once `already` + what was read passes
+    MAX_IMAGE_BYTES, whatever `size` (its stat size) said: a file that grows, or reports 0, stays bounded."""
+    limit = MAX_IMAGE_BYTES + 1 - already
+    parts: list[bytes] = []
+    total = 0
+    request = min(max(size, 0) + 1, limit)  # one byte more than expected: the end of file in the same read
+    while True:
+        chunk = os.read(fd, min(request, limit - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= limit:
+            raise BadImage("too_large", f"image file {path} has more than the {MAX_IMAGE_BYTES:,} bytes allowed")
+        request = _READ_WHOLE
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class LocalFile:

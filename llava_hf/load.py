@@ -13,6 +13,7 @@ from .builder import REPORT_FILENAME, LlavaBuilder, OnBadImage
 from .catalog import CONFIG_NAMES, get_source
 from .files import SUFFIXES
 from .hook import NAME, module_hash
+from .integrity import PreparedCheck, check_files, load_files
 from .locking import LockMode
 
 
@@ -154,6 +155,27 @@ def prepare_report(dataset: datasets.Dataset | LlavaBuilder) -> dict[str, Any]:
 
     Takes a prepared `Dataset` (from either load_dataset) or a builder after `download_and_prepare`.
     """
+    path = os.path.join(_prepared_folder(dataset), REPORT_FILENAME)
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def verify_prepared(dataset: datasets.Dataset | LlavaBuilder) -> PreparedCheck:
+    """Re-read every file of a prepared entry and compare it with the checksums its prepare recorded.
+
+    Returns a `PreparedCheck`: `intact` is True only when every file has its recorded size and sha256;
+    otherwise `problems` names each damaged file, and the row (index and id) whose image bytes changed, or
+    the rows of the record batch that did, and `damaged_rows` lists those row indices. Raises ValueError
+    for an entry prepared before checksums were recorded (prepare it again to have them).
+    """
+    folder = _prepared_folder(dataset)
+    files = load_files(os.path.join(folder, REPORT_FILENAME))
+    if not files:
+        raise ValueError(f"{folder} was prepared without checksums (an older llava_hf): prepare it again to have them")
+    return check_files(folder, files)
+
+
+def _prepared_folder(dataset: datasets.Dataset | LlavaBuilder) -> str:
     if isinstance(dataset, LlavaBuilder):
         folder = dataset.cache_dir
     else:
@@ -164,8 +186,6 @@ def prepare_report(dataset: datasets.Dataset | LlavaBuilder) -> dict[str, Any]:
         if not os.path.basename(first).startswith(f"{NAME}-"):
             raise ValueError(f"{first} is not a file prepared by llava_hf, so this dataset has no prepare report")
         folder = os.path.dirname(first)
-    path = os.path.join(folder, REPORT_FILENAME)
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(folder, REPORT_FILENAME)):
         raise FileNotFoundError(f"no {REPORT_FILENAME} in {folder}: not a dataset prepared by llava_hf")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return folder

@@ -13,9 +13,11 @@ same mode: a flock and a lease do not exclude each other.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -90,16 +92,31 @@ def datasets_locks(mode: LockMode) -> Iterator[None]:
                 datasets.builder.FileLock = FileLock
 
 
+_LOCK_ERRNOS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def is_lock_error(error: OSError) -> bool:
+    """Whether `error` is the filesystem refusing flock."""
+    return error.errno in _LOCK_ERRNOS
+
+
 def explain_lock_error(error: OSError) -> OSError:
-    """`error` with the way out when the filesystem refuses flock, else `error` unchanged."""
-    if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+    """A new OSError for `error` (the same errno, hence the same subclass): with the way out when the
+    filesystem refuses flock, else with the same message."""
+    if is_lock_error(error):
         return OSError(
             error.errno,
             f"{error.strerror or error}: this filesystem does not support flock. Set {LOCK_ENV}=lease (or pass "
             f"lock='lease') in every process that shares this cache",
             error.filename,
         )
-    return error
+    # A copy, never `error` itself: `raise explain_lock_error(e) from e` would make `e` its own cause.
+    args = (error.errno, error.strerror, error.filename) if error.filename is not None else error.args
+    try:
+        copy = type(error)(*args)
+    except TypeError:  # a subclass with a constructor of its own
+        copy = OSError(*args)
+    return copy.with_traceback(error.__traceback__)
 
 
 # --- processes forked by a prepare die with it ----------------------------------------------------------
@@ -118,6 +135,10 @@ def _watch_parent(parent: int) -> None:
 
 def _after_fork_in_child() -> None:
     if _preparing_pid is not None and os.getppid() == _preparing_pid:
+        # Ctrl-C reaches every process of the terminal's group: the preparing process alone handles it
+        # (and terminates its pool); workers dying on their own made multiprocess hang or raise TimeoutError.
+        with contextlib.suppress(ValueError):  # only outside the main thread, which a forked child is not
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(
             target=_watch_parent, args=(_preparing_pid,), name="llava_hf-watch-parent", daemon=True
         ).start()

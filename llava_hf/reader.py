@@ -138,7 +138,13 @@ def open_lazy(path: str) -> pa.Table:
     buffer = pa.py_buffer(mapped)  # keeps `mapped` alive as long as any slice of the table lives
     _register(buffer.address, size)
     weakref.finalize(mapped, _unregister, buffer.address)
-    return pa.ipc.open_stream(buffer).read_all()
+    try:
+        return pa.ipc.open_stream(buffer).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        # pyarrow names no file ("Expected to be able to read N bytes for message body, got M")
+        raise OSError(
+            f"{path} is damaged or incomplete ({e}); prepare it again with download_mode='force_redownload'"
+        ) from e
 
 
 def _merged(spans: list[tuple[int, int]], gap: int = 64 << 10) -> list[tuple[int, int]]:

@@ -34,7 +34,7 @@ MIN_SHARDS = 16
 SHARD_ROWS = 10_000
 
 _CHUNK = 4 << 20  # bytes read per step of the scan
-_MAX_RECORD = 64 << 20  # a single record larger than this is reported as malformed
+_MAX_RECORD = 64 << 20  # a single record larger than this is refused, named as too large
 _WS = re.compile(r"[ \t\r\n]*")
 _SEPARATORS = re.compile(r"[ \t\r\n,]*")
 
@@ -147,10 +147,12 @@ def _memo_path() -> str:
 
 
 def content_hash(path: str) -> str:
-    """The sha256 of a whole file, remembered per machine by (path, size, mtime) so that a file read
-    before is not read again; a touched file is hashed again and, unchanged, gives the same hash."""
+    """The sha256 of a whole file, remembered per machine by (path, size, mtime, ctime, inode) so that a
+    file read before is not read again; a touched file is hashed again and, unchanged, gives the same hash."""
     stat = os.stat(path)
-    key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    # ctime and inode too: an edit in place with the mtime set back (cp -p, rsync -t, a restore from a
+    # backup) keeps path, size and mtime, but no user can set ctime back, and a replaced file has a new inode.
+    key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}|{stat.st_ino}"
     memo_path = _memo_path()
     try:
         with open(memo_path, encoding="utf-8") as f:
@@ -356,6 +358,17 @@ def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_
             if len(scan.text) - scan.pos < _MAX_RECORD and scan.more():
                 continue
             after = f" (the record after id={previous_id!r})" if previous_id is not None else ""
+            # The window is full and the parser ran off its end (inside a string, or at the last bytes): the
+            # record may well be valid JSON, only bigger than any LLaVA record; say that, not "malformed".
+            ran_off = e.msg.startswith("Unterminated string") or e.pos >= len(scan.text) - 16
+            if len(scan.text) - scan.pos >= _MAX_RECORD and ran_off:
+                raise SourceError(
+                    scan.label,
+                    f"larger than the {_MAX_RECORD >> 20} MiB limit per record (it starts at byte {scan.offset()}"
+                    f"{', the record after id=' + repr(previous_id) if previous_id is not None else ''}); "
+                    "no LLaVA record comes near it: remove or split it",
+                    index,
+                ) from None
             raise SourceError(
                 scan.label, f"malformed JSON at byte {scan.base + e.pos}{after}: {e.msg}", index
             ) from None

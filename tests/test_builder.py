@@ -255,7 +255,7 @@ BAD_IMAGES = [
     (
         "not_an_image",
         dict(image="000000398214.jpg", data=b"<html>404</html>"),
-        f"image file {COCO_DIR}/000000398214.jpg is not an image (starts with b'<html>40')",
+        f"image file {COCO_DIR}/000000398214.jpg (16 bytes) is not an image: it starts with no known image signature",
     ),
     (
         "unsafe_path",

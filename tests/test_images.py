@@ -89,9 +89,17 @@ def test_folder_reads_bytes_as_is(folder):
     [
         ("nope.jpg", "missing", "image 'nope.jpg' not found under {root}"),
         ("empty.jpg", "empty", "image file {root}/empty.jpg is empty (0 bytes)"),
-        ("page.jpg", "not_an_image", "image file {root}/page.jpg is not an image (starts with b'<html>no')"),
+        (
+            "page.jpg",
+            "not_an_image",
+            "image file {root}/page.jpg (22 bytes) is not an image: it starts with no known image signature",
+        ),
         ("../ok.jpg", "unsafe_path", "image path '../ok.jpg' leaves the image root ('..')"),
-        ("dir.jpg", "unreadable", "image file {root}/dir.jpg cannot be read: Is a directory"),
+        (
+            "dir.jpg",
+            "not_a_file",
+            "image file {root}/dir.jpg is a folder, not a regular file; only regular files are read",
+        ),
     ],
 )
 def test_folder_bad_images(folder, name, reason, detail):

@@ -88,7 +88,13 @@ EXPECTED = [
     ("unsafe_path", 7, "r07", "image path '../ok.jpg' leaves the image root ('..')", "../ok.jpg"),
     ("missing", 1, "r01", "image 'gone.jpg' not found under {images}", "gone.jpg"),
     ("empty", 2, "r02", "image file {images}/empty.jpg is empty (0 bytes)", "empty.jpg"),
-    ("not_an_image", 3, "r03", "image file {images}/page.jpg is not an image (starts with b'<html>40')", "page.jpg"),
+    (
+        "not_an_image",
+        3,
+        "r03",
+        "image file {images}/page.jpg (16 bytes) is not an image: it starts with no known image signature",
+        "page.jpg",
+    ),
     (
         "too_large",
         8,
