@@ -111,3 +111,19 @@ def release(release_template, tmp_path) -> Release:
 @pytest.fixture
 def cache_dir(tmp_path) -> str:
     return str(tmp_path / "cache")
+
+
+@pytest.fixture
+def serve():
+    """`serve(folder, **options)` starts a tests.httpserver.RangeServer on 127.0.0.1 for this test only."""
+    from httpserver import RangeServer
+
+    servers = []
+
+    def start(folder, **options) -> RangeServer:
+        servers.append(RangeServer(folder, **options).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
