@@ -410,7 +410,7 @@ def hub_file(
         raise RemoteError(f"{url_label}: HF_HUB_OFFLINE is set, so the Hub is not asked for this file")
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint.rstrip("/"))
-    headers = build_hf_headers(token=token, library_name="llava_hf")
+    headers = build_hf_headers(token=token)
     return HttpFile(url, headers={**headers, **options.pop("headers", {})}, **options)
 
 

@@ -5,7 +5,8 @@ requests, injected latency and seeded faults, counting every request and body by
         url = server.url("train2017.zip")          # http://127.0.0.1:<port>/train2017.zip
         ...
         server.requests, server.bytes_sent         # totals since start (or reset_stats())
-        server.log                                 # one Hit per request: path, range, status, body bytes sent
+        server.log                                 # one Hit per request: path, range, status, body bytes sent,
+                                                   # request headers (lower-case names)
         server.configure(fault_rate=0.2, faults=("503", "reset"))   # change behaviour between steps
 
 Ranges: one range per request (`bytes=a-b`, `bytes=a-`, `bytes=-n`) answered 206 with Content-Range;
@@ -141,11 +142,14 @@ class RangeServer:
 
     @property
     def bytes_sent(self) -> int:
-        """Body bytes written to clients (headers not counted)."""
+        """Body bytes handed to the sockets (headers not counted; a chunk cut off by a client that closed
+        the connection counts whole)."""
         return sum(hit.sent for hit in self.log)
 
     def start(self) -> RangeServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="RangeServer", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="RangeServer", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -198,6 +202,7 @@ def _handler(server: RangeServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real servers and pooled clients use it
         timeout = 30  # an idle keep-alive connection never holds a thread forever
+        disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms ACK wait
 
         def log_message(self, format, *args):  # quiet: the log list is the record
             pass
@@ -211,13 +216,12 @@ def _handler(server: RangeServer):
         def _serve(self, body: bool) -> None:
             range_header = self.headers.get("Range")
             path = unquote(urlsplit(self.path).path).lstrip("/")
-            hit = Hit(self.command, path, range_header, 0, 0, headers=dict(self.headers.items()))
+            hit = Hit(self.command, path, range_header, 0, 0, headers={k.lower(): v for k, v in self.headers.items()})
+            server._record(hit)  # logged first, so a test that has its bytes always finds the request
             try:
                 self._answer(hit, body)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client stopped reading (as it must for a 200 it refuses)
-            finally:
-                server._record(hit)
 
         def _status_only(self, hit: Hit, status: int) -> None:
             hit.status = status
@@ -225,8 +229,8 @@ def _handler(server: RangeServer):
             self.send_response(status)
             self.send_header("Content-Length", str(len(message)))
             self.end_headers()
-            self.wfile.write(message)
             hit.sent = len(message)
+            self.wfile.write(message)
 
         def _answer(self, hit: Hit, body: bool) -> None:
             if server.latency:
@@ -281,8 +285,8 @@ def _handler(server: RangeServer):
                 while position < stop:
                     chunk = f.read(min(_CHUNK, stop - position))
                     server._throttle(len(chunk))
+                    hit.sent += len(chunk)  # counted before it can reach the client, so no test sees less
                     self.wfile.write(chunk)
-                    hit.sent += len(chunk)
                     position += len(chunk)
                 if fault == "reset":
                     self.wfile.flush()

@@ -1,0 +1,444 @@
+"""Remote transports (llava_hf.remote) against tests/httpserver.py on 127.0.0.1: exact bytes, requests and
+bytes counted, faults retried and resumed, each error's message."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+
+import pytest
+
+from llava_hf.remote import (
+    FsspecFile,
+    HttpFile,
+    RangeNotSupported,
+    RemoteChanged,
+    RemoteError,
+    Retry,
+    hub_file,
+    open_transport,
+    parse_hf_url,
+)
+
+FAST = Retry(attempts=8, base=0.001, cap=0.01, total=30.0)
+PAYLOAD_SIZE = 1_000_000
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "blob.bin").write_bytes(random.Random(7).randbytes(PAYLOAD_SIZE))
+    return root
+
+
+@pytest.fixture
+def payload(folder) -> bytes:
+    return (folder / "blob.bin").read_bytes()
+
+
+def spans_of(count: int, step: int = 6000, length: int = 4000) -> list[tuple[int, int]]:
+    return [(i * step, length) for i in range(count)]
+
+
+def ranges(server) -> list[str | None]:
+    return [hit.range for hit in server.log]
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def test_first_request_learns_size_and_validators_and_brings_the_tail(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"))
+    assert f.size == PAYLOAD_SIZE
+    assert ranges(server) == ["bytes=-65536"]
+    # The end record of a zip is in the tail: reading it costs no second request.
+    assert f.read_at(PAYLOAD_SIZE - 22, 22) == payload[-22:]
+    assert f.read_at(PAYLOAD_SIZE - 65536, 100) == payload[-65536:-65436]
+    assert server.requests == 1
+    st = os.stat(folder / "blob.bin")
+    assert f.identity() == f'{server.url("blob.bin")} etag="{st.st_size:x}-{st.st_mtime_ns:x}" size={PAYLOAD_SIZE}'
+    assert f.describe() == server.url("blob.bin")
+
+
+def test_read_at_and_read_spans_give_exact_bytes_one_request_each(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"), concurrency=4)
+    assert f.read_at(1000, 5000) == payload[1000:6000]
+    spans = spans_of(100)
+    server.reset_stats()
+    got = list(f.read_spans(spans))
+    assert got == [payload[o : o + n] for o, n in spans]
+    assert server.requests == 100
+    assert server.bytes_sent == 100 * 4000
+    assert sorted(ranges(server)) == sorted(f"bytes={o}-{o + n - 1}" for o, n in spans)
+    # Every request after the first carries If-Range with the ETag the first one saw.
+    etag = f.identity().split("etag=")[1].split(" ")[0]
+    assert {hit.headers["if-range"] for hit in server.log} == {etag}
+
+
+def test_read_spans_keeps_the_order_given_with_many_in_flight(serve, folder, payload):
+    server = serve(folder, latency=0.002)
+    f = HttpFile(server.url("blob.bin"), concurrency=8)
+    spans = list(reversed(spans_of(60, step=15000, length=3333)))
+    assert list(f.read_spans(spans)) == [payload[o : o + n] for o, n in spans]
+
+
+def test_a_file_smaller_than_the_tail(serve, folder):
+    (folder / "small.bin").write_bytes(b"0123456789")
+    server = serve(folder)
+    f = HttpFile(server.url("small.bin"))
+    assert f.size == 10
+    assert f.read_at(3, 4) == b"3456"
+    assert list(f.read_spans([(0, 2), (8, 2)])) == [b"01", b"89"]
+    assert server.requests == 1
+
+
+def test_reading_past_the_end_names_the_url(serve, folder):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"))
+    with pytest.raises(RemoteError) as e:
+        f.read_at(PAYLOAD_SIZE - 10, 20)
+    assert str(e.value) == f"{server.url('blob.bin')}: bytes 999990-1000009 asked of a file of 1,000,000 bytes"
+
+
+def test_pickled_transport_reads_in_the_new_process_without_a_new_first_request(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"))
+    assert f.size == PAYLOAD_SIZE
+    copy = pickle.loads(pickle.dumps(f))
+    assert copy.size == PAYLOAD_SIZE
+    assert copy.read_at(500, 10) == payload[500:510]
+    assert ranges(server) == ["bytes=-65536", "bytes=500-509"]
+
+
+def test_credentials_in_the_url_stay_out_of_messages_and_identity(serve, folder):
+    server = serve(folder)
+    url = server.url("blob.bin").replace("http://", "http://user:secret@")
+    f = HttpFile(url)
+    assert f.describe() == server.url("blob.bin")
+    assert "secret" not in f.identity()
+    assert f.headers == {}
+
+
+# -- faults --------------------------------------------------------------------------------------------
+
+
+def test_twenty_percent_of_requests_failing_still_gives_exact_bytes(serve, folder, payload):
+    server = serve(folder, fault_rate=0.2, faults=("503", "reset", "short"), seed=3)
+    f = HttpFile(server.url("blob.bin"), concurrency=8, retry=FAST)
+    spans = spans_of(150)
+    assert list(f.read_spans(spans)) == [payload[o : o + n] for o, n in spans]
+    faults = [hit.fault for hit in server.log if hit.fault]
+    assert {"503", "reset", "short"} <= set(faults)
+    assert 0.1 < len(faults) / server.requests < 0.3
+    # Each failed request cost exactly one more request, and resumed requests asked only for what had not
+    # arrived: every byte once, plus the 503 pages, plus at most what a reset dropped before it was read.
+    assert server.requests == 1 + 150 + len(faults)
+    floor = 65536 + 150 * 4000 + len("503\n") * faults.count("503")
+    assert floor <= server.bytes_sent <= floor + sum(hit.sent for hit in server.log if hit.fault == "reset")
+
+
+def test_a_reset_mid_body_is_resumed_after_the_bytes_received(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"), retry=FAST)
+    assert f.size == PAYLOAD_SIZE
+    server.configure(script=["reset"])
+    assert f.read_at(10_000, 8_000) == payload[10_000:18_000]
+    # Half the body was sent before the reset: the retry asks only for what had not arrived (a reset may
+    # also drop bytes the client had not read yet, so the retry starts at or before the half).
+    first, retry = ranges(server)[1:]
+    assert first == "bytes=10000-17999"
+    start = int(retry.removeprefix("bytes=").split("-")[0])
+    assert 10_000 < start <= 14_000
+    assert retry == f"bytes={start}-17999"
+    assert [hit.fault for hit in server.log[1:]] == ["reset", None]
+
+
+def test_a_short_body_is_resumed(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"), retry=FAST)
+    assert f.size == PAYLOAD_SIZE
+    server.configure(script=["short", "short"])
+    assert f.read_at(0, 8_000) == payload[:8_000]
+    assert ranges(server)[1:] == ["bytes=0-7999", "bytes=4000-7999", "bytes=6000-7999"]
+
+
+def test_a_reset_during_the_first_request_is_resumed_too(serve, folder, payload):
+    server = serve(folder, script=["reset"])
+    f = HttpFile(server.url("blob.bin"), retry=FAST)
+    assert f.size == PAYLOAD_SIZE
+    first, retry = ranges(server)
+    assert first == "bytes=-65536"
+    start = int(retry.removeprefix("bytes=").split("-")[0])
+    assert PAYLOAD_SIZE - 65536 < start <= PAYLOAD_SIZE - 32768
+    assert retry == f"bytes={start}-{PAYLOAD_SIZE - 1}"
+    assert f.read_at(PAYLOAD_SIZE - 65536, 65536) == payload[-65536:]
+    assert server.requests == 2
+
+
+def test_a_stalled_body_times_out_and_is_retried(serve, folder, payload):
+    server = serve(folder, stall=1.5)
+    f = HttpFile(server.url("blob.bin"), timeout=0.2, retry=FAST)
+    assert f.size == PAYLOAD_SIZE
+    server.configure(script=["stall"])
+    assert f.read_at(100, 1000) == payload[100:1100]
+    assert [hit.fault for hit in server.log[1:]] == ["stall", None]
+
+
+def test_retries_are_bounded_and_the_error_says_what_happened(serve, folder):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"), retry=Retry(attempts=3, base=0.001, cap=0.001))
+    assert f.size == PAYLOAD_SIZE
+    server.configure(fault_rate=1.0, faults=("503",))
+    with pytest.raises(RemoteError) as e:
+        f.read_at(0, 100)
+    message = re.sub(r"in \d+\.\d s", "in T s", str(e.value))
+    assert (
+        message
+        == f"{server.url('blob.bin')}: bytes 0-99: gave up after 3 attempts in T s; last: HTTP 503 Service Unavailable"
+    )
+    assert server.requests == 1 + 3
+
+
+def test_retries_stop_at_the_total_time(serve, folder):
+    server = serve(folder, fault_rate=1.0, faults=("503",))
+    f = HttpFile(server.url("blob.bin"), retry=Retry(attempts=1000, base=0.02, cap=0.02, total=0.3))
+    with pytest.raises(RemoteError) as e:
+        _ = f.size
+    attempts = int(re.search(r"gave up after (\d+) attempts", str(e.value)).group(1))
+    # The time bound stopped it long before the 1000 attempts allowed.
+    assert attempts == server.requests < 1000
+
+
+def test_backoff_schedule_is_exponential_capped_and_the_same_every_run():
+    retry = Retry(base=0.25, cap=8.0)
+    waits = [retry.wait(4096, n) for n in range(1, 9)]
+    assert waits == [Retry(base=0.25, cap=8.0).wait(4096, n) for n in range(1, 9)]
+    for n, wait in enumerate(waits, start=1):
+        assert 0.5 * min(8.0, 0.25 * 2 ** (n - 1)) <= wait < min(8.0, 0.25 * 2 ** (n - 1))
+    # Spans that failed together come back at different times.
+    assert retry.wait(0, 1) != retry.wait(4096, 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"attempts": 0}, "Retry attempts must be an int >= 1, got 0"),
+        ({"base": -1}, "Retry base must be a number >= 0, got -1"),
+        ({"total": "5"}, "Retry total must be a number >= 0, got '5'"),
+    ],
+)
+def test_retry_refuses_bad_values(options, message):
+    with pytest.raises(ValueError) as e:
+        Retry(**options)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "message"),
+    [
+        ("ftp://host/a.zip", {}, "HttpFile needs an http:// or https:// URL, got 'ftp://host/a.zip'"),
+        ("http://127.0.0.1/a.zip", {"concurrency": 0}, "concurrency must be an int >= 1, got 0"),
+        ("http://127.0.0.1/a.zip", {"timeout": 0}, "timeout must be a number of seconds > 0, got 0"),
+    ],
+)
+def test_http_file_refuses_bad_values(url, options, message):
+    with pytest.raises(ValueError) as e:
+        HttpFile(url, **options)
+    assert str(e.value) == message
+
+
+# -- errors that no retry cures ------------------------------------------------------------------------
+
+
+def test_a_server_ignoring_range_is_an_error_and_the_body_is_not_read(serve, folder):
+    with open(folder / "huge.zip", "wb") as f:
+        f.truncate(64 << 20)  # sparse: 64 MiB of zeros
+    server = serve(folder, ignore_range=True)
+    f = HttpFile(server.url("huge.zip"))
+    with pytest.raises(RangeNotSupported) as e:
+        _ = f.size
+    assert str(e.value) == (
+        f"{server.url('huge.zip')}: the server ignores range requests (HTTP 200 with the whole file for "
+        "'bytes=-65536'); download the file and give its local path instead"
+    )
+    assert isinstance(e.value, OSError)
+    assert server.requests == 1
+    assert server.log[0].status == 200
+    # The client closed the connection: only what the socket buffers took was sent, not 64 MiB.
+    assert server.bytes_sent < (32 << 20)
+
+
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [(404, "HTTP 404 Not Found"), (410, "HTTP 410 Gone"), (403, "HTTP 403 Forbidden (a token may be needed)")],
+)
+def test_a_missing_or_forbidden_file_is_an_error_at_once(serve, folder, status, text):
+    server = serve(folder, status={"blob.bin": status})
+    f = HttpFile(server.url("blob.bin"), retry=FAST)
+    with pytest.raises(RemoteError) as e:
+        _ = f.size
+    assert str(e.value) == f"{server.url('blob.bin')}: {text}"
+    assert server.requests == 1
+
+
+def test_a_file_that_is_not_there_is_404(serve, folder):
+    server = serve(folder)
+    with pytest.raises(RemoteError) as e:
+        _ = HttpFile(server.url("nothing.zip")).size
+    assert str(e.value) == f"{server.url('nothing.zip')}: HTTP 404 Not Found"
+
+
+def test_a_file_replaced_between_requests_is_an_error(serve, folder):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"))
+    assert f.size == PAYLOAD_SIZE
+    old = f.identity()
+    (folder / "blob.bin").write_bytes(b"x" * 2_000_000)
+    st = os.stat(folder / "blob.bin")
+    with pytest.raises(RemoteChanged) as e:
+        f.read_at(0, 100)
+    assert str(e.value) == (
+        f"{server.url('blob.bin')}: the file changed while being read (was {old.split('etag=')[1].split(' ')[0]}, "
+        f'now "{st.st_size:x}-{st.st_mtime_ns:x}"); run again to read the new version'
+    )
+    # If-Range made the server send the new file whole; the client read none of it.
+    assert server.log[-1].status == 200
+    assert HttpFile(server.url("blob.bin")).identity() != old
+
+
+def test_a_refused_connection_is_retried_then_reported(folder):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = HttpFile(f"http://127.0.0.1:{port}/a.zip", retry=Retry(attempts=2, base=0.001))
+    with pytest.raises(
+        RemoteError,
+        match=rf"^http://127.0.0.1:{port}/a.zip: the last 65,536 bytes: gave up after 2 attempts .*; last: ConnectError",
+    ):
+        _ = f.size
+
+
+# -- the Hub -------------------------------------------------------------------------------------------
+
+
+def test_hub_file_honours_endpoint_token_and_revision(serve, folder, payload, monkeypatch):
+    repo = folder / "datasets" / "liuhaotian" / "LLaVA-Pretrain" / "resolve" / "v1.0"
+    repo.mkdir(parents=True)
+    (repo / "images.zip").write_bytes(payload)
+    server = serve(folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", server.url().rstrip("/"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    f = open_transport("hf://datasets/liuhaotian/LLaVA-Pretrain@v1.0/images.zip")
+    assert isinstance(f, HttpFile)
+    assert f.url == server.url("datasets/liuhaotian/LLaVA-Pretrain/resolve/v1.0/images.zip")
+    assert f.read_at(123, 456) == payload[123:579]
+    assert [hit.headers["authorization"] for hit in server.log] == ["Bearer hf_test_token"] * 2
+    # An explicit token wins over HF_TOKEN.
+    g = hub_file("liuhaotian/LLaVA-Pretrain", "images.zip", revision="v1.0", token="hf_other")
+    assert g.size == PAYLOAD_SIZE
+    assert server.log[-1].headers["authorization"] == "Bearer hf_other"
+
+
+def test_hub_file_refuses_when_the_hub_is_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RemoteError) as e:
+        open_transport("hf://datasets/liuhaotian/LLaVA-Pretrain/images.zip")
+    assert str(e.value) == (
+        "hf://datasets/liuhaotian/LLaVA-Pretrain/images.zip: HF_HUB_OFFLINE is set, so the Hub is not asked for this file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        (
+            "hf://datasets/liuhaotian/LLaVA-Pretrain/images.zip",
+            ("dataset", "liuhaotian/LLaVA-Pretrain", "images.zip", None),
+        ),
+        ("hf://datasets/org/name@refs%2Fpr%2F1/a/b.zip", ("dataset", "org/name", "a/b.zip", "refs/pr/1")),
+        ("hf://org/model@main/w.zip", ("model", "org/model", "w.zip", "main")),
+    ],
+)
+def test_parse_hf_url(url, parsed):
+    assert parse_hf_url(url) == parsed
+
+
+def test_parse_hf_url_refuses_a_repo_without_file():
+    with pytest.raises(ValueError) as e:
+        parse_hf_url("hf://datasets/org")
+    assert (
+        str(e.value)
+        == "'hf://datasets/org' is not a Hub file URL; expected hf://datasets/<org>/<name>[@<revision>]/<file>"
+    )
+
+
+# -- fsspec --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memory_file(payload):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/llava_hf_test/blob.bin", payload)
+    yield "memory://llava_hf_test/blob.bin"
+    fs.rm("/llava_hf_test", recursive=True)
+
+
+def test_fsspec_file_reads_exact_bytes(memory_file, payload):
+    f = open_transport(memory_file)
+    assert isinstance(f, FsspecFile)
+    assert f.size == PAYLOAD_SIZE
+    assert f.read_at(10, 20) == payload[10:30]
+    spans = spans_of(150)  # more than one cat_ranges batch
+    assert list(f.read_spans(spans)) == [payload[o : o + n] for o, n in spans]
+    assert f.identity().startswith(f"{memory_file} ")
+    assert f.identity().endswith(f" size={PAYLOAD_SIZE}")
+    assert f.describe() == memory_file
+
+
+def test_fsspec_file_that_is_not_there(memory_file):
+    f = FsspecFile("memory://llava_hf_test/none.zip")
+    with pytest.raises(RemoteError) as e:
+        _ = f.size
+    assert str(e.value) == "memory://llava_hf_test/none.zip: no such file"
+
+
+def test_fsspec_read_past_the_end(memory_file):
+    with pytest.raises(RemoteError) as e:
+        FsspecFile(memory_file).read_at(PAYLOAD_SIZE - 1, 2)
+    assert str(e.value) == f"{memory_file}: bytes 999999-1000000 asked of a file of 1,000,000 bytes"
+
+
+@pytest.mark.parametrize(
+    ("url", "package"), [("s3://bucket/train2017.zip", "s3fs"), ("gs://bucket/train2017.zip", "gcsfs")]
+)
+def test_a_missing_fsspec_backend_names_the_package(url, package):
+    pytest.importorskip("fsspec")
+    try:
+        __import__(package)
+        pytest.skip(f"{package} is installed")
+    except ImportError:
+        pass
+    with pytest.raises(RemoteError) as e:
+        open_transport(url)
+    scheme = url.split(":")[0]
+    assert str(e.value).startswith(
+        f"{url}: reading {scheme}:// URLs needs the fsspec backend '{package}' (pip install {package}): "
+    )
+
+
+def test_open_transport_sends_no_token_to_other_hosts(serve, folder):
+    server = serve(folder)
+    f = open_transport(server.url("blob.bin"), token="hf_secret")
+    assert isinstance(f, HttpFile)
+    assert f.size == PAYLOAD_SIZE
+    assert "authorization" not in server.log[0].headers
