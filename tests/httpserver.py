@@ -22,14 +22,20 @@ requests in flight fails the same requests every time, and a retried request is 
   "short"  a 206 whose Content-Length and body are half of what its Content-Range claims
   "stall"  send the headers, then wait `stall` seconds before the body (for client timeouts)
 `script=["reset", None, "503"]` gives the next range requests these faults (None: none) in arrival order,
-before any draw: for tests that need one exact failure. `status={"name": 404}` answers a fixed status for a file (404, 403, 410 ...); a file that is not there is
+before any draw: for tests that need one exact failure. `GET /_stats` answers {"requests": n, "bytes_sent": n} as JSON (not counted), for a server in another process:
+
+    python tests/httpserver.py FOLDER [--latency 0.02] [--bandwidth 50e6]   # prints its URL, serves until killed
+
+`status={"name": 404}` answers a fixed status for a file (404, 403, 410 ...); a file that is not there is
 404 anyway.
 """
 
 from __future__ import annotations
 
+import argparse
 import email.utils
 import hashlib
+import json
 import os
 import re
 import socket
@@ -214,6 +220,16 @@ def _handler(server: RangeServer):
             self._serve(body=True)
 
         def _serve(self, body: bool) -> None:
+            if self.path == "/_stats":
+                with server._lock:
+                    totals = {"requests": len(server.log), "bytes_sent": sum(hit.sent for hit in server.log)}
+                message = json.dumps(totals).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(message)))
+                self.end_headers()
+                self.wfile.write(message)
+                return
             range_header = self.headers.get("Range")
             path = unquote(urlsplit(self.path).path).lstrip("/")
             hit = Hit(self.command, path, range_header, 0, 0, headers={k.lower(): v for k, v in self.headers.items()})
@@ -317,3 +333,22 @@ def _handler(server: RangeServer):
             return start, end - start + 1
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a folder with range requests on 127.0.0.1 until killed.")
+    parser.add_argument("root", help="the folder to serve")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds slept before each answer")
+    parser.add_argument("--bandwidth", type=float, default=None, help="bytes/s shared by all connections")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of range requests given a fault")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    server = RangeServer(
+        args.root, latency=args.latency, bandwidth=args.bandwidth, fault_rate=args.fault_rate, seed=args.seed
+    )
+    print(server.url(), flush=True)
+    server._server.serve_forever(0.05)
+
+
+if __name__ == "__main__":
+    main()
