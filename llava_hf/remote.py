@@ -113,6 +113,10 @@ class HttpFile:
     Later requests carry `If-Range` with that validator, and any answer with another validator is a
     `RemoteChanged` error: a file replaced in the middle of a read never mixes two versions.
 
+    A redirect (the Hub sends each file to its CDN) is followed once and remembered: later requests go to
+    where it led, without `headers` (a token never leaves the host it was given for); when that URL stops
+    answering (a signed URL expires: 403), the original is asked again.
+
     Timeouts, 5xx/429 answers, connections reset mid-body and bodies shorter than asked are retried with
     backoff (`retry`) and resumed from the bytes already received, by a new range starting after them. A
     404/403/410 is a `RemoteError` at once; a server that ignores `Range` (200 and the whole body) is a
@@ -148,6 +152,7 @@ class HttpFile:
         self._etag: str | None = None
         self._modified: str | None = None
         self._validated = False
+        self._target: str | None = None
         self._tail = b""
         self._tail_offset = 0
         self._client: httpx.Client | None = None
@@ -230,7 +235,6 @@ class HttpFile:
         # One client per process: a client inherited through fork shares sockets with its parent.
         if self._client is None or self._pid != os.getpid():
             self._client = httpx.Client(
-                headers=self.headers,
                 timeout=httpx.Timeout(self.timeout),
                 limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
                 follow_redirects=True,
@@ -295,10 +299,17 @@ class HttpFile:
         validator = self._etag if self._etag and not self._etag.startswith("W/") else self._modified
         if validator:
             headers["If-Range"] = validator  # a changed file answers 200 (whole body) instead of 206
-        with self._session().stream("GET", self.url, headers=headers) as response:
+        url = self._target or self.url
+        if url == self.url:
+            headers.update(self.headers)  # a token goes to the URL it was given for, never to a CDN
+        with self._session().stream("GET", url, headers=headers) as response:
             status = response.status_code
             if status in _RETRY_STATUSES:
                 raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}")
+            if url != self.url and status in _GONE_STATUSES:
+                # A signed CDN URL expires: ask the original URL again for a fresh one.
+                self._target = None
+                raise _RetryableStatus(f"HTTP {status} from the URL it redirected to")
             if status in _GONE_STATUSES:
                 hint = " (a token may be needed)" if status in (401, 403) else ""
                 raise RemoteError(f"{self.describe()}: HTTP {status} {_GONE_STATUSES[status]}{hint}")
@@ -323,6 +334,10 @@ class HttpFile:
             if begin is not None and start != begin:
                 raise RemoteError(f"{self.describe()}: asked {wanted!r}, the server sent bytes from {start}")
             self._check_validators(response)
+            if url == self.url and response.history:
+                # Redirected (the Hub sends every file to its CDN): later requests go there directly, which
+                # saves a round trip each and keeps hundreds of thousands of requests off the Hub's API.
+                self._target = str(response.url)
             if span.offset is None:  # the suffix range: now we know where it starts
                 span.offset, span.length, span.total = start, total - start, total
             for chunk in response.iter_bytes():

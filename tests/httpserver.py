@@ -76,6 +76,7 @@ class RangeServer:
     status      {file name: HTTP status} answered instead of the file
     stall       seconds a "stall" fault waits before the body
     script      faults for the next range requests, in order, before any draw (None: no fault)
+    redirects   {file name: URL} answered 302 with that Location (as the Hub sends files to its CDN)
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class RangeServer:
         status: dict[str, int] | None = None,
         stall: float = 2.0,
         script: list[str | None] | None = None,
+        redirects: dict[str, str] | None = None,
     ):
         self.root = Path(root)
         self.latency = latency
@@ -102,6 +104,7 @@ class RangeServer:
         self.status = dict(status or {})
         self.stall = stall
         self.script = list(script or [])
+        self.redirects = dict(redirects or {})
         self._check()
         self._lock = threading.Lock()
         self._seen: dict[tuple, int] = {}
@@ -253,6 +256,13 @@ def _handler(server: RangeServer):
                 time.sleep(server.latency)
             if hit.path in server.status:
                 return self._status_only(hit, server.status[hit.path])
+            if hit.path in server.redirects:
+                hit.status = 302
+                self.send_response(302)
+                self.send_header("Location", server.redirects[hit.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             path = server.root / hit.path
             if ".." in Path(hit.path).parts or not path.is_file():
                 return self._status_only(hit, 404)

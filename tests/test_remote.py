@@ -124,6 +124,35 @@ def test_credentials_in_the_url_stay_out_of_messages_and_identity(serve, folder)
     assert f.headers == {}
 
 
+def test_a_redirect_is_followed_once_and_the_token_stays_with_the_original_host(serve, folder, tmp_path, payload):
+    import shutil
+
+    cdn_root = tmp_path / "cdn"
+    (cdn_root / "a").mkdir(parents=True)
+    (cdn_root / "b").mkdir()
+    shutil.copy2(folder / "blob.bin", cdn_root / "a" / "blob.bin")
+    shutil.copy2(folder / "blob.bin", cdn_root / "b" / "blob.bin")  # same size and mtime: same ETag
+    cdn = serve(cdn_root)  # another port: another origin, as the Hub and its CDN are
+    hub = serve(folder, redirects={"resolve/blob.bin": cdn.url("a/blob.bin")})
+    f = HttpFile(hub.url("resolve/blob.bin"), headers={"Authorization": "Bearer hf_x"}, retry=FAST)
+    assert list(f.read_spans([(0, 10), (5000, 10)])) == [payload[:10], payload[5000:5010]]
+    assert [(hit.path, hit.status, hit.headers.get("authorization")) for hit in hub.log] == [
+        ("resolve/blob.bin", 302, "Bearer hf_x")
+    ]
+    assert [(hit.path, hit.status, hit.headers.get("authorization")) for hit in cdn.log] == [
+        ("a/blob.bin", 206, None)
+    ] * 3
+    # The signed URL expired: the original is asked again and leads elsewhere.
+    cdn.configure(status={"a/blob.bin": 403})
+    hub.configure(redirects={"resolve/blob.bin": cdn.url("b/blob.bin")})
+    hub.reset_stats()
+    cdn.reset_stats()
+    assert f.read_at(9000, 10) == payload[9000:9010]
+    assert [(hit.path, hit.status) for hit in hub.log] == [("resolve/blob.bin", 302)]
+    assert [(hit.path, hit.status) for hit in cdn.log] == [("a/blob.bin", 403), ("b/blob.bin", 206)]
+    assert f.describe() == hub.url("resolve/blob.bin")
+
+
 # -- faults --------------------------------------------------------------------------------------------
 
 
