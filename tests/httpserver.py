@@ -21,6 +21,7 @@ requests in flight fails the same requests every time, and a retried request is 
   "reset"  send the headers and half the body, then reset the connection (RST)
   "short"  a 206 whose Content-Length and body are half of what its Content-Range claims
   "stall"  send the headers, then wait `stall` seconds before the body (for client timeouts)
+  "corrupt"  a complete 206 with one byte in the middle of the body inverted (a CRC check must catch it)
 `script=["reset", None, "503"]` gives the next range requests these faults (None: none) in arrival order,
 before any draw: for tests that need one exact failure. `GET /_stats` answers {"requests": n, "bytes_sent": n} as JSON (not counted), for a server in another process:
 
@@ -47,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-FAULTS = ("503", "reset", "short", "stall")
+FAULTS = ("503", "reset", "short", "stall", "corrupt")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _CHUNK = 64 << 10
 
@@ -308,8 +309,12 @@ def _handler(server: RangeServer):
                 stop = start + (length // 2 if fault == "reset" else length)
                 f.seek(start)
                 position = start
+                flip = start + length // 2 if fault == "corrupt" else -1
                 while position < stop:
                     chunk = f.read(min(_CHUNK, stop - position))
+                    if position <= flip < position + len(chunk):
+                        i = flip - position
+                        chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     server._throttle(len(chunk))
                     hit.sent += len(chunk)  # counted before it can reach the client, so no test sees less
                     self.wfile.write(chunk)
