@@ -268,7 +268,7 @@ class HttpFile:
         attempt = 0
         while True:
             try:
-                self._attempt(span)
+                self._attempt(span, started + self.retry.total)
                 if span.offset is not None and len(span.received) >= span.length:
                     del span.received[span.length :]  # a server sending more than asked
                     return
@@ -287,7 +287,7 @@ class HttpFile:
                 )
             time.sleep(wait)
 
-    def _attempt(self, span: _Span) -> None:
+    def _attempt(self, span: _Span, deadline: float) -> None:
         """One GET for what `span` still lacks, appending the body to `span.received`. Raises httpx errors
         and _RetryableStatus for what a retry may cure, RemoteError for what it cannot."""
         if span.offset is None:
@@ -295,7 +295,8 @@ class HttpFile:
         else:
             begin = span.offset + len(span.received)
             wanted = f"bytes={begin}-{span.offset + span.length - 1}"
-        headers = {"Range": wanted}
+        # identity: a range of a gzip-encoded answer would be a range of the compressed bytes
+        headers = {"Range": wanted, "Accept-Encoding": "identity"}
         validator = self._etag if self._etag and not self._etag.startswith("W/") else self._modified
         if validator:
             headers["If-Range"] = validator  # a changed file answers 200 (whole body) instead of 206
@@ -340,8 +341,13 @@ class HttpFile:
                 self._target = str(response.url)
             if span.offset is None:  # the suffix range: now we know where it starts
                 span.offset, span.length, span.total = start, total - start, total
-            for chunk in response.iter_bytes():
+            for chunk in response.iter_raw():
                 span.received += chunk
+                if time.monotonic() > deadline:  # a server trickling bytes never times out a read
+                    raise RemoteError(
+                        f"{self.describe()}: {span.label()}: not complete after {self.retry.total:g} s "
+                        f"({len(span.received):,} of {span.length:,} bytes)"
+                    )
 
     def _check_validators(self, response) -> None:
         etag = response.headers.get("ETag")

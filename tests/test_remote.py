@@ -218,6 +218,20 @@ def test_a_stalled_body_times_out_and_is_retried(serve, folder, payload):
     assert [hit.fault for hit in server.log[1:]] == ["stall", None]
 
 
+def test_a_trickling_body_is_stopped_at_the_total_time(serve, folder):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"), retry=Retry(attempts=3, base=0.001, total=0.5))
+    assert f.size == PAYLOAD_SIZE
+    server.configure(bandwidth=200_000)  # 64 KiB every 0.33 s: each read succeeds, the whole never ends
+    with pytest.raises(RemoteError) as e:
+        f.read_at(0, 200_000)
+    assert re.fullmatch(
+        re.escape(server.url("blob.bin")) + r": bytes 0-199999: not complete after 0.5 s \([\d,]+ of 200,000 bytes\)",
+        str(e.value),
+    )
+    assert server.requests == 2
+
+
 def test_retries_are_bounded_and_the_error_says_what_happened(serve, folder):
     server = serve(folder)
     f = HttpFile(server.url("blob.bin"), retry=Retry(attempts=3, base=0.001, cap=0.001))
