@@ -202,7 +202,12 @@ class HttpFile:
     def identity(self) -> str:
         """URL, validator and size: a replaced file gives another identity (and so another cache entry)."""
         size = self.size
-        validator = f"etag={self._etag}" if self._etag else f"last-modified={self._modified}"
+        if self._etag:
+            validator = f"etag={self._etag}"
+        elif self._modified:
+            validator = f"last-modified={self._modified}"
+        else:
+            validator = "no-validator"  # the size alone tells a changed file
         return f"{_safe_url(self.url)} {validator} size={size}"
 
     def describe(self) -> str:
@@ -335,6 +340,11 @@ class HttpFile:
             if begin is not None and start != begin:
                 raise RemoteError(f"{self.describe()}: asked {wanted!r}, the server sent bytes from {start}")
             self._check_validators(response)
+            if self._size is not None and total != self._size:
+                raise RemoteChanged(
+                    f"{self.describe()}: the file changed while being read (was {self._size:,} bytes, now {total:,}); "
+                    "run again to read the new version"
+                )
             if url == self.url and response.history:
                 # Redirected (the Hub sends every file to its CDN): later requests go there directly, which
                 # saves a round trip each and keeps hundreds of thousands of requests off the Hub's API.

@@ -78,6 +78,7 @@ class RangeServer:
     stall       seconds a "stall" fault waits before the body
     script      faults for the next range requests, in order, before any draw (None: no fault)
     redirects   {file name: URL} answered 302 with that Location (as the Hub sends files to its CDN)
+    validators  send ETag and Last-Modified (False: neither, as some servers do)
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class RangeServer:
         stall: float = 2.0,
         script: list[str | None] | None = None,
         redirects: dict[str, str] | None = None,
+        validators: bool = True,
     ):
         self.root = Path(root)
         self.latency = latency
@@ -106,6 +108,7 @@ class RangeServer:
         self.stall = stall
         self.script = list(script or [])
         self.redirects = dict(redirects or {})
+        self.validators = validators
         self._check()
         self._lock = threading.Lock()
         self._seen: dict[tuple, int] = {}
@@ -294,8 +297,9 @@ def _handler(server: RangeServer):
                     length //= 2
                 self.send_response(hit.status)
                 self.send_header("Accept-Ranges", "none" if server.ignore_range else "bytes")
-                self.send_header("ETag", etag)
-                self.send_header("Last-Modified", modified)
+                if server.validators:
+                    self.send_header("ETag", etag)
+                    self.send_header("Last-Modified", modified)
                 self.send_header("Content-Type", "application/octet-stream")
                 if span is not None:
                     self.send_header("Content-Range", f"bytes {start}-{start + claimed - 1}/{size}")

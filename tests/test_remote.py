@@ -354,6 +354,20 @@ def test_a_file_replaced_between_requests_is_an_error(serve, folder):
     assert HttpFile(server.url("blob.bin")).identity() != old
 
 
+def test_a_file_of_another_size_without_validators_is_an_error(serve, folder, payload):
+    server = serve(folder, validators=False)
+    f = HttpFile(server.url("blob.bin"))
+    assert f.size == PAYLOAD_SIZE
+    assert f.identity() == f"{server.url('blob.bin')} no-validator size=1000000"
+    (folder / "blob.bin").write_bytes(payload + b"more")
+    with pytest.raises(RemoteChanged) as e:
+        f.read_at(0, 10)
+    assert str(e.value) == (
+        f"{server.url('blob.bin')}: the file changed while being read (was 1,000,000 bytes, now 1,000,004); "
+        "run again to read the new version"
+    )
+
+
 def test_a_refused_connection_is_retried_then_reported(folder):
     import socket
 
