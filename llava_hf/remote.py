@@ -26,7 +26,10 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from .errors import BadImage
+from .images import HEAD_SIZE, ImageRoot, _check_head, _check_size
 
 try:  # huggingface_hub 2.x ships its HTTP client as `httpx2`, 1.x as `httpx`; same API
     import httpx2 as httpx
@@ -456,21 +459,23 @@ def _hub_offline() -> bool:
 
 
 _HF_URL = re.compile(
-    r"^hf://(?:(?P<type>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/(?P<file>.+)$"
+    r"^hf://(?:(?P<type>datasets|spaces|models)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?(?:/(?P<path>.*))?$"
 )
+_REPO_TYPES = {"datasets": "dataset", "spaces": "space", "models": "model", None: "model"}
 
 
-def parse_hf_url(url: str) -> tuple[str, str, str, str | None]:
-    """(repo_type, repo_id, filename, revision) of `hf://datasets/org/name@rev/path/in/repo` (the fsspec
-    form; no type prefix means a model repo, `@rev` is optional and may be URL-quoted, e.g. refs%2Fpr%2F1)."""
+def parse_hf_url(url: str, folder: bool = False) -> tuple[str, str, str, str | None]:
+    """(repo_type, repo_id, path, revision) of `hf://datasets/org/name@rev/path/in/repo` (the fsspec
+    form; no type prefix means a model repo, `@rev` is optional and may be URL-quoted, e.g. refs%2Fpr%2F1).
+    With `folder`, the path may be empty (the repo's top)."""
     match = _HF_URL.match(url)
-    if match is None:
-        raise ValueError(f"{url!r} is not a Hub file URL; expected hf://datasets/<org>/<name>[@<revision>]/<file>")
-    repo_type = {"datasets": "dataset", "spaces": "space", "models": "model", None: "model"}[match.group("type")]
-    revision = match.group("rev")
-    if revision is not None:
-        revision = unquote(revision)
-    return repo_type, match.group("repo"), match.group("file"), revision
+    path = (match.group("path") or "").strip("/") if match else ""
+    if match is None or not (path or folder):
+        what = "folder" if folder else "file"
+        tail = "[/<folder>]" if folder else "/<file>"
+        raise ValueError(f"{url!r} is not a Hub {what} URL; expected hf://datasets/<org>/<name>[@<revision>]{tail}")
+    revision = unquote(match.group("rev")) if match.group("rev") else None
+    return _REPO_TYPES[match.group("type")], match.group("repo"), path, revision
 
 
 # -- fsspec -----------------------------------------------------------------------------------------------
@@ -567,6 +572,149 @@ class FsspecFile:
         return f"FsspecFile({self.describe()!r})"
 
 
+# -- a folder behind a URL ----------------------------------------------------------------------------------
+
+
+class RemoteFolderRoot(ImageRoot):
+    """Images in a folder behind a URL (`https://host/playground/data`, `s3://bucket/coco/train2017`,
+    `hf://datasets/org/name@rev/images`): each image is one GET of `<location>/<name>`, several in flight.
+
+    A file that is not there (404/410, or FileNotFoundError from fsspec) is `missing`, so the train2014
+    name rules are tried as for a local folder; one over MAX_IMAGE_BYTES is `too_large` and is not read
+    on; one that cannot be fetched after the retries (5xx, resets, short bodies, as for HttpFile) is
+    `unreadable`, naming its URL. `token` goes to the Hub only (hf:// locations).
+    """
+
+    parallel_reads = True
+
+    def __init__(self, location: str, aliases: tuple[tuple[str, str], ...] = (), token: str | bool | None = None):
+        super().__init__(location.rstrip("/"), aliases)
+        self.token = token
+        self.retry = Retry()
+        self._client = None
+        self._client_pid = 0
+        self._headers: dict[str, str] = {}
+        self._fs = None
+        scheme = location.split("://", 1)[0].lower()
+        if scheme == "hf":
+            self._hub = parse_hf_url(self.location, folder=True)
+            if _hub_offline():
+                raise RemoteError(f"{self.location}: HF_HUB_OFFLINE is set, so the Hub is not asked for these files")
+        else:
+            self._hub = None
+        self._http = scheme in ("http", "https", "hf")
+
+    def describe(self, name: str) -> str:
+        return _safe_url(f"{self.location}/{name}")
+
+    def url(self, name: str) -> str:
+        return f"{self.location}/{name}"
+
+    def _read(self, name: str) -> bytes | None:
+        data = self._get(name)
+        if data is not None:
+            where = self.describe(name)
+            _check_size(len(data), where)
+            _check_head(data[:HEAD_SIZE], len(data), where)
+        return data
+
+    def _probe(self, name: str) -> tuple[bytes, int] | None:
+        data = self._get(name)  # one request either way: the whole (small) file
+        return None if data is None else (data[:HEAD_SIZE], len(data))
+
+    def _get(self, name: str) -> bytes | None:
+        try:
+            return self._get_http(name) if self._http else self._get_fsspec(name)
+        except RemoteError as e:
+            raise BadImage("unreadable", str(e)) from None
+
+    def _file_url(self, name: str) -> str:
+        if self._hub is None:
+            return f"{self.location}/{quote(name)}"
+        from huggingface_hub import constants, hf_hub_url
+
+        repo_type, repo_id, folder, revision = self._hub
+        endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        path = f"{folder}/{name}" if folder else name
+        return hf_hub_url(repo_id, path, repo_type=repo_type, revision=revision, endpoint=endpoint)
+
+    def _session(self):
+        if self._client is None or self._client_pid != os.getpid():
+            self._client = httpx.Client(
+                timeout=httpx.Timeout(DEFAULT_TIMEOUT),
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+                follow_redirects=True,
+            )
+            self._client_pid = os.getpid()
+            if self._hub is not None:
+                from huggingface_hub.utils import build_hf_headers
+
+                self._headers = build_hf_headers(token=self.token)
+        return self._client
+
+    def _get_http(self, name: str) -> bytes | None:
+        url = self._file_url(name)
+        where = self.describe(name)
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                with self._session().stream(
+                    "GET", url, headers={**self._headers, "Accept-Encoding": "identity"}
+                ) as response:
+                    status = response.status_code
+                    if status in (404, 410):
+                        return None
+                    if status in _RETRY_STATUSES:
+                        raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}")
+                    if status != 200:
+                        raise RemoteError(f"{where}: HTTP {status} {response.reason_phrase}")
+                    declared = response.headers.get("Content-Length")
+                    if declared is not None and declared.isdigit():
+                        _check_size(int(declared), where)  # refused before a byte of the body is read
+                    body = bytearray()
+                    for chunk in response.iter_raw():
+                        body += chunk
+                        _check_size(len(body), where)
+                    if declared is None or len(body) == int(declared):
+                        return bytes(body)
+                    problem = f"the body ended after {len(body):,} of {int(declared):,} bytes"
+            except httpx.TransportError as e:
+                problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            except _RetryableStatus as e:
+                problem = str(e)
+            attempt += 1
+            elapsed = time.monotonic() - started
+            wait = self.retry.wait(zlib.crc32(name.encode()), attempt)
+            if attempt >= self.retry.attempts or elapsed + wait > self.retry.total:
+                raise RemoteError(f"{where}: gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}")
+            time.sleep(wait)
+
+    def _get_fsspec(self, name: str) -> bytes | None:
+        if self._fs is None:
+            self._fs = FsspecFile(self.location)._fs  # the same clear error for a missing backend
+        base = fsspec_path(self._fs, self.location)
+        path = f"{base}/{name}"
+        try:
+            size = self._fs.size(path)
+            if size is not None:
+                _check_size(size, self.describe(name))
+            return bytes(self._fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RemoteError(f"{self.describe(name)}: {e}") from None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(_client=None, _client_pid=0, _fs=None)
+        return state
+
+
+def fsspec_path(fs, url: str) -> str:
+    """The path of `url` inside its fsspec filesystem (the URL without its protocol)."""
+    return fs._strip_protocol(url).rstrip("/")
+
+
 # -- choosing one ------------------------------------------------------------------------------------------
 
 
@@ -602,6 +750,7 @@ __all__ = [
     "RangeNotSupported",
     "RemoteChanged",
     "RemoteError",
+    "RemoteFolderRoot",
     "Retry",
     "hub_file",
     "is_url",

@@ -14,12 +14,13 @@ outside the file 416; several ranges, or `ignore_range=True`, the whole file wit
 carries an ETag (from size and mtime, so rewriting a file changes it) and Last-Modified, and `If-Range`
 is honoured (a stale validator gets the whole file, as RFC 9110 says).
 
-Faults hit a fraction `fault_rate` of the range requests. Which requests fail is decided by a hash of
+Faults hit a fraction `fault_rate` of the GETs of a file (ranged or not). Which requests fail is decided by a hash of
 (seed, path, range, how many times that same request was seen), not by arrival order, so a run with many
 requests in flight fails the same requests every time, and a retried request is a new draw. Kinds:
   "503"    answer 503 Service Unavailable
   "reset"  send the headers and half the body, then reset the connection (RST)
-  "short"  a 206 whose Content-Length and body are half of what its Content-Range claims
+  "short"  a 206 whose Content-Length and body are half of what its Content-Range claims; for a GET
+           without Range, half the declared Content-Length and then the connection closed (FIN)
   "stall"  send the headers, then wait `stall` seconds before the body (for client timeouts)
   "corrupt"  a complete 206 with one byte in the middle of the body inverted (a CRC check must catch it)
 `script=["reset", None, "503"]` gives the next range requests these faults (None: none) in arrival order,
@@ -287,13 +288,16 @@ def _handler(server: RangeServer):
                     self.end_headers()
                     return
                 start, length = (0, size) if span is None else span
-                fault = server._fault_for(hit.path, hit.range) if span is not None else None
+                # Faults hit range requests and plain GETs, not the 200 answer to a refused range (kept exact).
+                faulty = span is not None or hit.range is None
+                fault = server._fault_for(hit.path, hit.range or "") if faulty else None
                 hit.fault = fault
                 if fault == "503":
                     return self._status_only(hit, 503)
                 hit.status = 200 if span is None else 206
                 claimed = length
-                if fault == "short":
+                cut = fault == "reset" or (fault == "short" and span is None)
+                if fault == "short" and span is not None:
                     length //= 2
                 self.send_response(hit.status)
                 self.send_header("Accept-Ranges", "none" if server.ignore_range else "bytes")
@@ -310,7 +314,7 @@ def _handler(server: RangeServer):
                 if fault == "stall":
                     self.wfile.flush()
                     time.sleep(server.stall)
-                stop = start + (length // 2 if fault == "reset" else length)
+                stop = start + (length // 2 if cut else length)
                 f.seek(start)
                 position = start
                 flip = start + length // 2 if fault == "corrupt" else -1
@@ -323,6 +327,8 @@ def _handler(server: RangeServer):
                     hit.sent += len(chunk)  # counted before it can reach the client, so no test sees less
                     self.wfile.write(chunk)
                     position += len(chunk)
+                if fault == "short" and span is None:
+                    self.close_connection = True  # FIN before the declared Content-Length
                 if fault == "reset":
                     self.wfile.flush()
                     # SO_LINGER 0: close() sends RST instead of FIN, as a dropped connection looks.

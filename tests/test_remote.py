@@ -9,13 +9,16 @@ import random
 import re
 
 import pytest
+from conftest import jpeg, sha256
 
+from llava_hf.errors import BadImage
 from llava_hf.remote import (
     FsspecFile,
     HttpFile,
     RangeNotSupported,
     RemoteChanged,
     RemoteError,
+    RemoteFolderRoot,
     Retry,
     hub_file,
     open_transport,
@@ -499,3 +502,135 @@ def test_open_transport_sends_no_token_to_other_hosts(serve, folder):
     assert isinstance(f, HttpFile)
     assert f.size == PAYLOAD_SIZE
     assert "authorization" not in server.log[0].headers
+
+
+# -- a folder behind a URL -----------------------------------------------------------------------------
+
+FOLDER_NAMES = [f"{i:012d}.jpg" for i in range(1, 41)]
+TRAIN2014 = ((r"^(\d{12}\.jpg)$", r"COCO_train2014_\1"),)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """40 fake JPEGs under coco/train2017/, and 5 of them again under their train2014 names in coco/train2014/."""
+    root = tmp_path / "playground"
+    (root / "coco" / "train2017").mkdir(parents=True)
+    (root / "coco" / "train2014").mkdir(parents=True)
+    images = {name: jpeg(seed) for seed, name in enumerate(FOLDER_NAMES)}
+    for name, data in images.items():
+        (root / "coco" / "train2017" / name).write_bytes(data)
+    for name in FOLDER_NAMES[:5]:
+        (root / "coco" / "train2014" / f"COCO_train2014_{name}").write_bytes(images[name])
+    return root, images
+
+
+def results_of(root, names):
+    out = []
+    for result in root.read_many(names):
+        out.append(result if isinstance(result, BadImage) else (result[0], sha256(result[1])))
+    return out
+
+
+def test_an_http_folder_gives_exact_bytes_and_names_what_is_missing(serve, image_folder):
+    root, images = image_folder
+    server = serve(root)
+    folder = RemoteFolderRoot(server.url("coco/train2017"))
+    names = random.Random(2).sample(FOLDER_NAMES, 20) + ["000000999999.jpg"]
+    got = results_of(folder, names)
+    assert got[:20] == [(name, sha256(images[name])) for name in names[:20]]
+    assert isinstance(got[20], BadImage) and got[20].reason == "missing"
+    assert str(got[20]) == f"image '000000999999.jpg' not found under {server.url('coco/train2017')}"
+    assert server.requests == 21
+    assert server.bytes_sent == sum(len(images[n]) for n in names[:20]) + len("404\n")
+    assert folder.url("a/b.jpg") == server.url("coco/train2017/a/b.jpg")
+
+
+def test_an_http_folder_of_train2014_names(serve, image_folder):
+    root, images = image_folder
+    server = serve(root)
+    folder = RemoteFolderRoot(server.url("coco/train2014/"), TRAIN2014)
+    got = results_of(folder, FOLDER_NAMES[:5])
+    assert got == [(f"COCO_train2014_{name}", sha256(images[name])) for name in FOLDER_NAMES[:5]]
+
+
+def test_an_http_folder_with_faults_still_gives_exact_bytes(serve, image_folder):
+    root, images = image_folder
+    server = serve(root, fault_rate=0.2, faults=("503", "reset", "short"), seed=11)
+    folder = RemoteFolderRoot(server.url("coco/train2017"))
+    folder.retry = FAST
+    got = results_of(folder, FOLDER_NAMES)
+    assert got == [(name, sha256(images[name])) for name in FOLDER_NAMES]
+    faults = [hit.fault for hit in server.log if hit.fault]
+    assert {"503", "reset", "short"} <= set(faults)
+    assert server.requests == 40 + len(faults)
+
+
+def test_an_http_folder_refuses_a_too_large_file_before_reading_it(serve, image_folder, monkeypatch):
+    import llava_hf.images
+
+    root, images = image_folder
+    server = serve(root)
+    monkeypatch.setattr(llava_hf.images, "MAX_IMAGE_BYTES", 100)
+    got = next(RemoteFolderRoot(server.url("coco/train2017")).read_many([FOLDER_NAMES[0]]))
+    assert isinstance(got, BadImage) and got.reason == "too_large"
+    size = len(images[FOLDER_NAMES[0]])
+    assert (
+        str(got)
+        == f"image file {server.url('coco/train2017/' + FOLDER_NAMES[0])} has {size:,} bytes, more than the 100 allowed"
+    )
+
+
+def test_an_http_folder_that_keeps_failing_is_unreadable_naming_the_url(serve, image_folder):
+    root, _ = image_folder
+    server = serve(root, status={"coco/train2017/" + FOLDER_NAMES[0]: 503})
+    folder = RemoteFolderRoot(server.url("coco/train2017"))
+    folder.retry = Retry(attempts=2, base=0.001)
+    got = next(folder.read_many([FOLDER_NAMES[0]]))
+    assert isinstance(got, BadImage) and got.reason == "unreadable"
+    message = re.sub(r"in \d+\.\d s", "in T s", str(got))
+    assert (
+        message
+        == f"{server.url('coco/train2017/' + FOLDER_NAMES[0])}: gave up after 2 attempts in T s; last: HTTP 503 Service Unavailable"
+    )
+
+
+def test_a_hub_folder(serve, image_folder, monkeypatch):
+    root, images = image_folder
+    hub = root.parent / "hub"
+    (hub / "datasets" / "org" / "playground" / "resolve" / "main").mkdir(parents=True)
+    (hub / "datasets" / "org" / "playground" / "resolve" / "main" / "train2017").symlink_to(root / "coco" / "train2017")
+    server = serve(hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", server.url().rstrip("/"))
+    folder = RemoteFolderRoot("hf://datasets/org/playground/train2017", token="hf_folder")
+    assert results_of(folder, FOLDER_NAMES[:3]) == [(n, sha256(images[n])) for n in FOLDER_NAMES[:3]]
+    assert sorted(hit.path for hit in server.log) == [
+        f"datasets/org/playground/resolve/main/train2017/{n}" for n in FOLDER_NAMES[:3]
+    ]
+    assert {hit.headers["authorization"] for hit in server.log} == {"Bearer hf_folder"}
+
+
+def test_an_fsspec_folder(image_folder):
+    import fsspec
+
+    root, images = image_folder
+    fs = fsspec.filesystem("memory")
+    for name in FOLDER_NAMES[:6]:
+        fs.pipe(f"/llava_hf_folder/train2017/{name}", images[name])
+    try:
+        folder = RemoteFolderRoot("memory://llava_hf_folder/train2017")
+        got = results_of(folder, [*FOLDER_NAMES[:6], FOLDER_NAMES[10]])
+        assert got[:6] == [(n, sha256(images[n])) for n in FOLDER_NAMES[:6]]
+        assert got[6].reason == "missing"
+        assert str(got[6]) == f"image '{FOLDER_NAMES[10]}' not found under memory://llava_hf_folder/train2017"
+    finally:
+        fs.rm("/llava_hf_folder", recursive=True)
+
+
+def test_a_remote_folder_pickles_without_its_connections(serve, image_folder):
+    root, images = image_folder
+    server = serve(root)
+    folder = RemoteFolderRoot(server.url("coco/train2017"))
+    assert results_of(folder, FOLDER_NAMES[:1]) == [(FOLDER_NAMES[0], sha256(images[FOLDER_NAMES[0]]))]
+    copy = pickle.loads(pickle.dumps(folder))
+    assert results_of(copy, FOLDER_NAMES[1:2]) == [(FOLDER_NAMES[1], sha256(images[FOLDER_NAMES[1]]))]
