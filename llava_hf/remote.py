@@ -481,6 +481,24 @@ def parse_hf_url(url: str, folder: bool = False) -> tuple[str, str, str, str | N
 # -- fsspec -----------------------------------------------------------------------------------------------
 
 
+def fsspec_filesystem(url: str, **storage_options):
+    """(filesystem, path) of an fsspec URL; a RemoteError naming the package when its backend is missing."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    protocol = urlsplit(url).scheme.lower()
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as e:
+        package = known_implementations.get(protocol, {}).get("class", "").split(".")[0] or "the fsspec backend"
+        raise RemoteError(
+            f"{_safe_url(url)}: reading {protocol}:// URLs needs the fsspec backend {package!r} "
+            f"(pip install {package}): {e}"
+        ) from None
+    except ValueError as e:
+        raise RemoteError(f"{_safe_url(url)}: fsspec cannot open it: {e}") from None
+
+
 class FsspecFile:
     """One file behind an fsspec URL (`s3://`, `gs://`, `az://`, `memory://` ...), read with `cat_file` /
     `cat_ranges` (the backend runs the ranges concurrently where it can).
@@ -493,21 +511,8 @@ class FsspecFile:
     BATCH = 64
 
     def __init__(self, url: str, **storage_options):
-        import fsspec
-        from fsspec.registry import known_implementations
-
         self.url = url
-        protocol = urlsplit(url).scheme.lower()
-        try:
-            self._fs, self._path = fsspec.core.url_to_fs(url, **storage_options)
-        except ImportError as e:
-            package = known_implementations.get(protocol, {}).get("class", "").split(".")[0] or "the fsspec backend"
-            raise RemoteError(
-                f"{_safe_url(url)}: reading {protocol}:// URLs needs the fsspec backend {package!r} "
-                f"(pip install {package}): {e}"
-            ) from None
-        except ValueError as e:
-            raise RemoteError(f"{_safe_url(url)}: fsspec cannot open it: {e}") from None
+        self._fs, self._path = fsspec_filesystem(url, **storage_options)
         self._info: dict | None = None
 
     def _stat(self) -> dict:
@@ -575,6 +580,9 @@ class FsspecFile:
 # -- a folder behind a URL ----------------------------------------------------------------------------------
 
 
+_CLIENT_LOCK = threading.Lock()
+
+
 class RemoteFolderRoot(ImageRoot):
     """Images in a folder behind a URL (`https://host/playground/data`, `s3://bucket/coco/train2017`,
     `hf://datasets/org/name@rev/images`): each image is one GET of `<location>/<name>`, several in flight.
@@ -595,6 +603,7 @@ class RemoteFolderRoot(ImageRoot):
         self._client_pid = 0
         self._headers: dict[str, str] = {}
         self._fs = None
+        self._base = ""
         scheme = location.split("://", 1)[0].lower()
         if scheme == "hf":
             self._hub = parse_hf_url(self.location, folder=True)
@@ -640,17 +649,22 @@ class RemoteFolderRoot(ImageRoot):
 
     def _session(self):
         if self._client is None or self._client_pid != os.getpid():
-            self._client = httpx.Client(
-                timeout=httpx.Timeout(DEFAULT_TIMEOUT),
-                limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-                follow_redirects=True,
-            )
-            self._client_pid = os.getpid()
-            if self._hub is not None:
-                from huggingface_hub.utils import build_hf_headers
-
-                self._headers = build_hf_headers(token=self.token)
+            with _CLIENT_LOCK:  # the reading threads start together: one of them makes the client
+                if self._client is None or self._client_pid != os.getpid():
+                    self._new_session()
         return self._client
+
+    def _new_session(self) -> None:
+        if self._hub is not None:
+            from huggingface_hub.utils import build_hf_headers
+
+            self._headers = build_hf_headers(token=self.token)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(DEFAULT_TIMEOUT),
+            limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY, max_keepalive_connections=DEFAULT_CONCURRENCY),
+            follow_redirects=True,
+        )
+        self._client_pid = os.getpid()
 
     def _get_http(self, name: str) -> bytes | None:
         url = self._file_url(name)
@@ -691,9 +705,8 @@ class RemoteFolderRoot(ImageRoot):
 
     def _get_fsspec(self, name: str) -> bytes | None:
         if self._fs is None:
-            self._fs = FsspecFile(self.location)._fs  # the same clear error for a missing backend
-        base = fsspec_path(self._fs, self.location)
-        path = f"{base}/{name}"
+            self._fs, self._base = fsspec_filesystem(self.location)
+        path = f"{self._base.rstrip('/')}/{name}"
         try:
             size = self._fs.size(path)
             if size is not None:
@@ -706,13 +719,8 @@ class RemoteFolderRoot(ImageRoot):
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.update(_client=None, _client_pid=0, _fs=None)
+        state.update(_client=None, _client_pid=0, _fs=None, _base="")
         return state
-
-
-def fsspec_path(fs, url: str) -> str:
-    """The path of `url` inside its fsspec filesystem (the URL without its protocol)."""
-    return fs._strip_protocol(url).rstrip("/")
 
 
 # -- choosing one ------------------------------------------------------------------------------------------
