@@ -8,10 +8,14 @@ A *transport* is what `ZipRoot` reads a zip through (see `llava_hf.images.LocalF
     t.identity()                what the cache key holds: URL + ETag / Last-Modified + size
     t.describe()                the URL, for messages
 
-`open_transport(location)` picks one: `HttpFile` for http(s) URLs, `HubFile` for `hf://` URLs (a file of a
-Hub repo, honouring HF_TOKEN, HF_ENDPOINT and the revision), `FsspecFile` for other fsspec URLs (`s3://`,
-`gs://`, `memory://` ...), `LocalFile` for paths. Every failure is a `RemoteError` (an OSError) whose
-message names the URL.
+`open_transport(location)` picks one: `HttpFile` for http(s) URLs, `hub_file` (an HttpFile) for `hf://`
+URLs (a file of a Hub repo, honouring HF_TOKEN, HF_ENDPOINT and the revision), `FsspecFile` for other
+fsspec URLs (`s3://`, `gs://`, `memory://` ...), `LocalFile` for paths. Every failure is a `RemoteError`
+(an OSError) whose message names the URL. `RemoteFolderRoot` is the image root of a folder behind a URL.
+
+Threads, not asyncio: measured here (2 cores, 20 ms a request, 16 in flight, 800 ranges of 3 KB), a
+pooled `httpx.Client` in 16 threads spent 0.50-0.57 s of CPU where `httpx.AsyncClient` in one thread
+spent 0.66-0.81 s, and finished sooner (1.2-1.6 s against 1.9-2.3 s).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses that mean the file is not there for us; retrying cannot help.
 _GONE_STATUSES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 410: "Gone"}
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
+_CLIENT_LOCK = threading.Lock()  # reading threads start together: one of them makes the client
 
 
 class RemoteError(OSError):
@@ -242,14 +247,19 @@ class HttpFile:
     def _session(self) -> httpx.Client:
         # One client per process: a client inherited through fork shares sockets with its parent.
         if self._client is None or self._pid != os.getpid():
-            self._client = httpx.Client(
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-                follow_redirects=True,
-            )
-            self._executor = None
-            self._pid = os.getpid()
+            with _CLIENT_LOCK:
+                if self._client is None or self._pid != os.getpid():
+                    self._new_session()
         return self._client
+
+    def _new_session(self) -> None:
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            follow_redirects=True,
+        )
+        self._executor = None
+        self._pid = os.getpid()
 
     def _pool(self) -> ThreadPoolExecutor:
         self._session()
@@ -580,9 +590,6 @@ class FsspecFile:
 # -- a folder behind a URL ----------------------------------------------------------------------------------
 
 
-_CLIENT_LOCK = threading.Lock()
-
-
 class RemoteFolderRoot(ImageRoot):
     """Images in a folder behind a URL (`https://host/playground/data`, `s3://bucket/coco/train2017`,
     `hf://datasets/org/name@rev/images`): each image is one GET of `<location>/<name>`, several in flight.
@@ -649,7 +656,7 @@ class RemoteFolderRoot(ImageRoot):
 
     def _session(self):
         if self._client is None or self._client_pid != os.getpid():
-            with _CLIENT_LOCK:  # the reading threads start together: one of them makes the client
+            with _CLIENT_LOCK:
                 if self._client is None or self._client_pid != os.getpid():
                     self._new_session()
         return self._client
