@@ -7,11 +7,13 @@ import os
 import pickle
 import random
 import re
+import zipfile
 
 import pytest
 from conftest import jpeg, sha256
 
 from llava_hf.errors import BadImage
+from llava_hf.images import ZipRoot, open_root
 from llava_hf.remote import (
     FsspecFile,
     HttpFile,
@@ -57,10 +59,10 @@ def test_first_request_learns_size_and_validators_and_brings_the_tail(serve, fol
     server = serve(folder)
     f = HttpFile(server.url("blob.bin"))
     assert f.size == PAYLOAD_SIZE
-    assert ranges(server) == ["bytes=-65536"]
+    assert ranges(server) == ["bytes=-65577"]
     # The end record of a zip is in the tail: reading it costs no second request.
     assert f.read_at(PAYLOAD_SIZE - 22, 22) == payload[-22:]
-    assert f.read_at(PAYLOAD_SIZE - 65536, 100) == payload[-65536:-65436]
+    assert f.read_at(PAYLOAD_SIZE - 65577, 100) == payload[-65577:-65477]
     assert server.requests == 1
     st = os.stat(folder / "blob.bin")
     assert f.identity() == f'{server.url("blob.bin")} etag="{st.st_size:x}-{st.st_mtime_ns:x}" size={PAYLOAD_SIZE}'
@@ -90,6 +92,14 @@ def test_read_spans_keeps_the_order_given_with_many_in_flight(serve, folder, pay
     assert list(f.read_spans(spans)) == [payload[o : o + n] for o, n in spans]
 
 
+def test_a_read_overlapping_the_tail_asks_only_for_the_part_before_it(serve, folder, payload):
+    server = serve(folder)
+    f = HttpFile(server.url("blob.bin"))
+    tail = PAYLOAD_SIZE - 65577
+    assert f.read_at(tail - 41, 100) == payload[tail - 41 : tail + 59]
+    assert ranges(server) == ["bytes=-65577", f"bytes={tail - 41}-{tail - 1}"]
+
+
 def test_a_file_smaller_than_the_tail(serve, folder):
     (folder / "small.bin").write_bytes(b"0123456789")
     server = serve(folder)
@@ -115,7 +125,7 @@ def test_pickled_transport_reads_in_the_new_process_without_a_new_first_request(
     copy = pickle.loads(pickle.dumps(f))
     assert copy.size == PAYLOAD_SIZE
     assert copy.read_at(500, 10) == payload[500:510]
-    assert ranges(server) == ["bytes=-65536", "bytes=500-509"]
+    assert ranges(server) == ["bytes=-65577", "bytes=500-509"]
 
 
 def test_credentials_in_the_url_stay_out_of_messages_and_identity(serve, folder):
@@ -170,7 +180,7 @@ def test_twenty_percent_of_requests_failing_still_gives_exact_bytes(serve, folde
     # Each failed request cost exactly one more request, and resumed requests asked only for what had not
     # arrived: every byte once, plus the 503 pages, plus at most what a reset dropped before it was read.
     assert server.requests == 1 + 150 + len(faults)
-    floor = 65536 + 150 * 4000 + len("503\n") * faults.count("503")
+    floor = 65577 + 150 * 4000 + len("503\n") * faults.count("503")
     assert floor <= server.bytes_sent <= floor + sum(hit.sent for hit in server.log if hit.fault == "reset")
 
 
@@ -204,11 +214,11 @@ def test_a_reset_during_the_first_request_is_resumed_too(serve, folder, payload)
     f = HttpFile(server.url("blob.bin"), retry=FAST)
     assert f.size == PAYLOAD_SIZE
     first, retry = ranges(server)
-    assert first == "bytes=-65536"
+    assert first == "bytes=-65577"
     start = int(retry.removeprefix("bytes=").split("-")[0])
-    assert PAYLOAD_SIZE - 65536 < start <= PAYLOAD_SIZE - 32768
+    assert PAYLOAD_SIZE - 65577 < start <= PAYLOAD_SIZE - 65577 + 65577 // 2
     assert retry == f"bytes={start}-{PAYLOAD_SIZE - 1}"
-    assert f.read_at(PAYLOAD_SIZE - 65536, 65536) == payload[-65536:]
+    assert f.read_at(PAYLOAD_SIZE - 65577, 65577) == payload[-65577:]
     assert server.requests == 2
 
 
@@ -310,7 +320,7 @@ def test_a_server_ignoring_range_is_an_error_and_the_body_is_not_read(serve, fol
         _ = f.size
     assert str(e.value) == (
         f"{server.url('huge.zip')}: the server ignores range requests (HTTP 200 with the whole file for "
-        "'bytes=-65536'); download the file and give its local path instead"
+        "'bytes=-65577'); download the file and give its local path instead"
     )
     assert isinstance(e.value, OSError)
     assert server.requests == 1
@@ -380,7 +390,7 @@ def test_a_refused_connection_is_retried_then_reported(folder):
     f = HttpFile(f"http://127.0.0.1:{port}/a.zip", retry=Retry(attempts=2, base=0.001))
     with pytest.raises(
         RemoteError,
-        match=rf"^http://127.0.0.1:{port}/a.zip: the last 65,536 bytes: gave up after 2 attempts .*; last: ConnectError",
+        match=rf"^http://127.0.0.1:{port}/a.zip: the last 65,577 bytes: gave up after 2 attempts .*; last: ConnectError",
     ):
         _ = f.size
 
@@ -634,3 +644,220 @@ def test_a_remote_folder_pickles_without_its_connections(serve, image_folder):
     assert results_of(folder, FOLDER_NAMES[:1]) == [(FOLDER_NAMES[0], sha256(images[FOLDER_NAMES[0]]))]
     copy = pickle.loads(pickle.dumps(folder))
     assert results_of(copy, FOLDER_NAMES[1:2]) == [(FOLDER_NAMES[1], sha256(images[FOLDER_NAMES[1]]))]
+
+
+# -- zips over HTTP: ZipRoot through a remote transport ----------------------------------------------------
+
+ZIP_NAMES = [f"{i:012d}.jpg" for i in range(1, 161)]
+
+
+def _write_zip(path, images: dict[str, bytes], method: int, prefix: str = "") -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in images.items():
+            zf.writestr(zipfile.ZipInfo(prefix + name, date_time=(2023, 4, 17, 0, 0, 0)), data, compress_type=method)
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory):
+    """The same 160 fake JPEGs as four zips: stored, deflated, under a top folder `train2017/`, and zip64."""
+    root = tmp_path_factory.mktemp("zips")
+    images = {name: jpeg(seed) for seed, name in enumerate(ZIP_NAMES)}
+    _write_zip(root / "stored.zip", images, zipfile.ZIP_STORED)
+    _write_zip(root / "deflated.zip", images, zipfile.ZIP_DEFLATED)
+    _write_zip(root / "folder.zip", images, zipfile.ZIP_STORED, prefix="train2017/")
+    # zipfile writes the zip64 end records once a zip has more members than this limit: lowering it gives
+    # a real zip64 archive (zip64 end record and locator; 0xFFFF counts in the plain end record).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zipfile, "ZIP_FILECOUNT_LIMIT", 100)
+        _write_zip(root / "zip64.zip", images, zipfile.ZIP_STORED)
+    assert (root / "zip64.zip").read_bytes().count(b"PK\x06\x06") == 1
+    return root, images
+
+
+def referenced(count: int = 60, seed: int = 5) -> list[str]:
+    """A seeded random subset of the members, in random order (as a JSON file names them)."""
+    return random.Random(seed).sample(ZIP_NAMES, count)
+
+
+def digests(results) -> list:
+    return [r if isinstance(r, BadImage) else (r[0], sha256(r[1])) for r in results]
+
+
+def member_bytes(path, names) -> int:
+    """Bytes of the referenced members' regions: local header + data, what must be fetched at least."""
+    from llava_hf.images import LocalFile
+    from llava_hf.zipdir import ZipDirectory
+
+    directory = ZipDirectory.from_transport(LocalFile(str(path)), str(path))
+    top = directory.top_folder()
+    total = 0
+    for name in names:
+        i = directory.find(name) if directory.find(name) >= 0 else directory.find(top + name)
+        entry = directory.entry(i)
+        total += entry.span_end - entry.header_offset
+    return total
+
+
+@pytest.mark.parametrize("kind", ["stored", "deflated", "folder", "zip64"])
+def test_read_many_over_http_gives_the_bytes_of_the_local_zip(serve, zips, kind):
+    root, images = zips
+    server = serve(root)
+    names = referenced()
+    remote = open_root(server.url(f"{kind}.zip"))
+    assert isinstance(remote, ZipRoot) and isinstance(remote.transport, HttpFile)
+    got = digests(remote.read_many(names))
+    assert got == digests(open_root(str(root / f"{kind}.zip")).read_many(names))
+    assert got == [(name, sha256(images[name])) for name in names]
+
+
+def test_a_big_directory_takes_two_requests(serve, zips, tmp_path):
+    _, images = zips
+    folder = tmp_path / "www"
+    folder.mkdir()
+    path = folder / "many.zip"
+    blobs = list(images.values())
+    # 3,000 members: a directory of ~190 KB, bigger than the tail the first request brings.
+    _write_zip(path, {f"{i:05d}/{i:09d}.jpg": blobs[i % len(blobs)] for i in range(3000)}, zipfile.ZIP_STORED)
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        directory_start = zf.start_dir
+    assert size - directory_start > 65577
+    server = serve(folder)
+    remote = open_root(server.url("many.zip"))
+    assert list(remote.read_many([])) == []
+    assert server.requests == 0  # nothing is asked before a name is
+    missing = next(remote.read_many(["none.jpg"]))  # looked up in the directory: nothing else is fetched
+    assert missing.reason == "missing"
+    assert ranges(server) == ["bytes=-65577", f"bytes={directory_start}-{size - 65577 - 1}"]
+    assert server.bytes_sent == size - directory_start
+    assert next(remote.read_many(["01234/000001234.jpg"])) == ("01234/000001234.jpg", blobs[1234 % len(blobs)])
+    assert server.requests == 3
+
+
+def test_members_cost_their_own_bytes(serve, zips):
+    root, _ = zips
+    server = serve(root)
+    names = referenced()
+    remote = open_root(server.url("stored.zip"))
+    assert next(remote.read_many(["none.jpg"])).reason == "missing"
+    assert server.requests == 1  # a small zip: its directory came with the tail
+    server.reset_stats()
+    assert len(list(remote.read_many(names))) == 60
+    referenced_bytes = member_bytes(root / "stored.zip", names)
+    # Members in the tail came with the first request; the rest cost at most 10% more than their regions,
+    # in fewer requests than images (neighbours merged).
+    assert server.bytes_sent <= 1.1 * referenced_bytes
+    assert server.requests < 60
+
+
+def test_a_zip_under_a_top_folder_resolves_json_names(serve, zips):
+    root, images = zips
+    server = serve(root)
+    remote = open_root(server.url("folder.zip"))
+    assert digests(remote.read_many(["000000000007.jpg"])) == [("000000000007.jpg", sha256(images["000000000007.jpg"]))]
+    assert remote.url("000000000007.jpg") == f"zip://train2017/000000000007.jpg::{server.url('folder.zip')}"
+
+
+def test_twenty_percent_of_requests_failing_still_gives_the_exact_images(serve, zips):
+    root, images = zips
+    server = serve(root, fault_rate=0.2, faults=("503", "reset"), seed=1)
+    names = referenced(count=120)
+    transport = HttpFile(server.url("deflated.zip"), retry=FAST)
+    remote = ZipRoot(server.url("deflated.zip"), transport=transport)
+    # One batch per image: many requests, so that a fifth of them fail.
+    got = [digests(remote.read_many([name]))[0] for name in names]
+    assert got == [(name, sha256(images[name])) for name in names]
+    faults = [hit.fault for hit in server.log if hit.fault]
+    assert {"503", "reset"} <= set(faults)
+    # One request for the tail (directory included), one per image outside it, one per fault.
+    assert server.requests == 1 + len(names) - _in_tail(root / "deflated.zip", names) + len(faults)
+
+
+def _in_tail(path, names) -> int:
+    """How many of `names` lie wholly in the last 65,577 bytes (the first request brings them)."""
+    tail_start = path.stat().st_size - 65577
+    with zipfile.ZipFile(path) as zf:
+        return sum(zf.getinfo(name).header_offset >= tail_start for name in names)
+
+
+def test_bytes_damaged_in_transit_are_fetched_again(serve, zips):
+    root, images = zips
+    server = serve(root)
+    name = ZIP_NAMES[0]  # the first member: outside the tail
+    remote = open_root(server.url("stored.zip"))
+    assert list(remote.read_many([ZIP_NAMES[-1]]))  # the directory
+    server.reset_stats()
+    server.configure(script=["corrupt"])
+    assert digests(remote.read_many([name])) == [(name, sha256(images[name]))]
+    assert [hit.fault for hit in server.log] == ["corrupt", None]
+    assert ranges(server)[0] == ranges(server)[1]
+
+
+def test_a_member_corrupt_in_the_archive_is_unreadable_naming_url_and_member(serve, zips, tmp_path):
+    root, images = zips
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = bytearray((root / "stored.zip").read_bytes())
+    with zipfile.ZipFile(root / "stored.zip") as zf:
+        info = zf.getinfo(ZIP_NAMES[3])
+    data[info.header_offset + 30 + len(ZIP_NAMES[3]) + 100] ^= 0xFF  # one byte of the member's data
+    (damaged / "stored.zip").write_bytes(bytes(data))
+    server = serve(damaged)
+    remote = open_root(server.url("stored.zip"))
+    got = list(remote.read_many([ZIP_NAMES[2], ZIP_NAMES[3]]))
+    assert got[0] == (ZIP_NAMES[2], images[ZIP_NAMES[2]])
+    assert isinstance(got[1], BadImage) and got[1].reason == "unreadable"
+    assert str(got[1]) == (
+        f"{ZIP_NAMES[3]} in {server.url('stored.zip')} is corrupt (size or CRC differs from the zip directory)"
+    )
+    span = f"bytes={info.header_offset}-"
+    assert sum(1 for r in ranges(server) if r.startswith(span)) == 1  # the member, alone, once more
+
+
+def test_a_member_the_archive_lacks_is_missing_naming_the_url(serve, zips):
+    root, _ = zips
+    server = serve(root)
+    got = list(open_root(server.url("stored.zip")).read_many(["000000999999.jpg"]))
+    assert isinstance(got[0], BadImage) and got[0].reason == "missing"
+    assert str(got[0]) == f"image '000000999999.jpg' not found under {server.url('stored.zip')}"
+
+
+def test_a_server_ignoring_range_makes_every_image_unreadable_after_one_request(serve, zips):
+    root, _ = zips
+    server = serve(root, ignore_range=True)
+    url = server.url("stored.zip")
+    got = list(open_root(url).read_many(ZIP_NAMES[:3]))
+    assert [bad.reason for bad in got] == ["unreadable"] * 3
+    assert {str(bad) for bad in got} == {
+        f"image archive {url} cannot be opened: {url}: the server ignores range requests (HTTP 200 with the "
+        "whole file for 'bytes=-65577'); download the file and give its local path instead"
+    }
+    assert server.requests == 1  # asked once, not once an image
+
+
+def test_an_archive_that_is_gone_is_unreadable_naming_the_url(serve, zips):
+    root, _ = zips
+    server = serve(root)
+    url = server.url("gone.zip")
+    got = list(open_root(url).read_many(ZIP_NAMES[:2]))
+    assert [str(bad) for bad in got] == [f"image archive {url} cannot be opened: {url}: HTTP 404 Not Found"] * 2
+    assert server.requests == 1
+
+
+def test_open_root_picks_the_remote_root_from_the_url(serve, zips):
+    root, _ = zips
+    server = serve(root)
+    assert isinstance(open_root(server.url("stored.zip") + "?signature=abc"), ZipRoot)
+    assert isinstance(open_root(server.url("coco/train2017")), RemoteFolderRoot)
+    assert server.requests == 0
+
+
+def test_a_remote_zip_root_pickles_and_reads_in_the_copy(serve, zips):
+    root, images = zips
+    server = serve(root)
+    remote = open_root(server.url("stored.zip"))
+    assert digests(remote.read_many(ZIP_NAMES[:1])) == [(ZIP_NAMES[0], sha256(images[ZIP_NAMES[0]]))]
+    requests = server.requests
+    copy = pickle.loads(pickle.dumps(remote))
+    assert digests(copy.read_many(ZIP_NAMES[1:2])) == [(ZIP_NAMES[1], sha256(images[ZIP_NAMES[1]]))]
+    assert server.requests == requests + 1  # the directory came along
