@@ -861,3 +861,28 @@ def test_a_remote_zip_root_pickles_and_reads_in_the_copy(serve, zips):
     copy = pickle.loads(pickle.dumps(remote))
     assert digests(copy.read_many(ZIP_NAMES[1:2])) == [(ZIP_NAMES[1], sha256(images[ZIP_NAMES[1]]))]
     assert server.requests == requests + 1  # the directory came along
+
+
+def test_a_zip_behind_an_fsspec_url(zips):
+    import fsspec
+
+    root, images = zips
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/llava_hf_zip/stored.zip", (root / "stored.zip").read_bytes())
+    try:
+        remote = open_root("memory://llava_hf_zip/stored.zip")
+        assert isinstance(remote.transport, FsspecFile)
+        names = referenced()
+        assert digests(remote.read_many(names)) == [(name, sha256(images[name])) for name in names]
+    finally:
+        fs.rm("/llava_hf_zip", recursive=True)
+
+
+def test_open_transport_of_a_path_is_the_local_file(zips):
+    from llava_hf.images import LocalFile
+
+    root, _ = zips
+    t = open_transport(str(root / "stored.zip"))
+    assert isinstance(t, LocalFile)
+    assert t.size == (root / "stored.zip").stat().st_size
+    assert t.read_at(0, 4) == b"PK\x03\x04"
