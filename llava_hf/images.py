@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import BadImage
-from .zipdir import ZipDirectory, ZipEntry, ZipMemberError, read_member
+from .zipdir import READABLE_METHODS, ZipDirectory, ZipEntry, ZipMemberError, read_member
 
 # Every reason an image can be refused, in the order reports list them.
 BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_large", "unreadable")
@@ -406,7 +406,10 @@ class ZipRoot(ImageRoot):
                         data = read_member(entry, buffer, start, where)
                     except ZipMemberError:
                         # Read once more on its own: bytes damaged in transit (or a flaky mount) come right,
-                        # a member corrupt in the archive fails the same way again.
+                        # a member corrupt in the archive fails the same way again. Encrypted members and
+                        # unknown methods fail on the directory entry alone: no second read for those.
+                        if entry.flags & 0x1 or entry.method not in READABLE_METHODS:
+                            raise
                         data = read_member(entry, self.transport.read_at(*entry.span), entry.header_offset, where)
                     _check_head(data[:HEAD_SIZE], len(data), where)
                 except ZipMemberError as e:
