@@ -886,3 +886,24 @@ def test_open_transport_of_a_path_is_the_local_file(zips):
     assert isinstance(t, LocalFile)
     assert t.size == (root / "stored.zip").stat().st_size
     assert t.read_at(0, 4) == b"PK\x03\x04"
+
+
+def test_an_encrypted_member_is_not_read_twice(serve, zips, tmp_path):
+    root, _ = zips
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    data = bytearray((root / "stored.zip").read_bytes())
+    with zipfile.ZipFile(root / "stored.zip") as zf:
+        info = zf.getinfo(ZIP_NAMES[0])
+        central = data.index(b"PK\x01\x02", zf.start_dir)  # the first central entry: ZIP_NAMES[0]
+    data[central + 8] |= 0x1  # the "encrypted" flag, in the directory
+    data[info.header_offset + 6] |= 0x1  # and in the local header
+    (folder / "stored.zip").write_bytes(bytes(data))
+    server = serve(folder)
+    url = server.url("stored.zip")
+    (got,) = open_root(url).read_many([ZIP_NAMES[0]])
+    assert isinstance(got, BadImage) and got.reason == "unreadable"
+    assert str(got) == f"{ZIP_NAMES[0]} in {url} is encrypted"
+    assert ranges(server)[1:] == [
+        f"bytes={info.header_offset}-{info.header_offset + 30 + len(ZIP_NAMES[0]) + info.compress_size - 1}"
+    ]
