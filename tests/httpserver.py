@@ -14,22 +14,25 @@ outside the file 416; several ranges, or `ignore_range=True`, the whole file wit
 carries an ETag (from size and mtime, so rewriting a file changes it) and Last-Modified, and `If-Range`
 is honoured (a stale validator gets the whole file, as RFC 9110 says).
 
-Faults hit a fraction `fault_rate` of the GETs of a file (ranged or not). Which requests fail is decided by a hash of
-(seed, path, range, how many times that same request was seen), not by arrival order, so a run with many
-requests in flight fails the same requests every time, and a retried request is a new draw. Kinds:
-  "503"    answer 503 Service Unavailable
-  "reset"  send the headers and half the body, then reset the connection (RST)
-  "short"  a 206 whose Content-Length and body are half of what its Content-Range claims; for a GET
-           without Range, half the declared Content-Length and then the connection closed (FIN)
-  "stall"  send the headers, then wait `stall` seconds before the body (for client timeouts)
-  "corrupt"  a complete 206 with one byte in the middle of the body inverted (a CRC check must catch it)
-`script=["reset", None, "503"]` gives the next range requests these faults (None: none) in arrival order,
-before any draw: for tests that need one exact failure. `GET /_stats` answers {"requests": n, "bytes_sent": n} as JSON (not counted), for a server in another process:
+Faults hit a fraction `fault_rate` of the GETs of a file (ranged or not). Which requests fail is decided
+by a hash of (seed, path, range, how many times that same request was seen), not by arrival order, so a
+run with many requests in flight fails the same requests every time, and a retried request is a new
+draw. (A reset may drop bytes the client had not read yet, so where a resumed range starts can vary.)
+Kinds:
+  "503"      answer 503 Service Unavailable
+  "reset"    send the headers and half the body, then reset the connection (RST)
+  "short"    a 206 whose Content-Length and body are half of what its Content-Range claims; for a GET
+             without Range, half the declared Content-Length and then the connection closed (FIN)
+  "stall"    send the headers, then wait `stall` seconds before the body (for client timeouts)
+  "corrupt"  a complete answer with one byte in the middle of the body inverted (a CRC check must catch it)
+`script=["reset", None, "503"]` gives the next requests these faults (None: none) in arrival order, before
+any draw: for tests that need one exact failure. `status={"name": 404}` answers a fixed status for a file
+(404, 403, 410 ...); a file that is not there is 404 anyway. `redirects={"name": url}` answers 302.
+
+`GET /_stats` answers {"requests": n, "bytes_sent": n} as JSON (itself not counted), for a server run in
+another process:
 
     python tests/httpserver.py FOLDER [--latency 0.02] [--bandwidth 50e6]   # prints its URL, serves until killed
-
-`status={"name": 404}` answers a fixed status for a file (404, 403, 410 ...); a file that is not there is
-404 anyway.
 """
 
 from __future__ import annotations
