@@ -251,12 +251,12 @@ def _handler(server: RangeServer):
                 self.close_connection = True  # the client stopped reading (as it must for a 200 it refuses)
 
         def _status_only(self, hit: Hit, status: int) -> None:
-            hit.status = status
             message = f"{status}\n".encode()
+            # Recorded before the headers go out: a client may stop at the status and never read the body.
+            hit.status, hit.sent = status, len(message)
             self.send_response(status)
             self.send_header("Content-Length", str(len(message)))
             self.end_headers()
-            hit.sent = len(message)
             self.wfile.write(message)
 
         def _answer(self, hit: Hit, body: bool) -> None:
