@@ -223,8 +223,8 @@ def test_a_reset_during_the_first_request_is_resumed_too(serve, folder, payload)
 
 
 def test_a_stalled_body_times_out_and_is_retried(serve, folder, payload):
-    server = serve(folder, stall=1.5)
-    f = HttpFile(server.url("blob.bin"), timeout=0.2, retry=FAST)
+    server = serve(folder, stall=2.5)
+    f = HttpFile(server.url("blob.bin"), timeout=0.6, retry=FAST)
     assert f.size == PAYLOAD_SIZE
     server.configure(script=["stall"])
     assert f.read_at(100, 1000) == payload[100:1100]
