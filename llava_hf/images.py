@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import BadImage
-from .zipdir import ZipDirectory, ZipEntry, ZipMemberError, read_member
+from .zipdir import READABLE_METHODS, ZipDirectory, ZipEntry, ZipMemberError, read_member
 
 # Every reason an image can be refused, in the order reports list them.
 BAD_IMAGE_REASONS = (
@@ -404,16 +404,20 @@ class ZipRoot(ImageRoot):
         super().__init__(location, aliases)
         self._transport = transport
         self._directory: ZipDirectory | None = None
+        self._unopenable: str | None = None
         self._prefix = ""
 
     def _open(self) -> ZipDirectory:
         if self._directory is None:
             with _DIRECTORY_LOCK:
+                if self._unopenable is not None:  # tried once: a gone archive is not asked again per image
+                    raise BadImage("unreadable", self._unopenable)
                 if self._directory is None:
                     try:
                         directory = ZipDirectory.from_transport(self.transport, self.location)
                     except (OSError, ValueError) as e:
-                        raise BadImage("unreadable", f"image archive {self.location} cannot be opened: {e}") from None
+                        self._unopenable = f"image archive {self.location} cannot be opened: {e}"
+                        raise BadImage("unreadable", self._unopenable) from None
                     self._prefix = directory.top_folder()
                     self._directory = directory
         return self._directory
@@ -472,7 +476,9 @@ class ZipRoot(ImageRoot):
         yield from results[done:]
 
     def _fetch(self, wave: list[tuple[int, str, ZipEntry]]) -> Iterator[tuple[int, tuple[str, bytes] | BadImage]]:
-        spans = _merge_spans([entry.span for _, _, entry in wave])
+        # A remote transport bounds the gaps it reads (bytes cost there); a local file reads small gaps freely.
+        policy = getattr(self.transport, "merge_policy", (MERGE_GAP, None))
+        spans = _merge_spans([entry.span for _, _, entry in wave], *policy)
         try:
             buffers = list(self.transport.read_spans([(start, end - start) for start, end, _ in spans]))
         except OSError as e:
@@ -484,10 +490,21 @@ class ZipRoot(ImageRoot):
                 position, candidate, entry = wave[k]
                 where = self.describe(candidate)
                 try:
-                    data = read_member(entry, buffer, start, where)
+                    try:
+                        data = read_member(entry, buffer, start, where)
+                    except ZipMemberError:
+                        # Read once more on its own: bytes damaged in transit (or a flaky mount) come right,
+                        # a member corrupt in the archive fails the same way again. Encrypted members and
+                        # unknown methods fail on the directory entry alone: no second read for those.
+                        if entry.flags & 0x1 or entry.method not in READABLE_METHODS:
+                            raise
+                        data = read_member(entry, self.transport.read_at(*entry.span), entry.header_offset, where)
                     _check_head(data[:HEAD_SIZE], len(data), where)
                 except ZipMemberError as e:
                     yield position, BadImage(e.reason, str(e))
+                    continue
+                except OSError as e:
+                    yield position, BadImage("unreadable", f"{where} cannot be read: {e}")
                     continue
                 except BadImage as bad:
                     yield position, bad
@@ -552,19 +569,28 @@ def _waves(wanted: list) -> Iterator[list]:
         yield wave
 
 
-def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+def _merge_spans(
+    spans: list[tuple[int, int]], gap: int = MERGE_GAP, waste: float | None = None
+) -> list[tuple[int, int, list[int]]]:
     """(start, end, indexes of the spans it holds) of the reads that cover `spans` (offset, length): sorted
-    by offset, neighbours closer than MERGE_GAP merged, no read longer than _SPAN_BYTES unless one member is."""
-    merged: list[tuple[int, int, list[int]]] = []
+    by offset, neighbours closer than `gap` merged, no read longer than _SPAN_BYTES unless one member is.
+    With `waste`, the gaps read in one merged read stay under that fraction of its members' bytes, so a
+    remote archive never sends much more than what was asked for."""
+    merged: list[tuple[int, int, list[int], int, int]] = []  # ... plus useful and wasted bytes
     for k in sorted(range(len(spans)), key=lambda k: spans[k][0]):
         start, end = spans[k][0], spans[k][0] + spans[k][1]
         if merged:
-            last_start, last_end, members = merged[-1]
-            if start - last_end <= MERGE_GAP and max(end, last_end) - last_start <= _SPAN_BYTES:
-                merged[-1] = (last_start, max(end, last_end), [*members, k])
+            last_start, last_end, members, useful, wasted = merged[-1]
+            hole = max(0, start - last_end)
+            if (
+                hole <= gap
+                and max(end, last_end) - last_start <= _SPAN_BYTES
+                and (waste is None or wasted + hole <= waste * (useful + end - start))
+            ):
+                merged[-1] = (last_start, max(end, last_end), [*members, k], useful + end - start, wasted + hole)
                 continue
-        merged.append((start, end, [k]))
-    return merged
+        merged.append((start, end, [k], end - start, 0))
+    return [(start, end, members) for start, end, members, _, _ in merged]
 
 
 # The fixed part of a zip local file header (signature ... file name length, extra field length).
@@ -576,11 +602,19 @@ _OPEN_LOCK = threading.Lock()
 _POOL_LOCK = threading.Lock()
 
 
-def open_root(location: str, aliases: tuple[tuple[str, str], ...] = ()) -> ImageRoot:
+def open_root(location: str, aliases: tuple[tuple[str, str], ...] = (), token: str | bool | None = None) -> ImageRoot:
     """The image root at `location`: a `.zip` file is read in place, anything else is a folder.
 
-    Decided from the name alone, so that nothing under the root is listed or stat'ed.
+    Decided from the name alone, so that nothing under the root is listed or stat'ed. A URL (`https://`,
+    `hf://`, `s3://` ...) of a zip is read by range requests (`llava_hf.remote`), a URL of a folder one GET
+    an image; `token` goes to the Hub only. Nothing is requested before the first read.
     """
+    from .remote import is_url
+
+    if is_url(location):
+        from .remote import open_remote_root
+
+        return open_remote_root(location, aliases, token)
     location = os.path.abspath(os.path.expanduser(location))
     cls = ZipRoot if location.lower().endswith(".zip") else FolderRoot
     return cls(location, aliases)

@@ -15,7 +15,9 @@ reused across runs, and measures, side by side in one run:
 4. serving: random decoded images/s and bytes-only rows/s against LLaVA's loader (`json.load` +
    `PIL.Image.open`), warm and cold, and the unique memory of 4 forked workers each touching half the rows;
 5. lazy against stock open (LLAVA_HF_LAZY=1/0), each in a fresh process on evicted files: cold open,
-   cold random rows, a full sequential pass, and a dataset unpickled in a spawned process.
+   cold random rows, a full sequential pass, and a dataset unpickled in a spawned process;
+6. fetching part of the zip over HTTP from tests/httpserver.py (20 ms a request): images/s, MB/s and bytes
+   sent / bytes referenced, against the same images fetched one request at a time.
 
 Every timing is the median of the repeats, with the spread (min-max); the table of ratios is printed and
 every figure goes to a JSON file (`--out`). Each prepare and every memory or cold-open measurement runs in
@@ -64,6 +66,12 @@ JSONL_SIZES = {"full": (100_000, 1_000_000), "quick": (20_000, 100_000), "smalle
 # MADV_WILLNEED only starts reads: wait this long after an open before counting what it made resident.
 READ_SETTLE = 0.5
 BATCH = 32  # DataLoader batch: torch fetches a batch from a datasets.Dataset with one __getitems__ call
+# The fetch section: the corpus zip served by tests/httpserver.py (another process) with this latency per
+# request and this bandwidth shared by all connections (a far server: 400 Mbit/s), and how many of its
+# images a run references (a seeded random subset, like a config naming part of COCO).
+FETCH_LATENCY = 0.02
+FETCH_BANDWIDTH = 50e6
+FETCH_IMAGES = 400
 
 _VOCABULARY = (
     "the a an of in on at with and to is are there this that image picture photo shows man woman person "
@@ -681,7 +689,65 @@ def child_sequential(a: dict) -> dict:
     }
 
 
+def _server_stats(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url.rsplit("/", 1)[0] + "/_stats") as response:  # the local server only
+        return json.loads(response.read())
+
+
+def child_fetch(a: dict) -> dict:
+    """Fetch `names` from the zip at `url`: through ZipRoot.read_many (merged spans, requests in flight), or
+    with `serial` one request per image, one after the other (the baseline). The directory is read first
+    and timed apart; the server's counters give the requests and bytes of each phase."""
+    import hashlib
+
+    from llava_hf.images import ZipRoot
+    from llava_hf.remote import HttpFile
+    from llava_hf.zipdir import ZipDirectory, read_member
+
+    url, names = a["url"], a["names"]
+    transport = HttpFile(url) if not a["serial"] else HttpFile(url, concurrency=1)
+    s0 = _server_stats(url)
+    started = time.perf_counter()
+    if a["serial"]:
+        directory = ZipDirectory.from_transport(transport, url)
+    else:
+        root = ZipRoot(url, transport=transport)
+        root._open()  # the directory, timed apart from the members
+    s1 = _server_stats(url)
+    opened = time.perf_counter()
+    digest, images, payload = hashlib.sha256(), 0, 0
+    if a["serial"]:
+        for name in names:
+            entry = directory.entry(directory.find(name))
+            span = transport.read_at(entry.header_offset, entry.span_end - entry.header_offset)
+            data = read_member(entry, span, entry.header_offset, f"{name} in {url}")
+            digest.update(data)
+            images, payload = images + 1, payload + len(data)
+    else:
+        for result in root.read_many(names):
+            if not isinstance(result, tuple):
+                raise RuntimeError(f"fetch failed: {result}")
+            digest.update(result[1])
+            images, payload = images + 1, payload + len(result[1])
+    done = time.perf_counter()
+    s2 = _server_stats(url)
+    return {
+        "directory_seconds": opened - started,
+        "directory_requests": s1["requests"] - s0["requests"],
+        "directory_bytes": s1["bytes_sent"] - s0["bytes_sent"],
+        "seconds": done - opened,
+        "requests": s2["requests"] - s1["requests"],
+        "bytes_sent": s2["bytes_sent"] - s1["bytes_sent"],
+        "images": images,
+        "payload": payload,
+        "sha256": digest.hexdigest(),
+    }
+
+
 CHILDREN = {
+    "fetch": child_fetch,
     "prepare_llava_hf": child_prepare_llava_hf,
     "prepare_from_list": child_prepare_from_list,
     "prepare_json_map": child_prepare_json_map,
@@ -953,6 +1019,63 @@ def measure_lazy(corpus: dict, cache_root: str, cache_folder: str, run_dir: Path
     return out
 
 
+def fetch_names(corpus: dict) -> list[str]:
+    """The images the fetch section references: a seeded random subset of the zip, in JSON order."""
+    k = min(FETCH_IMAGES, max(1, corpus["n"] // 2))
+    return [image_name(i) for i in sorted(random.Random(corpus["n"]).sample(range(corpus["n"]), k))]
+
+
+def measure_fetch(corpus: dict, run_dir: Path, repeats: int) -> dict:
+    """The corpus zip over HTTP from tests/httpserver.py in another process (FETCH_LATENCY per request,
+    FETCH_BANDWIDTH shared): llava_hf's read_many against one request per image, repeats interleaved; and
+    llava_hf from the same server with no latency and no cap, the ceiling of this machine (client and
+    server share its cores)."""
+    from llava_hf.images import LocalFile
+    from llava_hf.remote import DEFAULT_CONCURRENCY
+    from llava_hf.zipdir import ZipDirectory
+
+    names = fetch_names(corpus)
+    local = ZipDirectory.from_transport(LocalFile(corpus["zip"]), corpus["zip"])
+    entries = [local.entry(local.find(name)) for name in names]
+    runs = {"llava_hf": [], "one request at a time": [], "llava_hf, no latency, no cap": []}
+    with _http_server(corpus, FETCH_LATENCY, FETCH_BANDWIDTH) as url, _http_server(corpus, 0, None) as fast_url:
+        for _ in range(repeats):
+            for way in runs:
+                args = {"url": fast_url if "no cap" in way else url, "names": names, "serial": "one" in way}
+                runs[way].append(run_child("fetch", args, run_dir))
+    return {
+        "names": len(names),
+        "referenced_bytes": sum(e.span_end - e.header_offset for e in entries),
+        "payload_bytes": sum(e.file_size for e in entries),
+        "latency": FETCH_LATENCY,
+        "bandwidth": FETCH_BANDWIDTH,
+        "concurrency": DEFAULT_CONCURRENCY,
+        "runs": runs,
+        "same_bytes": len({r["sha256"] for way in runs.values() for r in way}) == 1,
+    }
+
+
+@contextlib.contextmanager
+def _http_server(corpus: dict, latency: float, bandwidth: float | None):
+    """The URL of the corpus zip on tests/httpserver.py, run in its own process for the block."""
+    script = Path(__file__).resolve().parent.parent / "tests" / "httpserver.py"
+    command = [sys.executable, str(script), str(Path(corpus["zip"]).parent), "--latency", str(latency)]
+    if bandwidth:
+        command += ["--bandwidth", str(bandwidth)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        yield server.stdout.readline().strip() + Path(corpus["zip"]).name
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def fetch_limit_seconds(run: dict, fetch: dict) -> float:
+    """The least time a fetch of these requests and bytes could take: requests at `concurrency` in flight,
+    each a round trip of `latency`, or the bytes through the shared bandwidth, whichever binds."""
+    return max(run["requests"] * fetch["latency"] / fetch["concurrency"], run["bytes_sent"] / fetch["bandwidth"])
+
+
 # --- report --------------------------------------------------------------------------------------------------
 
 
@@ -1149,6 +1272,33 @@ def report_lazy(results: dict) -> None:
     )
 
 
+def report_fetch(results: dict) -> None:
+    fetch = results["fetch"]
+    rows = []
+    for way, runs in fetch["runs"].items():
+        seconds = summary([r["seconds"] for r in runs])
+        last = runs[-1]
+        rows.append(
+            [
+                way,
+                spread(seconds),
+                fmt(last["images"] / seconds["median"], 0),
+                fmt(last["payload"] / 1e6 / seconds["median"]),
+                f"{last['requests']:,}",
+                fmt(last["bytes_sent"] / fetch["referenced_bytes"], 3),
+                f"{last['directory_requests']} / {fmt(median_of(r['directory_seconds'] for r in runs) * 1e3)} ms",
+            ]
+        )
+    print_table(
+        f"[6] fetch {fetch['names']:,} images ({fetch['payload_bytes'] / 1e6:.1f} MB) of the corpus zip over HTTP "
+        f"from a local server: {fetch['latency'] * 1e3:.0f} ms a request, {fetch['bandwidth'] / 1e6:.0f} MB/s "
+        f"shared; llava_hf keeps {fetch['concurrency']} requests in flight",
+        ["", "seconds", "images/s", "MB/s", "requests", "sent / referenced", "directory: requests / time"],
+        rows,
+    )
+    print(f"  same image bytes both ways: {fetch['same_bytes']}")
+
+
 def report(results: dict) -> list[dict]:
     """Print every section's table and the targets; returns the targets (also stored in the JSON)."""
     report_header(results)
@@ -1158,6 +1308,7 @@ def report(results: dict) -> list[dict]:
         report_files_memory(results)
     report_serving(results)
     report_lazy(results)
+    report_fetch(results)
     targets = evaluate_targets(results)
     print_table(
         "targets (ratios from this run)",
@@ -1184,6 +1335,8 @@ def evaluate_targets(results: dict) -> list[dict]:
     open_fraction = median_of(r["open_resident"] for r in lazy["open"]["lazy"]) / lazy["file_bytes"]
     seq = {m: median_of(r["seconds"] for r in lazy["sequential"][m]) for m in ("lazy", "stock")}
     row_way, batch_way, llava = serving["contenders"]
+    fetch = results["fetch"]
+    fetch_rate = median_of(fetch_limit_seconds(r, fetch) / r["seconds"] for r in fetch["runs"]["llava_hf"])
 
     def decoded(key, who):
         v = serving[key]
@@ -1202,6 +1355,7 @@ def evaluate_targets(results: dict) -> list[dict]:
         target(f"decoded images/s, {batches}: ours / LLaVA", decoded("decoded cold", batch_way), ">=", 0.95, served),
         target("lazy cold open: resident / file", open_fraction, "<", 0.05, lazy_state),
         target("lazy / stock: open + sequential pass time", seq["lazy"] / seq["stock"], "<=", 1.10, lazy_state),
+        target("fetch rate / limit (concurrency / latency or bandwidth)", fetch_rate, ">=", 0.8, "local server"),
     ]
 
 
@@ -1299,6 +1453,8 @@ def main(argv: list[str] | None = None) -> int:
     results["worker_memory"] = measure_worker_memory(results["memory"], run_dir)
     step("lazy vs stock open")
     results["lazy"] = measure_lazy(corpus, served["cache"], served["folder"], run_dir, repeats, rows)
+    step("fetch over HTTP")
+    results["fetch"] = measure_fetch(corpus, run_dir, repeats)
     results["seconds"] = time.perf_counter() - started
     results["targets"] = report(results)
     out = args.out or work / "bench_results.json"

@@ -125,3 +125,19 @@ def _no_real_image_archives(tmp_path_factory, monkeypatch):
     (root / "sources.json").write_text(json.dumps(mapping), encoding="utf-8")
     monkeypatch.setenv("LLAVA_HF_IMAGE_SOURCES", str(root / "sources.json"))
     monkeypatch.setenv("LLAVA_HF_IMAGE_STORE", str(tmp_path_factory.mktemp("image-store")))
+
+
+@pytest.fixture
+def serve():
+    """`serve(folder, **options)` starts a tests.httpserver.RangeServer on 127.0.0.1 for this test only."""
+    from httpserver import RangeServer
+
+    servers = []
+
+    def start(folder, **options) -> RangeServer:
+        servers.append(RangeServer(folder, **options).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -22,6 +22,7 @@ SECTIONS = (
     "serving",
     "worker_memory",
     "lazy",
+    "fetch",
     "targets",
 )
 
@@ -60,5 +61,13 @@ def test_smallest_setting_writes_every_section_and_ratio(tmp_path):
     assert lazy["same_bytes"]  # a full pass reads the same image bytes with lazy open on and off
     assert set(lazy["open"]) == set(lazy["sequential"]) == {"lazy", "stock"}
     assert all(run["spawned"]["llava_hf_imported_by_pickle"] for run in lazy["open"]["lazy"])
-    assert len(results["targets"]) == 9
+    fetch = results["fetch"]
+    assert fetch["same_bytes"]  # every way fetched the same image bytes
+    assert fetch["names"] == 20
+    serial, ours = fetch["runs"]["one request at a time"][0], fetch["runs"]["llava_hf"][0]
+    assert serial["images"] == ours["images"] == 20
+    assert serial["requests"] == 20  # the baseline: one request per image
+    assert ours["requests"] <= 20  # neighbours merged
+    assert ours["bytes_sent"] <= 1.1 * fetch["referenced_bytes"]
+    assert len(results["targets"]) == 10
     assert all(math.isfinite(t["measured"]) and isinstance(t["pass"], bool) for t in results["targets"])
