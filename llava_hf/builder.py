@@ -16,10 +16,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import datasets
-from datasets.builder import Key
 from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
+from .compat import Key
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
 from .features import FEATURES

@@ -20,12 +20,12 @@ import datasets
 import datasets.inspect
 import datasets.load
 from datasets.load import DatasetModule
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from .compat import TESTED_DATASETS
 
 NAME = "llava_hf"
 BUILDER_MODULE = "llava_hf.builder"
-TESTED_DATASETS = SpecifierSet(">=5.1,<5.3")
 
 # Every module whose code decides what a prepared dataset contains. The cache key hashes their code
 # (not their comments or docstrings), so a change in any of them gives a new cache entry.

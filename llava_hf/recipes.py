@@ -37,10 +37,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import yaml
-from datasets.builder import Key
 
 from .builder import OnBadImage
 from .catalog import CATALOG, CONFIG_NAMES, SOURCES, get_source
+from .compat import Key
 from .features import FEATURES
 from .sources import BATCH_ROWS
 

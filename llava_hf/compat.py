@@ -1,0 +1,34 @@
+"""What differs between the `datasets` releases llava_hf supports (4.0.0 to 5.2.0), in one place.
+
+Everything else in the package uses the API the whole range shares; a difference found between two
+releases gets a name here, with the release that introduced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import datasets.builder
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+# The releases the test suite runs on (.ci/run: 4.0.0, a middle release and the newest). The upper bound
+# is the newest tested release, as in pyproject's pin.
+TESTED_DATASETS = SpecifierSet(">=4.0,<5.3")
+DATASETS_VERSION = Version(datasets.__version__)
+
+if hasattr(datasets.builder, "Key"):
+    Key = datasets.builder.Key
+else:
+
+    @dataclass
+    class Key:
+        """The key of a generated table: `datasets.builder.Key` arrived in datasets 4.1. Before it the builder
+        ignores the keys of `_generate_tables`, so any value works; this keeps one spelling for both."""
+
+        original_shard_id: int
+        item_or_batch_id: int
+
+        def __str__(self) -> str:
+            return str((self.original_shard_id, self.item_or_batch_id))
