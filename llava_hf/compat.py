@@ -32,3 +32,12 @@ else:
 
         def __str__(self) -> str:
             return str((self.original_shard_id, self.item_or_batch_id))
+
+
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (HF_HUB_OFFLINE), as huggingface_hub itself decides:
+    `constants.is_offline_mode()` since huggingface_hub 1.x, the `constants.HF_HUB_OFFLINE` flag before."""
+    from huggingface_hub import constants
+
+    check = getattr(constants, "is_offline_mode", None)
+    return check() if check is not None else bool(constants.HF_HUB_OFFLINE)
