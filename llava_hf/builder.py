@@ -19,10 +19,10 @@ import datasets
 from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
-from .compat import Key
+from .compat import EMPTY_SHARD_NEEDS_A_TABLE, Key
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
-from .features import FEATURES
+from .features import FEATURES, SCHEMA
 from .images import open_root
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .reader import REPORT_FILENAME
@@ -239,9 +239,12 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         images = spec.open_images()
         skips = SkipLog()
         for local_index, shard in enumerate(shards):
+            table_index = -1
             for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
                 self._exit_if_orphaned()
                 yield Key(local_index, table_index), table
+            if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
+                yield Key(local_index, 0), SCHEMA.empty_table()
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
         elif self._skip_dir is None and skips.total():

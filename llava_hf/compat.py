@@ -41,3 +41,9 @@ def hub_offline() -> bool:
 
     check = getattr(constants, "is_offline_mode", None)
     return check() if check is not None else bool(constants.HF_HUB_OFFLINE)
+
+
+# datasets 4.1 to 5.0 count the rows of each `Key.original_shard_id` in a list indexed by position, so a
+# shard that yields no table followed by one that does raises IndexError; 5.1 pads the list. Where it
+# matters, a shard whose rows were all skipped yields one empty table.
+EMPTY_SHARD_NEEDS_A_TABLE = hasattr(datasets.builder, "Key") and DATASETS_VERSION in SpecifierSet("<5.1")
