@@ -160,11 +160,10 @@ def content_hash(path: str) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    digest = hashlib.sha256()
+    from huggingface_hub.utils.sha import sha_fileobj
+
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
+        memo[key] = sha_fileobj(f, _CHUNK).hex()
     try:
         os.makedirs(os.path.dirname(memo_path), exist_ok=True)
         tmp = f"{memo_path}.{os.getpid()}.tmp"
