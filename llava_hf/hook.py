@@ -1,10 +1,12 @@
 """Makes `datasets.load_dataset("llava_hf", name, ...)` build with `LlavaBuilder`.
 
-datasets 5.x has no loading scripts, and registering a packaged module would glob and stat every file
-under `data_dir` into the cache key (minutes for a 600K-image folder). Instead the module factory is
-wrapped: for the name "llava_hf" it returns our builder module directly, touching no data file; every
-other name goes to datasets untouched. This relies on `datasets.load.dataset_module_factory`, so it is
-installed only on the datasets versions it was tested with.
+datasets (4.0 and later) has no loading scripts, and registering a packaged module would glob and stat
+every file under `data_dir` into the cache key (minutes for a 600K-image folder). Instead the module
+factory is wrapped: for the name "llava_hf" it returns our builder module directly, touching no data file;
+every other name goes to datasets untouched. This relies on `datasets.load.dataset_module_factory`, so it
+is installed only on the datasets versions it was tested with: `TESTED_DATASETS`, datasets 4.0.0 to 5.2.x
+(.ci/run runs the suite on the newest, and these hooks' tests on 4.0.0 and 5.0.0; what differs between
+the releases is in compat.py). On another version `import llava_hf` warns that the hooks are off.
 """
 
 from __future__ import annotations
