@@ -114,6 +114,10 @@ def test_order_without_proportions_is_that_of_datasets_interleave(strategy):
         # (test_order_without_proportions checks its order there), but there is nothing to compare with.
         assert f"{strategy} is not supported" in str(e)
         pytest.skip(f"datasets {datasets.__version__} has no stopping_strategy {strategy!r}")
+    if strategy == "all_exhausted_without_replacement" and expected == ROUND_ROBIN["first_exhausted"].split():
+        # datasets 4.x (4.4.2 here) stops it at the first exhausted source, as first_exhausted; 5.0 fixed that.
+        # Recipes keep the fixed order on every release (test_order_without_proportions).
+        pytest.skip(f"datasets {datasets.__version__} stops {strategy} at the first exhausted source")
     assert planned_ids(resolve(recipe(strategy), SIZES)) == expected
 
 
