@@ -1,7 +1,12 @@
 """What differs between the `datasets` releases llava_hf supports (4.0.0 to 5.2.0), in one place.
 
 Everything else in the package uses the API the whole range shares; a difference found between two
-releases gets a name here, with the release that introduced it.
+releases gets a name here, with the release that introduced it. Compared between 4.0.0, 4.4.2, 5.0.0,
+5.1.0 and 5.2.0 and found the same: `load.dataset_module_factory`'s signature and `DatasetModule`'s
+fields (hook.py), `table._memory_mapped_arrow_table_from_file`, `MemoryMappedTable.__getstate__`,
+`arrow_dataset.query_table` and `table_iter` (reader.py), `utils._filelock.FileLock` as
+`builder.FileLock` (locking.py), `BuilderConfig.create_config_id` and the cache path (the same folder on
+4.0.0, 5.0.0 and 5.2.0).
 """
 
 from __future__ import annotations
