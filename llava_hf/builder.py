@@ -22,7 +22,7 @@ from .catalog import SOURCES, Source, get_source
 from .compat import EMPTY_SHARD_NEEDS_A_TABLE, Key
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
-from .features import FEATURES, SCHEMA
+from .features import FEATURES
 from .images import open_root
 from .locking import LockMode, children_die_with_this_process, datasets_locks, explain_lock_error, lock_mode
 from .reader import REPORT_FILENAME
@@ -244,7 +244,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 self._exit_if_orphaned()
                 yield Key(local_index, table_index), table
             if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
-                yield Key(local_index, 0), SCHEMA.empty_table()
+                yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
         elif self._skip_dir is None and skips.total():
