@@ -29,7 +29,7 @@ else:
 
     @dataclass
     class Key:
-        """The key of a generated table: `datasets.builder.Key` arrived in datasets 4.1. Before it the builder
+        """The key of a generated table: `datasets.builder.Key` arrived in datasets 4.4. Before it the builder
         ignores the keys of `_generate_tables`, so any value works; this keeps one spelling for both."""
 
         original_shard_id: int
@@ -48,7 +48,7 @@ def hub_offline() -> bool:
     return check() if check is not None else bool(constants.HF_HUB_OFFLINE)
 
 
-# datasets 4.1 to 5.0 count the rows of each `Key.original_shard_id` in a list indexed by position, so a
+# datasets 4.4 to 5.0 count the rows of each `Key.original_shard_id` in a list indexed by position, so a
 # shard that yields no table followed by one that does raises IndexError; 5.1 pads the list. Where it
 # matters, a shard whose rows were all skipped yields one empty table.
 EMPTY_SHARD_NEEDS_A_TABLE = hasattr(datasets.builder, "Key") and DATASETS_VERSION in SpecifierSet("<5.1")
