@@ -16,10 +16,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 import datasets
-from datasets.builder import Key
 from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
+from .compat import EMPTY_SHARD_NEEDS_A_TABLE, Key
 from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
 from .failures import (
@@ -375,9 +375,12 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         images = spec.open_images()
         skips = SkipLog()
         for local_index, shard in enumerate(shards):
+            table_index = -1
             for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
                 self._exit_if_orphaned()
                 yield Key(local_index, table_index), table
+            if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
+                yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
         elif self._skip_dir is None and skips.total():

@@ -1,10 +1,12 @@
 """Makes `datasets.load_dataset("llava_hf", name, ...)` build with `LlavaBuilder`.
 
-datasets 5.x has no loading scripts, and registering a packaged module would glob and stat every file
-under `data_dir` into the cache key (minutes for a 600K-image folder). Instead the module factory is
-wrapped: for the name "llava_hf" it returns our builder module directly, touching no data file; every
-other name goes to datasets untouched. This relies on `datasets.load.dataset_module_factory`, so it is
-installed only on the datasets versions it was tested with.
+datasets (4.0 and later) has no loading scripts, and registering a packaged module would glob and stat
+every file under `data_dir` into the cache key (minutes for a 600K-image folder). Instead the module
+factory is wrapped: for the name "llava_hf" it returns our builder module directly, touching no data file;
+every other name goes to datasets untouched. This relies on `datasets.load.dataset_module_factory`, so it
+is installed only on the datasets versions it was tested with: `TESTED_DATASETS`, datasets 4.0.0 to 5.2.x
+(.ci/run runs the suite on the newest, and these hooks' tests on 4.0.0 and 5.0.0; what differs between
+the releases is in compat.py). On another version `import llava_hf` warns that the hooks are off.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import datasets
 import datasets.inspect
 import datasets.load
 from datasets.load import DatasetModule
-from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+
+from .compat import TESTED_DATASETS
 
 NAME = "llava_hf"
 BUILDER_MODULE = "llava_hf.builder"
-TESTED_DATASETS = SpecifierSet(">=5.1,<5.3")
 
 # Every module whose code decides what a prepared dataset contains. The cache key hashes their code
 # (not their comments or docstrings), so a change in any of them gives a new cache entry.

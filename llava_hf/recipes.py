@@ -37,10 +37,10 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import yaml
-from datasets.builder import Key
 
 from .builder import OnBadImage
 from .catalog import CATALOG, CONFIG_NAMES, SOURCES, get_source
+from .compat import Key
 from .features import FEATURES, MULTI_IMAGE_FEATURES
 from .files import as_multi_image, data_file_paths, file_config_name, file_stem
 from .sources import BATCH_ROWS

@@ -32,13 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import httpx  # a declared dependency: huggingface_hub 1.x uses it, 0.x (LLaMA-Factory's) and 2.x do not ship it
+
 from .errors import BadImage
 from .images import HEAD_SIZE, ImageRoot, _check_head, _check_size
-
-try:  # huggingface_hub 2.x ships its HTTP client as `httpx2`, 1.x as `httpx`; same API
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
-    import httpx
 
 # Requests in flight per transport. Far servers are latency-bound: 16 connections at 20-100 ms each keep
 # a few hundred small members a second arriving, and CDNs and university servers accept that many.

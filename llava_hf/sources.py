@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Source
+from .compat import hub_offline
 from .errors import SourceError
 
 logger = logging.getLogger("llava_hf")
@@ -99,7 +100,7 @@ def _hub_file(source: Source, name: str, *, revision: str | None, token: bool | 
         # No cache_dir: hf_hub_download(cache_dir=...) would ignore the user's HF_HUB_CACHE.
         return hf_hub_download(source.repo_id, name, repo_type="dataset", revision=revision, token=token)
     except LocalEntryNotFoundError as e:
-        offline = " (HF_HUB_OFFLINE is set)" if constants.is_offline_mode() else ""
+        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
         raise FileNotFoundError(
             f"{source.name}: {name} of {source.repo_id} (revision {revision or 'main'}) is not in the Hugging "
             f"Face cache {constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}; download it "
@@ -161,11 +162,10 @@ def content_hash(path: str) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    digest = hashlib.sha256()
+    from huggingface_hub.utils.sha import sha_fileobj
+
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
+        memo[key] = sha_fileobj(f, _CHUNK).hex()
     try:
         os.makedirs(os.path.dirname(memo_path), exist_ok=True)
         tmp = f"{memo_path}.{os.getpid()}.tmp"

@@ -323,7 +323,7 @@ def _verify_plan(name: str, plan, decode: bool, num_proc: int | None, progress: 
 
 
 def _run(shards: list[Shard], spec: ShardSpec, decode: bool, num_proc: int | None, progress: bool):
-    from tqdm.auto import tqdm
+    from datasets.utils.tqdm import tqdm  # datasets' bar: off under datasets.disable_progress_bars(), like the rest
 
     workers = max(1, min(num_proc or os.cpu_count() or 1, len(shards)))
     bar = tqdm(total=sum(s.stop - s.start for s in shards), unit=" records", desc="Verifying", disable=not progress)

@@ -136,7 +136,7 @@ def test_untested_datasets_version_warns_and_llava_hf_load_dataset_still_works(t
     assert lines[0] == "False"
     assert lines[1] == str(
         [
-            "llava_hf: datasets 5.9.0 is outside the tested range <5.3,>=5.1, so the "
+            "llava_hf: datasets 5.9.0 is outside the tested range <5.3,>=4.0, so the "
             'datasets.load_dataset("llava_hf", ...) hook and the lazy opening of prepared files were not installed. '
             "llava_hf.load_dataset(...) works as usual, with datasets' own file opening."
         ]

@@ -107,7 +107,17 @@ def test_order_without_proportions(strategy):
 @pytest.mark.parametrize("strategy", ["first_exhausted", "all_exhausted", "all_exhausted_without_replacement"])
 def test_order_without_proportions_is_that_of_datasets_interleave(strategy):
     parts = [datasets.Dataset.from_dict({"id": [f"{LETTER[c]}{i}" for i in range(n)]}) for c, (_, n) in PARTS.items()]
-    expected = list(datasets.interleave_datasets(parts, stopping_strategy=strategy)["id"])
+    try:
+        expected = list(datasets.interleave_datasets(parts, stopping_strategy=strategy)["id"])
+    except ValueError as e:
+        # all_exhausted_without_replacement arrived after datasets 4.0; recipes have it on every release
+        # (test_order_without_proportions checks its order there), but there is nothing to compare with.
+        assert f"{strategy} is not supported" in str(e)
+        pytest.skip(f"datasets {datasets.__version__} has no stopping_strategy {strategy!r}")
+    if strategy == "all_exhausted_without_replacement" and expected == ROUND_ROBIN["first_exhausted"].split():
+        # datasets 4.x (4.4.2 here) stops it at the first exhausted source, as first_exhausted; 5.0 fixed that.
+        # Recipes keep the fixed order on every release (test_order_without_proportions).
+        pytest.skip(f"datasets {datasets.__version__} stops {strategy} at the first exhausted source")
     assert planned_ids(resolve(recipe(strategy), SIZES)) == expected
 
 
