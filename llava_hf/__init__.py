@@ -4,9 +4,9 @@ Importing the package registers "llava_hf" with `datasets.load_dataset`.
 """
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from . import hook
+from ._version import __version__ as __version__
 from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
 from .errors import SourceError
@@ -21,11 +21,6 @@ from .preview import write_preview
 from .recipes import BUILTIN_RECIPES, MixReport, Recipe, RecipeError, load_recipe, mix, resolve, write_mix
 from .stats import compute_stats, stats_markdown, write_histograms, write_stats
 from .verify import VerifyReport, verify
-
-try:
-    __version__ = version("llava_hf")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 logging.getLogger("llava_hf").addHandler(logging.NullHandler())
 

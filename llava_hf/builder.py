@@ -439,7 +439,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             self._main_pid = None
 
     def _write_report(self) -> None:
-        from . import __version__
+        from ._version import __version__
 
         parts = []
         for path in sorted(glob.glob(os.path.join(self._skip_dir, "*.json"))):

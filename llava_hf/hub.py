@@ -367,7 +367,7 @@ def _export_config(
     max_shard_size: int,
     row_group_size: int,
 ) -> dict[str, Any]:
-    from . import __version__
+    from ._version import __version__
 
     builder = load_builder(name, **load_options)
     builder.download_and_prepare(**prepare_options)
@@ -702,7 +702,7 @@ def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id:
     download_size, shards, and stats (`compute_stats` figures; a config without them is shown as not
     computed). Raises ValueError when `default` is not one of the configs.
     """
-    from . import __version__
+    from ._version import __version__
 
     names = _ordered(figures)
     if default not in figures:

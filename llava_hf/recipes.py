@@ -750,7 +750,7 @@ class MixReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         report = asdict(self)
         report["sources"] = [
