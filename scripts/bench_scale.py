@@ -292,7 +292,7 @@ def child_zipdir(a: dict) -> dict:
     """Anonymous memory held by one zip directory, `zipfile`'s or llava_hf's compact one."""
     if a["kind"] == "compact":
         try:
-            from llava_hf.images import LocalFile
+            from llava_hf.images import LocalFile  # noqa: I001  (both from the lead's zipdir change)
             from llava_hf.zipdir import ZipDirectory
         except ImportError as e:
             return {"available": False, "why": str(e)}
@@ -542,7 +542,9 @@ def measure(work: Path, run_dir: Path, repeats: int, sizes: tuple[str, ...]) -> 
     step("worker memory")
     results["workers"] = {
         "arrow": run_child("scale_worker_memory", {**served, "kind": "arrow", "rows": WORKER_ROWS}, run_dir),
-        "json_load": run_child("scale_worker_memory", {"kind": "json", "json": big["json"], "rows": WORKER_ROWS}, run_dir),
+        "json_load": run_child(
+            "scale_worker_memory", {"kind": "json", "json": big["json"], "rows": WORKER_ROWS}, run_dir
+        ),
     }
     step("random access")
     results["random"] = run_child("scale_random", {**served, "rows": RANDOM_ROWS, "repeats": repeats}, run_dir)
@@ -587,7 +589,8 @@ def evaluate(results: dict) -> list[dict]:
         out.append(target("zip directory MiB per process, 558K members", mib, "<=", 64, "compact reader"))
     workers = results["workers"]
     dirty = {k: _median(w["dirty_after_gc"] for w in workers[k]["workers"]) for k in ("arrow", "json_load")}
-    out.append(target("worker dirty memory after gc: Arrow / json.load", dirty["arrow"] / dirty["json_load"], "<=", 0.05, "warm"))
+    ratio = dirty["arrow"] / dirty["json_load"]
+    out.append(target("worker dirty memory after gc: Arrow / json.load", ratio, "<=", 0.05, "warm"))
     per_row = _median(r["bytes_per_row"] for r in results["open"])
     out.append(target("open: anonymous bytes per row", per_row, "<=", 20, "558K rows"))
     rnd = results["random"]
@@ -614,7 +617,8 @@ def report(results: dict) -> list[dict]:
         floor, np1 = p["floor"]["median"], p["np1_cold"]["median"]
         rows.append(
             [
-                f"blip_558k-shaped, {corpus['n']:,} x {corpus['mean_image_kb']:.1f} KB ({corpus['zip_bytes'] / 1e6:,.0f} MB zip)",
+                f"blip_558k-shaped, {corpus['n']:,} x {corpus['mean_image_kb']:.1f} KB "
+                f"({corpus['zip_bytes'] / 1e6:,.0f} MB zip)",
                 spread(p["floor"]),
                 spread(p["np1_cold"]),
                 fmt(corpus["n"] / np1, 0),
@@ -622,7 +626,8 @@ def report(results: dict) -> list[dict]:
             ]
         )
     print_table(
-        "[1] prepare, num_proc=1, cold (zip and JSON evicted) against the floor (every member read once in zip order, written once)",
+        "[1] prepare, num_proc=1, cold (zip and JSON evicted) against the floor "
+        "(every member read once in zip order, written once)",
         ["", "floor s", "prepare s", "rows/s", "x floor"],
         rows,
     )
@@ -649,19 +654,19 @@ def report(results: dict) -> list[dict]:
             rows.append([kind, "n/a", "n/a", "n/a", runs[0].get("why", "")])
             continue
         anon = _median(r["anon"] for r in known)
-        rows.append(
-            [kind, f"{known[0]['members']:,}", fmt(anon / 2**20), fmt(anon / known[0]["members"]), fmt(_median(r["seconds"] for r in known))]
-        )
+        members = known[0]["members"]
+        seconds = _median(r["seconds"] for r in known)
+        rows.append([kind, f"{members:,}", fmt(anon / 2**20), fmt(anon / members), fmt(seconds)])
     print_table("[3] one zip directory, anonymous memory", ["", "members", "MiB", "bytes/member", "seconds"], rows)
     workers = results["workers"]
     rows = []
     for label, key in (("llava_hf Arrow dataset", "arrow"), ("json.load'ed list", "json_load")):
         each = workers[key]["workers"]
-        rows.append(
-            [label, fmt(_median(w["dirty"] for w in each) / 2**20), fmt(_median(w["dirty_after_gc"] for w in each) / 2**20)]
-        )
+        dirty, after_gc = (_median(w[k] for w in each) / 2**20 for k in ("dirty", "dirty_after_gc"))
+        rows.append([label, fmt(dirty), fmt(after_gc)])
     print_table(
-        f"[4] {WORKERS} forked workers, each reading {WORKER_ROWS:,} random rows of {blips['2.6 KB']['n']:,}: dirty memory",
+        f"[4] {WORKERS} forked workers, each reading {WORKER_ROWS:,} random rows of {blips['2.6 KB']['n']:,}: "
+        "dirty memory",
         ["", "MiB/worker", "after gc.collect() MiB/worker"],
         rows,
     )
@@ -700,7 +705,10 @@ def report(results: dict) -> list[dict]:
     print_table(
         "targets (ratios from this run)",
         ["", "measured", "target", "", "conditions"],
-        [[t["name"], fmt(t["measured"], 3), t["target"], "PASS" if t["pass"] else "MISS", t["conditions"]] for t in targets],
+        [
+            [t["name"], fmt(t["measured"], 3), t["target"], "PASS" if t["pass"] else "MISS", t["conditions"]]
+            for t in targets
+        ],
     )
     return targets
 
