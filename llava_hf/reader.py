@@ -26,6 +26,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import struct
 import threading
 import weakref
 from collections.abc import Iterator
@@ -115,6 +116,8 @@ def _unregister(start: int) -> None:
         if i < len(_starts) and _starts[i] == start:
             del _starts[i]
             del _ends[start]
+        # The batch layouts of a mapping are addresses in it: a later mapping may reuse them.
+        _layouts.pop(start, None)
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
@@ -226,6 +229,131 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
     return spans
 
 
+# --- row advice from cached batch layouts -------------------------------------------------------------------
+#
+# A row query returns one-row (or few-row) slices of the file's record batches. Walking every column's
+# buffers in Python for each query cost ~100 us a row, more than datasets' own query and formatting; a
+# batch's layout is the same for every row, so it is worked out once per record batch (on its first
+# query) and a row then costs a dictionary lookup, one read of its offsets per big value buffer, and a
+# few madvise calls.
+
+
+class _Layout:
+    """Where one record batch's values lie: `whole` are the (page-aligned) spans requested whole on every
+    query of the batch (ids, text, offsets: small buffers); `leaves` are the big binary buffers (image
+    bytes), requested for the queried rows only, as (offsets address, offset width, data address)."""
+
+    __slots__ = ("whole", "leaves")
+
+    def __init__(self, whole: list[tuple[int, int]], leaves: list[tuple[int, int, int]]):
+        self.whole, self.leaves = whole, leaves
+
+
+_FALLBACK = _Layout([], [])  # a layout this module does not know: walk the row's buffers instead
+_layouts: dict[int, dict[tuple[int, tuple[str, ...]], _Layout]] = {}  # mapping start -> batch key -> layout
+_OFFSETS = {4: struct.Struct("<2i"), 8: struct.Struct("<2q")}
+_BINARY = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.types.is_large_string)
+
+
+def _walk(kind: pa.DataType, buffers: list, pos: int, nested: bool, whole: list, leaves: list) -> int:
+    """Sort the buffers of one array of type `kind` (from position `pos` of `Array.buffers()`) into whole
+    spans and per-row leaves; returns the position after them. Raises TypeError for unknown layouts."""
+    if any(is_kind(kind) for is_kind in _BINARY):
+        validity, offsets, data = buffers[pos : pos + 3]
+        whole.extend((b.address, b.size) for b in (validity, offsets) if b is not None)
+        if data is not None:
+            if data.size > SMALL_BUFFER and not nested:
+                width = 8 if pa.types.is_large_binary(kind) or pa.types.is_large_string(kind) else 4
+                leaves.append((offsets.address, width, data.address))
+            else:  # small, or inside a list (rows map to values through the list's offsets): whole
+                whole.append((data.address, data.size))
+        return pos + 3
+    if pa.types.is_struct(kind):
+        if buffers[pos] is not None:
+            whole.append((buffers[pos].address, buffers[pos].size))
+        pos += 1
+        for child in kind:
+            pos = _walk(child.type, buffers, pos, nested, whole, leaves)
+        return pos
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        whole.extend((b.address, b.size) for b in buffers[pos : pos + 2] if b is not None)
+        return _walk(kind.value_type, buffers, pos + 2, True, whole, leaves)
+    if pa.types.is_null(kind):
+        return pos + 1
+    if kind.bit_width and not pa.types.is_dictionary(kind):
+        whole.extend((b.address, b.size) for b in buffers[pos : pos + 2] if b is not None)
+        return pos + 2
+    raise TypeError(f"no layout for {kind}")
+
+
+def _layout(result: pa.Table, k: int, mapping: tuple[int, int]) -> _Layout:
+    whole: list[tuple[int, int]] = []
+    leaves: list[tuple[int, int, int]] = []
+    first = result.column(0).chunk(k).offset
+    try:
+        for column in result.columns:
+            chunk = column.chunk(k)
+            buffers = chunk.buffers()
+            # Rows are found by the slice offset: it must be the same in every column, over unsliced
+            # children, as in record batches read from an Arrow file.
+            if chunk.offset != first or _walk(chunk.type, buffers, 0, False, whole, leaves) != len(buffers):
+                return _FALLBACK
+    except TypeError:
+        return _FALLBACK
+    start, end = mapping
+    if not all(start <= address < end for address, _, _ in leaves):
+        return _FALLBACK
+    pages = []
+    for address, length in _merged(whole):
+        lo = max(start, address - (address - start) % _PAGE)
+        hi = min(end, address + length)
+        if hi > lo:
+            pages.append((lo, hi - lo))
+    return _Layout(pages, leaves)
+
+
+def advise_rows(result: pa.Table) -> None:
+    """MADV_WILLNEED on the memory of the rows of `result` (a row query's slices of lazily mapped record
+    batches): each batch's small buffers whole, and the queried rows' values in its big ones."""
+    if _madvise is None or result.num_columns == 0 or not _starts:
+        return
+    spans: list[tuple[int, int]] = []
+    names = None
+    for k, chunk in enumerate(result.column(0).chunks):
+        n = len(chunk)
+        if n == 0:
+            continue
+        key = next((b.address for b in chunk.buffers() if b is not None), None)
+        mapping = _mapping_of(key) if key is not None else None
+        if mapping is None:
+            continue
+        if names is None:
+            names = tuple(result.column_names)
+        known = _layouts.setdefault(mapping[0], {})
+        layout = known.get((key, names))
+        if layout is None:
+            layout = known[(key, names)] = _layout(result, k, mapping)
+        if layout is _FALLBACK:
+            _advise(row_spans(result.slice(sum(len(c) for c in result.column(0).chunks[:k]), n)))
+            continue
+        spans.extend(layout.whole)
+        first = chunk.offset
+        for offsets, width, data in layout.leaves:
+            unpack = _OFFSETS[width]
+            if n == 1:
+                lo, hi = unpack.unpack(ctypes.string_at(offsets + width * first, 2 * width))
+            else:
+                lo = unpack.unpack(ctypes.string_at(offsets + width * first, 2 * width))[0]
+                hi = unpack.unpack(ctypes.string_at(offsets + width * (first + n - 1), 2 * width))[1]
+            if hi > lo:
+                spans.append((data + lo, hi - lo))
+    for address, length in _merged(spans):
+        start, end = address - address % _PAGE, address + length  # mappings start on a page boundary
+        # The kernel caps one WILLNEED request at the device's readahead size: ask in pieces.
+        for piece in range(start, end, _ADVICE_PIECE):
+            _madvise(piece, min(_ADVICE_PIECE, end - piece), mmap.MADV_WILLNEED)
+
+
 # --- the hooks ---------------------------------------------------------------------------------------------
 
 _installed = False
@@ -257,7 +385,7 @@ def install() -> bool:
     def query_table(table, key, indices=None):
         result = stock_query(table, key, indices=indices)
         if _starts and not isinstance(key, str):
-            _advise(row_spans(result))
+            advise_rows(result)
         return result
 
     def table_iter(table, batch_size, drop_last_batch=False) -> Iterator[pa.Table]:
