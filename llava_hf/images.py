@@ -43,7 +43,9 @@ INLINE_BELOW = 200e-6
 # While reads go to the threads, one read in every PROBE_EVERY chunks runs inline and is timed (a read
 # timed in a thread also counts its wait for the GIL), so that reads that became fast go inline again.
 PROBE_EVERY = 16
-_SMOOTHING = 0.2  # weight of the newest read time in the running estimate
+# The decision is the median of the last READ_SAMPLES inline read times: a fast read that the scheduler
+# preempted (a busy machine) looks slow once, storage that blocks looks slow every time.
+READ_SAMPLES = 5
 _clock = time.perf_counter
 
 # Files up to this size are read in one request and checked after; bigger ones are checked first.
@@ -169,7 +171,7 @@ class ImageRoot:
         pending: deque = deque()
         chunks = 0
         while True:
-            if self._read_seconds < INLINE_BELOW:
+            if not self._reads_block():
                 while pending:  # results stay in input order
                     yield from pending.popleft().result()
                 name = next(names, _END)
@@ -194,13 +196,19 @@ class ImageRoot:
         while pending:
             yield from pending.popleft().result()
 
-    # Running estimate of one read's time in this process (seconds); starts inline.
-    _read_seconds = 0.0
+    _recent: deque | None = None  # the last inline read times in this process (seconds)
+
+    def _reads_block(self) -> bool:
+        """Whether reads are slow enough for the threads (the median of the recent ones); first inline."""
+        recent = self._recent
+        return bool(recent) and sorted(recent)[len(recent) // 2] >= INLINE_BELOW
 
     def _timed(self, method, name: str):
         started = _clock()
         result = _attempt(method, name)
-        self._read_seconds += _SMOOTHING * (_clock() - started - self._read_seconds)
+        if self._recent is None:
+            self._recent = deque(maxlen=READ_SAMPLES)
+        self._recent.append(_clock() - started)
         return result
 
     parallel_reads = False

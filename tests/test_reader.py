@@ -228,7 +228,9 @@ def test_row_advice_asks_for_exactly_the_rows_values(tmp_path, monkeypatch):
         asked.clear()
         reader.advise_rows(lazy.slice(i, 1))
         row_bytes = sum(length for _, length in asked) - sum(length for _, length in layout.whole)
-        image = bitmaps + 8 + (0 if i == 3 else 100) + 8 + (0 if i == 3 else len(f"{i}.jpg"))  # bitmaps, offsets, values
+        image = (
+            bitmaps + 8 + (0 if i == 3 else 100) + 8 + (0 if i == 3 else len(f"{i}.jpg"))
+        )  # bitmaps, offsets, values
         talk = 8 + 12 + len("humangpt") + 12 + 9 * len(f"q{i}") + i % 40  # list offsets, then from and value
         assert row_bytes == image + talk
     del lazy
