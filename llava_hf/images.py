@@ -13,8 +13,6 @@ import re
 import struct
 import threading
 import time
-import zipfile
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from .errors import BadImage
+from .zipdir import ZipDirectory, ZipEntry, ZipMemberError, read_member
 
 # Every reason an image can be refused, in the order reports list them.
 BAD_IMAGE_REASONS = ("unsafe_path", "missing", "empty", "not_an_image", "too_large", "unreadable")
@@ -190,7 +189,7 @@ class ImageRoot:
             chunk = list(islice(names, READ_CHUNK))
             if not chunk:
                 break
-            pending.append(self._pool().submit(_attempt_all, method, chunk))
+            pending.append(_pool().submit(_attempt_all, method, chunk))
             if len(pending) >= READ_THREADS:
                 yield from pending.popleft().result()
         while pending:
@@ -212,21 +211,9 @@ class ImageRoot:
         return result
 
     parallel_reads = False
-    _executor = None
-    _executor_pid = 0
-
-    def _pool(self) -> ThreadPoolExecutor:
-        # One pool per process: a pool inherited through fork has no threads.
-        if self._executor is None or self._executor_pid != os.getpid():
-            self._executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="llava_hf-read")
-            self._executor_pid = os.getpid()
-        return self._executor
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        for transient in ("_zip", "_fd", "_pid", "_executor", "_executor_pid"):
-            state.pop(transient, None)
-        return state
+        return dict(self.__dict__)
 
     def describe(self, name: str) -> str:
         raise NotImplementedError
@@ -264,6 +251,21 @@ class _Done:
 
     def result(self) -> list:
         return self._results
+
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The reading threads of this process (one pool per process: a pool inherited through fork has none)."""
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():
+        with _POOL_LOCK:
+            if _executor is None or _executor_pid != os.getpid():
+                _executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="llava_hf-read")
+                _executor_pid = os.getpid()
+    return _executor
 
 
 class FolderRoot(ImageRoot):
@@ -309,110 +311,249 @@ class FolderRoot(ImageRoot):
             raise BadImage("unreadable", f"image file {path} cannot be read: {e.strerror or e}") from None
 
 
+class LocalFile:
+    """The transport of a zip on disk (see zipdir.Transport): `os.pread` at the offsets asked for, so threads
+    read at once and no file offset is shared across a fork; reopened in a forked process."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd, self._pid = -1, 0
+        self.size = os.stat(path).st_size
+
+    def _handle(self) -> int:
+        if self._pid != os.getpid():
+            with _OPEN_LOCK:  # reading threads start together: one of them opens the file
+                if self._pid != os.getpid():
+                    self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._handle(), length, offset)
+        if len(data) != length:
+            raise OSError(f"{self.path}: {length} bytes at {offset} asked for, {len(data)} read (truncated?)")
+        return data
+
+    def read_spans(self, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+        """Each span's bytes, in order; several spans are read by the threads of `images._pool`, each thread
+        taking a run of consecutive spans (one handoff per run, not per image)."""
+        if len(spans) < 2:
+            yield from (self.read_at(offset, length) for offset, length in spans)
+            return
+        runs = [spans[k : k + _RUN] for k in range(0, len(spans), _RUN)]
+        for run in _pool().map(lambda run: [self.read_at(o, n) for o, n in run], runs):
+            yield from run
+
+    def identity(self) -> str:
+        from .sources import fingerprint_file
+
+        return fingerprint_file(self.path)
+
+    def describe(self) -> str:
+        return self.path
+
+    def close(self) -> None:
+        if self._pid == os.getpid() and self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._pid = -1, 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fd": -1, "_pid": 0}
+
+
+# Spans one reading thread takes at a time: few handoffs, and still READ_THREADS requests in flight on a
+# batch of BATCH_ROWS images.
+_RUN = 4
+# Members closer than this are read in one request (the gap is read and dropped), up to _SPAN_BYTES.
+MERGE_GAP = 16 << 10
+_SPAN_BYTES = 8 << 20
+# At most this many bytes of members are fetched at once, whatever the batch holds.
+_WAVE_BYTES = 64 << 20
+
+
 class ZipRoot(ImageRoot):
     """Images inside one zip, read in place (the LLaVA archives are 6.5 GB and 27 GB, no root folder).
 
-    `zipfile` reads the directory; a member's bytes are then read with `os.pread` at the offset the
-    directory gives, so several threads read at once (zipfile serialises reads on one shared handle) and
-    no file offset is shared across a fork. Stored and deflated members are read this way, with their
-    CRC checked; other compressions go through zipfile.
+    The directory is read once per root by `zipdir.ZipDirectory` (compact arrays, ~45 bytes a member plus
+    its name; kept across a fork). A batch of names is looked up at once, sorted by offset, neighbouring
+    members merged into one read, the reads done by the transport (several at once), and each member
+    decoded and CRC-checked. The transport is a local file, or a remote archive (range requests). A zip
+    whose members all sit under one top folder (COCO's `train2017/...`) is read with that folder implied.
     """
 
-    parallel_reads = True
-    _zip: zipfile.ZipFile | None = None
-    _fd: int = -1
-    _pid: int = 0
+    def __init__(self, location: str, aliases: tuple[tuple[str, str], ...] = (), transport=None):
+        super().__init__(location, aliases)
+        self._transport = transport
+        self._directory: ZipDirectory | None = None
+        self._prefix = ""
 
-    def _archive(self) -> zipfile.ZipFile:
-        if self._zip is None or self._pid != os.getpid():
-            with _OPEN_LOCK:  # reading threads start together: one of them opens the archive
-                if self._zip is None or self._pid != os.getpid():
+    def _open(self) -> ZipDirectory:
+        if self._directory is None:
+            with _DIRECTORY_LOCK:
+                if self._directory is None:
                     try:
-                        self._zip = zipfile.ZipFile(self.location)
-                        self._fd = os.open(self.location, os.O_RDONLY)
-                    except (OSError, zipfile.BadZipFile) as e:
+                        directory = ZipDirectory.from_transport(self.transport, self.location)
+                    except (OSError, ValueError) as e:
                         raise BadImage("unreadable", f"image archive {self.location} cannot be opened: {e}") from None
-                    self._pid = os.getpid()
-        return self._zip
+                    self._prefix = directory.top_folder()
+                    self._directory = directory
+        return self._directory
+
+    @property
+    def transport(self):
+        """Where the archive's bytes come from (a local file unless a remote transport was given)."""
+        if self._transport is None:
+            self._transport = LocalFile(self.location)
+        return self._transport
 
     def describe(self, name: str) -> str:
         return f"{name} in {self.location}"
 
     def url(self, name: str) -> str:
-        return f"zip://{name}::{self.location}"
+        index = self._find(name)
+        return f"zip://{self._directory.name(index) if index is not None else name}::{self.location}"
 
-    def _info(self, name: str) -> zipfile.ZipInfo | None:
-        try:
-            info = self._archive().getinfo(name)
-        except KeyError:
-            return None
-        return None if info.is_dir() else info
+    def _find(self, name: str) -> int | None:
+        directory = self._open()
+        index = directory.find(name)
+        if index < 0 and self._prefix:  # COCO's zip holds train2017/000000033471.jpg; the JSON says 000000033471.jpg
+            index = directory.find(self._prefix + name)
+        return None if index < 0 else index
 
-    def _read(self, name: str) -> bytes | None:
-        info = self._info(name)
-        if info is None:
-            return None
-        where = self.describe(name)
-        _check_size(info.file_size, where)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
-            return self._read_with_zipfile(info, where)
+    def _entry(self, name: str) -> tuple[str, ZipEntry]:
+        candidate, index = self._first(name, self._find)
+        entry = self._directory.entry(index)
+        _check_size(entry.file_size, self.describe(candidate))
+        return candidate, entry
+
+    def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
+        results: list = []
+        wanted: list[tuple[int, str, ZipEntry]] = []  # (position in the batch, resolved name, entry)
+        for position, name in enumerate(names):
+            try:
+                candidate, entry = self._entry(name)
+            except BadImage as bad:
+                results.append(bad)
+                continue
+            results.append(None)
+            wanted.append((position, candidate, entry))
+        if not embed:
+            for position, candidate, entry in wanted:
+                results[position] = self._located(candidate, entry)
+            yield from results
+            return
+        done = 0
+        for wave in _waves(wanted):
+            for position, data in self._fetch(wave):
+                results[position] = data
+            # Results are handed out as soon as every earlier one is known.
+            while done < len(results) and results[done] is not None:
+                yield results[done]
+                done += 1
+        yield from results[done:]
+
+    def _fetch(self, wave: list[tuple[int, str, ZipEntry]]) -> Iterator[tuple[int, tuple[str, bytes] | BadImage]]:
+        spans = _merge_spans([entry.span for _, _, entry in wave])
         try:
-            header = os.pread(self._fd, _LOCAL_HEADER.size, info.header_offset)
-            if len(header) != _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":
-                raise BadImage("unreadable", f"{where} has no local header where the zip directory says")
-            name_length, extra_length = _LOCAL_HEADER.unpack(header)[-2:]
-            start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
-            if info.compress_type == zipfile.ZIP_STORED:
-                if info.compress_size > _READ_WHOLE:  # a big member: its signature first, as for files
-                    _check_head(os.pread(self._fd, HEAD_SIZE, start), info.file_size, where)
-                data = os.pread(self._fd, info.compress_size, start)
-                _check_head(data[:HEAD_SIZE], len(data), where)
-            else:
-                # max_length: a member cannot inflate past the size its directory entry declares
-                data = zlib.decompressobj(-15).decompress(os.pread(self._fd, info.compress_size, start), info.file_size)
-                _check_head(data[:HEAD_SIZE], len(data), where)
+            buffers = list(self.transport.read_spans([(start, end - start) for start, end, _ in spans]))
         except OSError as e:
-            raise BadImage("unreadable", f"{where} cannot be read: {e}") from None
-        except zlib.error as e:
-            raise BadImage("unreadable", f"{where} does not inflate: {e}") from None
-        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
-            raise BadImage("unreadable", f"{where} is corrupt (size or CRC differs from the zip directory)")
-        return data
+            for position, candidate, _ in wave:
+                yield position, BadImage("unreadable", f"{self.describe(candidate)} cannot be read: {e}")
+            return
+        for (start, _, members), buffer in zip(spans, buffers):
+            for k in members:
+                position, candidate, entry = wave[k]
+                where = self.describe(candidate)
+                try:
+                    data = read_member(entry, buffer, start, where)
+                    _check_head(data[:HEAD_SIZE], len(data), where)
+                except ZipMemberError as e:
+                    yield position, BadImage(e.reason, str(e))
+                    continue
+                except BadImage as bad:
+                    yield position, bad
+                    continue
+                yield position, (candidate, data)
 
-    def _read_with_zipfile(self, info: zipfile.ZipInfo, where: str) -> bytes:
+    def _located(self, candidate: str, entry: ZipEntry) -> str | BadImage:
+        where = self.describe(candidate)
         try:
-            with self._lock, self._archive().open(info) as f:
-                head = f.read(HEAD_SIZE)
-                _check_head(head, info.file_size, where)
-                return head + f.read()
-        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
-            raise BadImage("unreadable", f"{where} cannot be read: {e}") from None
+            offset, length = entry.span
+            head = min(length, _LOCAL_HEADER.size + 2 * 0xFFFF + HEAD_SIZE)
+            if entry.method == 0:  # stored: the signature is in the first bytes after the local header
+                buffer = self.transport.read_at(offset, head)
+                header = _LOCAL_HEADER.unpack(buffer[: _LOCAL_HEADER.size])
+                start = _LOCAL_HEADER.size + header[-2] + header[-1]
+                _check_head(buffer[start : start + HEAD_SIZE], entry.file_size, where)
+            else:
+                data = read_member(entry, self.transport.read_at(offset, length), offset, where)
+                _check_head(data[:HEAD_SIZE], len(data), where)
+        except ZipMemberError as e:
+            return BadImage(e.reason, str(e))
+        except (OSError, struct.error) as e:
+            return BadImage("unreadable", f"{where} cannot be read: {e}")
+        except BadImage as bad:
+            return bad
+        return f"zip://{entry.name}::{self.location}"
 
-    @property
-    def _lock(self) -> threading.Lock:
-        return _ZIPFILE_LOCK
+    def read(self, name: str) -> tuple[str, bytes]:
+        (result,) = self.read_many([name])
+        if isinstance(result, BadImage):
+            raise result
+        return result
 
-    def _probe(self, name: str) -> tuple[bytes, int] | None:
-        info = self._info(name)
-        if info is None:
-            return None
-        try:
-            with self._lock, self._archive().open(info) as f:
-                return f.read(HEAD_SIZE), info.file_size
-        except (OSError, RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as e:
-            raise BadImage("unreadable", f"{self.describe(name)} cannot be read: {e}") from None
+    def locate(self, name: str) -> str:
+        (result,) = self.read_many([name], embed=False)
+        if isinstance(result, BadImage):
+            raise result
+        return result
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        transport = state.get("_transport")
+        if isinstance(transport, LocalFile):
+            state["_transport"] = None  # reopened where it is unpickled (the file may be elsewhere)
+        return state
 
     def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-            os.close(self._fd)
-            self._zip, self._fd = None, -1
+        if self._transport is not None and hasattr(self._transport, "close"):
+            self._transport.close()
+
+
+def _waves(wanted: list) -> Iterator[list]:
+    # Bounded memory: members are fetched in waves of at most _WAVE_BYTES (one member at least).
+    wave, size = [], 0
+    for item in wanted:
+        wave.append(item)
+        size += item[2].compress_size
+        if size >= _WAVE_BYTES:
+            yield wave
+            wave, size = [], 0
+    if wave:
+        yield wave
+
+
+def _merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+    """(start, end, indexes of the spans it holds) of the reads that cover `spans` (offset, length): sorted
+    by offset, neighbours closer than MERGE_GAP merged, no read longer than _SPAN_BYTES unless one member is."""
+    merged: list[tuple[int, int, list[int]]] = []
+    for k in sorted(range(len(spans)), key=lambda k: spans[k][0]):
+        start, end = spans[k][0], spans[k][0] + spans[k][1]
+        if merged:
+            last_start, last_end, members = merged[-1]
+            if start - last_end <= MERGE_GAP and max(end, last_end) - last_start <= _SPAN_BYTES:
+                merged[-1] = (last_start, max(end, last_end), [*members, k])
+                continue
+        merged.append((start, end, [k]))
+    return merged
 
 
 # The fixed part of a zip local file header (signature ... file name length, extra field length).
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-_ZIPFILE_LOCK = threading.Lock()
+# Separate locks: the directory is read (under its lock) through a transport that opens its file (under
+# its own) and may start the reading threads (under a third).
+_DIRECTORY_LOCK = threading.Lock()
 _OPEN_LOCK = threading.Lock()
+_POOL_LOCK = threading.Lock()
 
 
 def open_root(location: str, aliases: tuple[tuple[str, str], ...] = ()) -> ImageRoot:

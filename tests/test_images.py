@@ -145,7 +145,7 @@ def test_zip_root_pickles_without_its_handle(tmp_path):
     root = open_root(str(path))
     root.read("a.jpg")
     clone = pickle.loads(pickle.dumps(root))
-    assert clone._zip is None
+    assert clone._transport is None and clone._directory is not None
     assert clone.read("a.jpg") == ("a.jpg", jpeg(4))
 
 
