@@ -1164,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON file of all figures (default: WORK/bench_results.json)")
     parser.add_argument("--n", type=int, help="number of images, overriding the mode's")
     parser.add_argument("--repeats", type=int, help="repeats of each timing, overriding the mode's")
+    parser.add_argument("--no-mix", action="store_true", help="with --scale: leave out the mix665k prepares")
     parser.add_argument("--child", nargs=3, metavar=("TASK", "ARGS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -1179,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale:
         import bench_scale
 
-        return bench_scale.main(args.work.resolve(), args.out, args.repeats)
+        return bench_scale.main(args.work.resolve(), args.out, args.repeats, with_mix=not args.no_mix)
 
     mode = "quick" if args.quick else "smallest" if args.smallest else "full"
     n, sizes, repeats, rows = MODES[mode]

@@ -523,20 +523,21 @@ def measure_prepares(blips: dict, mix: dict, run_dir: Path, repeats: int) -> tup
         out[size] = {"floor": summary(floors), "np1_cold": summary(np1_cold), "cold": cold}
         if np1_warm:
             out[size].update(np1_warm=summary(np1_warm), np2_warm=summary(np2_warm))
-    mix_np1, mix_np2 = [], []
-    for _ in range(repeats):
-        mix_np1.append(_prepare(mix, MIX, mix["image_dir"], None, run_dir, cold=False)["seconds"])
-        mix_np2.append(_prepare(mix, MIX, mix["image_dir"], 2, run_dir, cold=False)["seconds"])
-    out["mix665k"] = {"np1_warm": summary(mix_np1), "np2_warm": summary(mix_np2)}
+    if mix is not None:
+        mix_np1, mix_np2 = [], []
+        for _ in range(repeats):
+            mix_np1.append(_prepare(mix, MIX, mix["image_dir"], None, run_dir, cold=False)["seconds"])
+            mix_np2.append(_prepare(mix, MIX, mix["image_dir"], 2, run_dir, cold=False)["seconds"])
+        out["mix665k"] = {"np1_warm": summary(mix_np1), "np2_warm": summary(mix_np2)}
     return out, kept
 
 
-def measure(work: Path, run_dir: Path, repeats: int, sizes: tuple[str, ...]) -> dict:
+def measure(work: Path, run_dir: Path, repeats: int, sizes: tuple[str, ...], with_mix: bool = True) -> dict:
     started = time.perf_counter()
     step = lambda what: print(f"[{time.perf_counter() - started:6.1f}s] {what}", flush=True)  # noqa: E731
     step("corpora (built once, then reused)")
     blips = {size: make_blip(work, size) for size in sizes}
-    mix = make_mix(work)
+    mix = make_mix(work) if with_mix else None
     results: dict = {
         "mode": "scale",
         "repeats": repeats,
@@ -590,16 +591,10 @@ def evaluate(results: dict) -> list[dict]:
     blip = prep["2.6 KB"]
     speedup = blip["np1_warm"]["median"] / blip["np2_warm"]["median"]
     out.append(target("num_proc=2 speed-up over num_proc=1, blip_558k", speedup, ">=", 1.7, "warm"))
-    mix = prep["mix665k"]
-    out.append(
-        target(
-            "num_proc=2 speed-up over num_proc=1, mix665k",
-            mix["np1_warm"]["median"] / mix["np2_warm"]["median"],
-            ">=",
-            1.7,
-            "warm",
-        )
-    )
+    if "mix665k" in prep:
+        mix = prep["mix665k"]
+        speedup = mix["np1_warm"]["median"] / mix["np2_warm"]["median"]
+        out.append(target("num_proc=2 speed-up over num_proc=1, mix665k", speedup, ">=", 1.7, "warm"))
     compact = [r for r in results["zipdir"]["compact"] if r.get("available")]
     if compact:
         mib = _median(r["anon"] for r in compact) / 2**20
@@ -648,7 +643,7 @@ def report(results: dict) -> list[dict]:
         ["", "floor s", "prepare s", "rows/s", "x floor"],
         rows,
     )
-    blip, mixp = results["prepare"]["2.6 KB"], results["prepare"]["mix665k"]
+    blip, mixp = results["prepare"]["2.6 KB"], results["prepare"].get("mix665k")
     rows = [
         [
             f"blip_558k-shaped ({blips['2.6 KB']['n']:,} records)",
@@ -656,13 +651,16 @@ def report(results: dict) -> list[dict]:
             spread(blip["np2_warm"]),
             fmt(blip["np1_warm"]["median"] / blip["np2_warm"]["median"]),
         ],
-        [
-            f"mix665k-shaped ({mix['n']:,} records, {mix['json_bytes'] / 1e6:,.0f} MB JSON)",
-            spread(mixp["np1_warm"]),
-            spread(mixp["np2_warm"]),
-            fmt(mixp["np1_warm"]["median"] / mixp["np2_warm"]["median"]),
-        ],
     ]
+    if mixp is not None:
+        rows.append(
+            [
+                f"mix665k-shaped ({mix['n']:,} records, {mix['json_bytes'] / 1e6:,.0f} MB JSON)",
+                spread(mixp["np1_warm"]),
+                spread(mixp["np2_warm"]),
+                fmt(mixp["np1_warm"]["median"] / mixp["np2_warm"]["median"]),
+            ]
+        )
     print_table("[2] prepare, warm: num_proc=1 against num_proc=2", ["", "np1 s", "np2 s", "speed-up"], rows)
     rows = []
     for kind, runs in results["zipdir"].items():
@@ -735,11 +733,13 @@ def report(results: dict) -> list[dict]:
     return targets
 
 
-def main(work: Path, out: Path | None, repeats: int | None, sizes: tuple[str, ...] = tuple(SIZES)) -> int:
+def main(
+    work: Path, out: Path | None, repeats: int | None, sizes: tuple[str, ...] = tuple(SIZES), with_mix: bool = True
+) -> int:
     repeats = repeats or 3
     run_dir = fresh(work / "runs-scale")
     run_dir.mkdir(parents=True)
-    results = measure(work, run_dir, repeats, sizes)
+    results = measure(work, run_dir, repeats, sizes, with_mix)
     results["targets"] = report(results)
     out = out or work / "bench_scale_results.json"
     out.write_text(json.dumps(results, indent=1))
