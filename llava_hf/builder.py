@@ -20,7 +20,7 @@ from datasets.fingerprint import Hasher
 
 from .catalog import SOURCES, Source, get_source
 from .compat import EMPTY_SHARD_NEEDS_A_TABLE, Key
-from .convert import Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
+from .convert import TABLE_ROWS, Plan, ShardSpec, SkipLog, check_options, convert_shard, plan_source
 from .errors import BadImage, SourceError
 from .failures import (
     PrepareInterrupted,
@@ -149,7 +149,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     BUILDER_CONFIG_CLASS = LlavaConfig
     BUILDER_CONFIGS = [LlavaConfig(name=s.name, version=VERSION, description=s.description) for s in SOURCES]
-    DEFAULT_WRITER_BATCH_SIZE = BATCH_ROWS
+    # Record batches as convert_shard cuts them (up to 1,000 rows): datasets would cut image datasets to 100.
+    DEFAULT_WRITER_BATCH_SIZE = TABLE_ROWS
 
     config: LlavaConfig
 

@@ -40,6 +40,13 @@ logger = logging.getLogger("llava_hf")
 # A table is cut early when its images reach this size (Arrow binary arrays hold at most 2 GB); with the
 # reads in flight (images.READ_AHEAD) it bounds the image bytes a worker holds, whatever the files weigh.
 MAX_TABLE_BYTES = 256 << 20
+# Tables (each one Arrow record batch in the cache) gather JSON batches up to TABLE_ROWS rows, or until
+# their images reach TABLE_IMAGE_BYTES: every record batch costs ~6.6 KB of memory in each process that
+# opens the file (pyarrow's buffers and arrays, datasets' batch list), 66 bytes a row at 100 rows (37 MB
+# at 558K rows), 7 at 1,000; and a batch of big images stays small, so a random row's read advice stays
+# near its own bytes.
+TABLE_ROWS = 1000
+TABLE_IMAGE_BYTES = 8 << 20
 # How many skipped records per reason the report lists by name.
 SKIP_EXAMPLES = 20
 # Record errors that on_bad_image="skip" counts and skips instead of raising: a multi-image record whose
@@ -263,6 +270,7 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
     refused for a reason in `SKIPPABLE_RECORD_REASONS`).
     """
     spec = spec.bind(shard)
+    kept, pictures, size = [], [], 0
     for first, chat, meta in spec.batches(shard):
         rows, record_error = [], None
         for k, raw in enumerate(chat):
@@ -275,7 +283,6 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                     continue
                 record_error = e  # raised after the images of the records before it, in file order
                 break
-        kept, pictures, size = [], [], 0
         named = (name for _, row in rows for name in row.image_names())
         found = images.read_many(named, spec.embed_images) if images is not None else None
         for index, row in rows:
@@ -302,10 +309,13 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
             if size >= MAX_TABLE_BYTES:
                 yield _table(kept, pictures, spec)
                 kept, pictures, size = [], [], 0
-        if kept:
+        if kept and (record_error is not None or len(kept) >= TABLE_ROWS or size >= TABLE_IMAGE_BYTES):
             yield _table(kept, pictures, spec)
+            kept, pictures, size = [], [], 0
         if record_error is not None:
             raise record_error
+    if kept:
+        yield _table(kept, pictures, spec)
 
 
 def _table(rows: list[tuple[int, Row]], pictures: list, spec: ShardSpec) -> pa.Table:

@@ -13,10 +13,12 @@ import re
 import stat
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 
 from .errors import BadImage
 from .zipdir import READABLE_METHODS, ZipDirectory, ZipEntry, ZipMemberError, read_member
@@ -37,10 +39,23 @@ BAD_IMAGE_REASONS = (
 # read, so a hostile or broken file can never make a worker allocate gigabytes.
 MAX_IMAGE_BYTES = 64 << 20
 
-# Threads reading image files of a folder root at the same time, in each worker process, and how many
-# reads may be in flight (two per thread: one being read, one queued).
+# Threads reading image files of a folder root at the same time, in each worker process, when reads block
+# (NFS, Lustre, a cold disk); each thread task reads READ_CHUNK names, so the handoff (~30-55 us of CPU
+# and a GIL round trip) is paid once per chunk, not per image. At most READ_AHEAD images wait in memory.
 READ_THREADS = 8
-READ_AHEAD = 2 * READ_THREADS
+READ_CHUNK = 4
+READ_AHEAD = READ_THREADS * READ_CHUNK
+# Reads faster than this on average (page cache, local SSD) run inline in the calling thread: there, a
+# thread handoff costs more than the read itself, and 8 threads fighting the parser for the GIL slow both.
+# Slower reads go to the threads, where many requests in flight set the pace.
+INLINE_BELOW = 200e-6
+# While reads go to the threads, one read in every PROBE_EVERY chunks runs inline and is timed (a read
+# timed in a thread also counts its wait for the GIL), so that reads that became fast go inline again.
+PROBE_EVERY = 16
+# The decision is the median of the last READ_SAMPLES inline read times: a fast read that the scheduler
+# preempted (a busy machine) looks slow once, storage that blocks looks slow every time.
+READ_SAMPLES = 5
+_clock = time.perf_counter
 
 # Files up to this size are read in one request and checked after; bigger ones are checked first.
 _READ_WHOLE = 1 << 20
@@ -173,27 +188,56 @@ class ImageRoot:
 
     def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
         """`read` (or with `embed=False`, `locate`) of each name, in order, a BadImage in place of a name
-        that fails. From a folder, `READ_THREADS` threads keep up to `READ_AHEAD` reads in flight, so the
-        storage always has requests queued, and no more than that many images wait in memory."""
+        that fails. From a folder, reads that block (on average slower than `INLINE_BELOW`) are handed to
+        `READ_THREADS` threads, `READ_CHUNK` names a task, so the storage always has requests queued and
+        no more than `READ_AHEAD` images wait in memory; fast reads (cached, local SSD) run inline."""
         method = self.read if embed else self.locate
-
-        def one(name: str):
-            try:
-                return method(name)
-            except BadImage as bad:
-                return bad
-
         if not self.parallel_reads:
-            yield from map(one, names)
+            yield from (_attempt(method, name) for name in names)
             return
-        pool = _pool()
+        names = iter(names)
         pending: deque = deque()
-        for name in names:
-            pending.append(pool.submit(one, name))
-            if len(pending) >= READ_AHEAD:
-                yield pending.popleft().result()
+        chunks = 0
+        while True:
+            if not self._reads_block():
+                while pending:  # results stay in input order
+                    yield from pending.popleft().result()
+                name = next(names, _END)
+                if name is _END:
+                    return
+                yield self._timed(method, name)
+                continue
+            chunks += 1
+            if chunks % PROBE_EVERY == 0:
+                name = next(names, _END)
+                if name is _END:
+                    break
+                probe = self._timed(method, name)
+                pending.append(_Done([probe]))
+                continue
+            chunk = list(islice(names, READ_CHUNK))
+            if not chunk:
+                break
+            pending.append(_pool().submit(_attempt_all, method, chunk))
+            if len(pending) >= READ_THREADS:
+                yield from pending.popleft().result()
         while pending:
-            yield pending.popleft().result()
+            yield from pending.popleft().result()
+
+    _recent: deque | None = None  # the last inline read times in this process (seconds)
+
+    def _reads_block(self) -> bool:
+        """Whether reads are slow enough for the threads (the median of the recent ones); first inline."""
+        recent = self._recent
+        return bool(recent) and sorted(recent)[len(recent) // 2] >= INLINE_BELOW
+
+    def _timed(self, method, name: str):
+        started = _clock()
+        result = _attempt(method, name)
+        if self._recent is None:
+            self._recent = deque(maxlen=READ_SAMPLES)
+        self._recent.append(_clock() - started)
+        return result
 
     parallel_reads = False
 
@@ -212,6 +256,30 @@ class ImageRoot:
 
     def _probe(self, name: str) -> tuple[bytes, int] | None:
         raise NotImplementedError
+
+
+_END = object()
+
+
+def _attempt(method, name: str):
+    try:
+        return method(name)
+    except BadImage as bad:
+        return bad
+
+
+def _attempt_all(method, names: list[str]) -> list:
+    return [_attempt(method, name) for name in names]
+
+
+class _Done:
+    """A result already at hand, queued among the pending thread tasks to keep the input order."""
+
+    def __init__(self, results: list):
+        self._results = results
+
+    def result(self) -> list:
+        return self._results
 
 
 _executor: ThreadPoolExecutor | None = None

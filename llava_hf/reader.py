@@ -115,6 +115,8 @@ def _unregister(start: int) -> None:
         if i < len(_starts) and _starts[i] == start:
             del _starts[i]
             del _ends[start]
+        # The batch layouts of a mapping are addresses in it: a later mapping may reuse them.
+        _layouts.pop(start, None)
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
@@ -232,6 +234,184 @@ def row_spans(table: pa.Table) -> list[tuple[int, int]]:
     return spans
 
 
+# --- row advice from cached batch layouts -------------------------------------------------------------------
+#
+# A row query returns one-row (or few-row) slices of the file's record batches. Walking every column's
+# buffers in Python for each query cost ~100 us a row, more than datasets' own query and formatting; a
+# batch's layout is the same for every row, so it is worked out once per record batch (on its first
+# query) and a row then costs a dictionary lookup, one read of its offsets per big value buffer, and a
+# few madvise calls.
+
+
+class _Layout:
+    """Where one record batch's values lie: `whole` are the page-aligned pieces requested on every query
+    of the batch (columns of at most WHOLE_COLUMN bytes: ids, short text, offsets of null columns), and
+    `programs` describe the bigger columns, whose spans are worked out for the queried rows only."""
+
+    __slots__ = ("whole", "programs")
+
+    def __init__(self, whole: list[tuple[int, int]], programs: list[tuple]):
+        self.whole, self.programs = whole, programs
+
+
+# A column of a record batch this small is requested whole: a few pages in one request cost less than
+# finding the row's values in it (and its validity, offsets and values sit side by side in the file).
+WHOLE_COLUMN = 16 << 10
+_FALLBACK = _Layout([], [])  # a layout this module does not know: walk the row's buffers instead
+_layouts: dict[int, dict[tuple[int, tuple[str, ...]], _Layout]] = {}  # mapping start -> batch key -> layout
+# Offsets are read in place (the queried row's slice keeps its mapping alive meanwhile).
+_PAIR = {4: ctypes.c_int32 * 2, 8: ctypes.c_int64 * 2}
+_ONE = {4: ctypes.c_int32, 8: ctypes.c_int64}
+_BINARY = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.types.is_large_string)
+# Program nodes (tuples, for speed): the address of the validity bitmap (0 when none) comes second.
+_BIN, _STRUCT, _LIST, _FIXED, _BOOL, _NULL = range(6)
+
+
+def _address(buffer) -> int:
+    # Empty buffers (the values of an all-null column) may point anywhere, even outside the file.
+    return 0 if buffer is None or buffer.size == 0 else buffer.address
+
+
+def _program(kind: pa.DataType, buffers: list, pos: int) -> tuple[tuple, int]:
+    """The program node of an array of type `kind` whose buffers start at `pos` of `Array.buffers()`, and
+    the position after them. Raises TypeError for a type this module has no layout for."""
+    if any(is_kind(kind) for is_kind in _BINARY):
+        large = pa.types.is_large_binary(kind) or pa.types.is_large_string(kind)
+        validity, offsets, data = buffers[pos : pos + 3]
+        return (_BIN, _address(validity), _address(offsets), 8 if large else 4, _address(data)), pos + 3
+    if pa.types.is_struct(kind):
+        validity, pos = buffers[pos], pos + 1
+        children = []
+        for child in kind:
+            node, pos = _program(child.type, buffers, pos)
+            children.append(node)
+        return (_STRUCT, _address(validity), tuple(children)), pos
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        validity, offsets = buffers[pos : pos + 2]
+        child, end = _program(kind.value_type, buffers, pos + 2)
+        width = 8 if pa.types.is_large_list(kind) else 4
+        return (_LIST, _address(validity), _address(offsets), width, child), end
+    if pa.types.is_null(kind):
+        return (_NULL, 0), pos + 1
+    if pa.types.is_boolean(kind):
+        return (_BOOL, _address(buffers[pos]), _address(buffers[pos + 1])), pos + 2
+    if kind.bit_width and kind.bit_width % 8 == 0 and not pa.types.is_dictionary(kind):
+        return (_FIXED, _address(buffers[pos]), _address(buffers[pos + 1]), kind.bit_width // 8), pos + 2
+    raise TypeError(f"no layout for {kind}")
+
+
+def _bounds(offsets: int, width: int, r0: int, r1: int) -> tuple[int, int]:
+    if r1 == r0 + 1:
+        pair = _PAIR[width].from_address(offsets + width * r0)
+        return pair[0], pair[1]
+    one = _ONE[width]
+    return one.from_address(offsets + width * r0).value, one.from_address(offsets + width * r1).value
+
+
+def _run(node: tuple, r0: int, r1: int, out: list[tuple[int, int]]) -> None:
+    """Append the spans of rows [r0, r1) of the array `node` describes."""
+    tag, validity = node[0], node[1]
+    if validity:
+        out.append((validity + (r0 >> 3), ((r1 - 1) >> 3) - (r0 >> 3) + 1))
+    if tag == _BIN:
+        offsets, width, data = node[2], node[3], node[4]
+        if offsets:
+            lo, hi = _bounds(offsets, width, r0, r1)
+            out.append((offsets + width * r0, width * (r1 - r0 + 1)))
+            if data and hi > lo:
+                out.append((data + lo, hi - lo))
+    elif tag == _STRUCT:
+        for child in node[2]:
+            _run(child, r0, r1, out)
+    elif tag == _LIST:
+        offsets, width = node[2], node[3]
+        if offsets:
+            c0, c1 = _bounds(offsets, width, r0, r1)
+            out.append((offsets + width * r0, width * (r1 - r0 + 1)))
+            if c1 > c0:
+                _run(node[4], c0, c1, out)
+    elif tag == _FIXED:
+        if node[2]:
+            out.append((node[2] + r0 * node[3], (r1 - r0) * node[3]))
+    elif tag == _BOOL and node[2]:
+        out.append((node[2] + (r0 >> 3), ((r1 - 1) >> 3) - (r0 >> 3) + 1))
+
+
+def _layout(result: pa.Table, k: int, mapping: tuple[int, int]) -> _Layout:
+    whole: list[tuple[int, int]] = []
+    programs: list[tuple] = []
+    first = result.column(0).chunk(k).offset
+    start, end = mapping
+    try:
+        for column in result.columns:
+            chunk = column.chunk(k)
+            buffers = chunk.buffers()
+            present = [b for b in buffers if b is not None and b.size]
+            # Rows are found by the slice offset: it must be the same in every column, over unsliced
+            # children, as in record batches read from an Arrow file.
+            if chunk.offset != first or not all(start <= b.address and b.address + b.size <= end for b in present):
+                return _FALLBACK
+            node, used = _program(chunk.type, buffers, 0)
+            if used != len(buffers):
+                return _FALLBACK
+            if sum(b.size for b in present) <= WHOLE_COLUMN:
+                whole.extend((b.address, b.size) for b in present)
+            else:
+                programs.append(node)
+    except TypeError:
+        return _FALLBACK
+    pieces = []
+    for address, length in _merged(whole):
+        lo = max(start, address - (address - start) % _PAGE)
+        hi = min(end, address + length)
+        pieces.extend((piece, min(_ADVICE_PIECE, hi - piece)) for piece in range(lo, hi, _ADVICE_PIECE))
+    return _Layout(pieces, programs)
+
+
+def advise_rows(result: pa.Table) -> None:
+    """MADV_WILLNEED on the memory of the rows of `result` (a row query's slices of lazily mapped record
+    batches): each batch's small columns whole, and the queried rows' values in its bigger ones."""
+    columns = result.num_columns
+    if _madvise is None or not columns or not _starts:
+        return
+    column = result.column(0)
+    # A layout is kept per batch and per set of columns (a select_columns view has its own).
+    view = (columns, result.schema[-1].name)
+    spans: list[tuple[int, int]] = []
+    last_whole = None
+    row = 0
+    for k in range(column.num_chunks):
+        chunk = column.chunk(k)
+        n = len(chunk)
+        if n == 0:
+            continue
+        key = next((b.address for b in chunk.buffers() if b is not None and b.size), None)
+        mapping = _mapping_of(key) if key is not None else None
+        if mapping is not None:
+            known = _layouts.get(mapping[0])
+            if known is None:
+                known = _layouts[mapping[0]] = {}
+            layout = known.get((key, view))
+            if layout is None:
+                layout = known[(key, view)] = _layout(result, k, mapping)
+            if layout is _FALLBACK:
+                spans.extend(row_spans(result.slice(row, n)))
+            else:
+                if layout.whole is not last_whole:  # gathered rows of one batch: once
+                    spans.extend(layout.whole)
+                    last_whole = layout.whole
+                first = chunk.offset
+                for program in layout.programs:
+                    _run(program, first, first + n, spans)
+        row += n
+    # Spans a page or less apart are asked for together: one request, at most a page more.
+    for address, length in _merged(spans, gap=_PAGE):
+        start, end = address - address % _PAGE, address + length  # mappings start on a page boundary
+        # The kernel caps one WILLNEED request at the device's readahead size: ask in pieces.
+        for piece in range(start, end, _ADVICE_PIECE):
+            _madvise(piece, min(_ADVICE_PIECE, end - piece), mmap.MADV_WILLNEED)
+
+
 # --- the hooks ---------------------------------------------------------------------------------------------
 
 _installed = False
@@ -263,7 +443,7 @@ def install() -> bool:
     def query_table(table, key, indices=None):
         result = stock_query(table, key, indices=indices)
         if _starts and not isinstance(key, str):
-            _advise(row_spans(result))
+            advise_rows(result)
         return result
 
     def table_iter(table, batch_size, drop_last_batch=False) -> Iterator[pa.Table]:

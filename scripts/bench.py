@@ -3,6 +3,7 @@
     python scripts/bench.py --quick        # ~500 images, 2 repeats: under 2 minutes on 2 cores
     python scripts/bench.py                # the full run: 4,000 images, 150K-record memory check, 5 repeats
     python scripts/bench.py --smallest     # a few dozen images, 1 repeat (what tests/test_bench.py runs)
+    python scripts/bench.py --scale        # issue 12: 558K and 665K records, 3 repeats (scripts/bench_scale.py)
 
 It builds a synthetic COCO-like corpus in `--work` (640x480 JPEGs of ~130 KB with gradients, shapes,
 texture and noise; a LLaVA-format detail_23k.json with realistic turn lengths; a zip of the same images),
@@ -1409,6 +1410,9 @@ def main(argv: list[str] | None = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="~500 images, 30K/60K-record memory check, 2 repeats")
     size.add_argument("--smallest", action="store_true", help="a few dozen images, 1 repeat: checks the script runs")
+    size.add_argument(
+        "--scale", action="store_true", help="issue 12: the real record counts (558K, 665K records), 3 repeats; minutes"
+    )
     parser.add_argument(
         "--work",
         type=Path,
@@ -1418,12 +1422,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON file of all figures (default: WORK/bench_results.json)")
     parser.add_argument("--n", type=int, help="number of images, overriding the mode's")
     parser.add_argument("--repeats", type=int, help="repeats of each timing, overriding the mode's")
+    parser.add_argument("--no-mix", action="store_true", help="with --scale: leave out the mix665k prepares")
     parser.add_argument("--child", nargs=3, metavar=("TASK", "ARGS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         task, child_args, out = args.child
-        Path(out).write_text(json.dumps(CHILDREN[task](json.loads(child_args))))
+        if task.startswith("scale_"):
+            import bench_scale
+
+            children = bench_scale.CHILDREN
+        else:
+            children = CHILDREN
+        Path(out).write_text(json.dumps(children[task](json.loads(child_args))))
         return 0
+    if args.scale:
+        import bench_scale
+
+        return bench_scale.main(args.work.resolve(), args.out, args.repeats, with_mix=not args.no_mix)
 
     mode = "quick" if args.quick else "smallest" if args.smallest else "full"
     n, sizes, repeats, rows = MODES[mode]

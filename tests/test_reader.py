@@ -192,3 +192,46 @@ def test_forked_workers_read_only_their_rows(big):
     read = sum(resident_bytes(f) for f in files) - opened
     assert payload > 900_000
     assert read / payload < 1.2
+
+
+def test_row_advice_asks_for_exactly_the_rows_values(tmp_path, monkeypatch):
+    """Columns over WHOLE_COLUMN bytes are asked for row by row: offsets entries, validity bytes, values."""
+    n = 1_000
+    turns = [[{"from": "human", "value": f"q{i}" * 9}, {"from": "gpt", "value": "a" * (i % 40)}] for i in range(n)]
+    table = pa.table(
+        {
+            "id": pa.array([f"id{i:05d}" for i in range(n)]),  # 12 KB in all: asked for whole
+            "image": pa.array(
+                [None if i == 3 else {"bytes": bytes([i % 256]) * 100, "path": f"{i}.jpg"} for i in range(n)],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "conversations": pa.array(turns),
+            "count": pa.array(range(n), pa.int64()),
+        }
+    )
+    path = tmp_path / "rows.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    lazy = reader.open_lazy(str(path))
+    reader.advise_rows(lazy.slice(0, 1))  # works out the batch's layout
+    id_buffers = [b for b in lazy.column("id").chunk(0).buffers() if b is not None]
+    (layout,) = reader._layouts[reader._mapping_of(id_buffers[0].address)[0]].values()
+    # id (11 KB) and count (8 KB) are asked for whole, page-aligned; image and conversations row by row.
+    assert sum(length for _, length in layout.whole) >= sum(b.size for b in id_buffers) + 8 * n
+    assert len(layout.programs) == 2
+    image_buffers = lazy.column("image").chunk(0).buffers()
+    bitmaps = sum(image_buffers[k] is not None for k in (0, 1, 4))  # struct, bytes, path
+    assert bitmaps == 1  # the null image is null in the struct only
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(reader, "_merged", lambda spans, gap=0: asked.extend(spans) or [])
+    for i in (0, 3, 517):
+        asked.clear()
+        reader.advise_rows(lazy.slice(i, 1))
+        row_bytes = sum(length for _, length in asked) - sum(length for _, length in layout.whole)
+        image = (
+            bitmaps + 8 + (0 if i == 3 else 100) + 8 + (0 if i == 3 else len(f"{i}.jpg"))
+        )  # bitmaps, offsets, values
+        talk = 8 + 12 + len("humangpt") + 12 + 9 * len(f"q{i}") + i % 40  # list offsets, then from and value
+        assert row_bytes == image + talk
+    del lazy
+    gc.collect()
