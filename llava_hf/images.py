@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 
+import numpy as np
+
 from .errors import BadImage
 from .zipdir import READABLE_METHODS, ZipDirectory, ZipEntry, ZipMemberError, read_member
 
@@ -517,17 +519,52 @@ class ZipRoot(ImageRoot):
         _check_size(entry.file_size, self.describe(candidate))
         return candidate, entry
 
+    def _resolve(self, names: list[str]) -> list[tuple[str, ZipEntry] | BadImage]:
+        """(resolved name, entry) of each name, or the BadImage it gets: the batch looked up at once, each
+        name as written (then under the top folder); only names missing both ways take the alias path."""
+        if not names:
+            return []  # nothing is asked of the archive before a name is
+        try:
+            directory = self._open()
+        except BadImage as bad:
+            return [bad] * len(names)
+        results: list = [None] * len(names)
+        clean: list[tuple[int, str]] = []
+        for position, name in enumerate(names):
+            try:
+                clean.append((position, safe_name(name)))
+            except BadImage as bad:
+                results[position] = bad
+        keys = [key for _, key in clean]
+        found = directory.find_many(keys) if self._preferred == -1 else np.full(len(keys), -1, dtype=np.int64)
+        if self._prefix and self._preferred == -1 and (found < 0).any():
+            missing = np.flatnonzero(found < 0)
+            found[missing] = directory.find_many([self._prefix + keys[k] for k in missing.tolist()])
+        hits = np.flatnonzero(found >= 0)
+        for k, entry in zip(hits.tolist(), directory.entries(found[hits])):
+            position = clean[k][0]
+            try:
+                _check_size(entry.file_size, self.describe(keys[k]))
+                results[position] = (keys[k], entry)
+            except BadImage as bad:
+                results[position] = bad
+        for k in np.flatnonzero(found < 0).tolist():
+            position = clean[k][0]
+            try:
+                results[position] = self._entry(names[position])
+            except BadImage as bad:
+                results[position] = bad
+        return results
+
     def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
         results: list = []
         wanted: list[tuple[int, str, ZipEntry]] = []  # (position in the batch, resolved name, entry)
-        for position, name in enumerate(names):
-            try:
-                candidate, entry = self._entry(name)
-            except BadImage as bad:
-                results.append(bad)
+        for position, resolved in enumerate(self._resolve(list(names))):
+            if isinstance(resolved, BadImage):
+                results.append(resolved)
                 continue
             results.append(None)
-            wanted.append((position, candidate, entry))
+            wanted.append((position, *resolved))
         if not embed:
             for position, candidate, entry in wanted:
                 results[position] = self._located(candidate, entry)

@@ -22,8 +22,7 @@ import bz2
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -67,11 +66,10 @@ class ZipMemberError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class ZipEntry:
+class ZipEntry(NamedTuple):
     """One member, as its central directory entry describes it; `span_end` is where its region ends
     (the next member's local header, or the directory), so [header_offset, span_end) holds its local
-    header, data and data descriptor."""
+    header, data and data descriptor. (A NamedTuple: a batch makes thousands of these.)"""
 
     name: str
     header_offset: int
@@ -256,7 +254,9 @@ class ZipDirectory:
         """The index of the member called `name` (a file, not a folder entry), or -1."""
         key = name.encode("utf-8", "surrogateescape")
         digest = zlib.crc32(key)
-        return self._lookup(key, digest, int(np.searchsorted(self._hashes, digest)))
+        # np.uint32: a Python int would make numpy convert the whole index to int64 on every call (~0.3 ms
+        # at 558K members).
+        return self._lookup(key, digest, int(np.searchsorted(self._hashes, np.uint32(digest))))
 
     def find_many(self, names: list[str]) -> np.ndarray:
         """`find` of each name at once (one vectorised search), -1 where absent."""
@@ -276,6 +276,21 @@ class ZipDirectory:
             flags=int(self.flags[i]),
             span_end=int(self.span_ends[i]),
         )
+
+    def entries(self, indexes: np.ndarray) -> list[ZipEntry]:
+        """`entry` of each index at once (one gather per field, not eight numpy lookups a member)."""
+        indexes = np.asarray(indexes, dtype=np.int64)
+        names = [self.name(i) for i in indexes.tolist()]
+        columns = (
+            self.header_offsets,
+            self.compress_sizes,
+            self.file_sizes,
+            self.crcs,
+            self.methods,
+            self.flags,
+            self.span_ends,
+        )
+        return [ZipEntry(*fields) for fields in zip(names, *(c[indexes].tolist() for c in columns))]
 
     def top_folder(self) -> str:
         """The one folder every member sits under (`"train2017/"` in COCO's archive), or "" when the
