@@ -5,7 +5,7 @@ Importing the package registers "llava_hf" with `datasets.load_dataset`.
 
 import logging
 
-from . import hook
+from . import hook, reader
 from ._version import __version__ as __version__
 from .builder import LlavaBuilder, LlavaConfig
 from .catalog import CATALOG, CONFIG_NAMES
@@ -25,6 +25,7 @@ from .verify import VerifyReport, verify
 logging.getLogger("llava_hf").addHandler(logging.NullHandler())
 
 HOOK_INSTALLED: bool = hook.install()
+reader.freeze_gc_across_fork()
 
 __all__ = [
     "BUILTIN_RECIPES",

@@ -235,3 +235,23 @@ def test_row_advice_asks_for_exactly_the_rows_values(tmp_path, monkeypatch):
         assert row_bytes == image + talk
     del lazy
     gc.collect()
+
+
+def test_forked_children_leave_inherited_objects_out_of_their_gc():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: everything it inherited is frozen, so its gc.collect() writes none of it
+        os.write(write, str(gc.get_freeze_count()).encode())
+        os._exit(0)
+    os.close(write)
+    frozen_in_child = int(os.read(read, 64))
+    os.waitpid(pid, 0)
+    assert frozen_in_child > 10_000  # the modules' objects, at least
+    assert gc.get_freeze_count() == 0  # the parent's collector is as it was
+
+
+def test_gc_freeze_across_fork_can_be_turned_off():
+    code = "import os, gc, llava_hf\npid = os.fork()\nif pid == 0:\n    print(gc.get_freeze_count()); os._exit(0)\nos.waitpid(pid, 0)"
+    env = {**os.environ, "LLAVA_HF_GC_FREEZE": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
