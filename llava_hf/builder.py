@@ -5,6 +5,7 @@ Wiring only: inputs come from `sources`, rows from `convert`, the schema from `f
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import json
 import logging
@@ -53,6 +54,10 @@ VERSION = datasets.Version("1.0.0")
 _SKIP_DIR = ".llava_hf_skips"
 
 OnBadImage = Literal["raise", "skip"]
+
+# The load's token while datasets makes the config: the cache key (LlavaConfig.create_config_id, a method of
+# the config, which holds no token) asks the Hub and hf:// image archives for their identity with it.
+_LOAD_TOKEN: contextvars.ContextVar[bool | str | None] = contextvars.ContextVar("llava_hf_token", default=None)
 
 
 def _path_option(name: str, value: Any) -> str | None:
@@ -128,6 +133,7 @@ class LlavaConfig(datasets.BuilderConfig):
                 sample=self.sample,
                 embed_images=self.embed_images,
                 revision=self.revision,
+                token=_LOAD_TOKEN.get(),
                 image_sources=self.image_sources,
             )
         if self.sample:
@@ -152,6 +158,13 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
     DEFAULT_WRITER_BATCH_SIZE = BATCH_ROWS
 
     config: LlavaConfig
+
+    def _create_builder_config(self, *args, **kwargs):
+        reset = _LOAD_TOKEN.set(self.token)  # set by datasets' __init__ before it makes the config
+        try:
+            return super()._create_builder_config(*args, **kwargs)
+        finally:
+            _LOAD_TOKEN.reset(reset)
 
     def __init__(self, *args, lock: LockMode | None = None, **kwargs):
         if kwargs.get("data_files") is not None:

@@ -459,3 +459,54 @@ def test_the_store_records_which_archive_filled_it(release, store, www, serve, t
     assert second[1]["identity"].startswith(f"{url} etag=") and second[1]["identity"] != first[0]["identity"]
     warned = [r.getMessage() for r in caplog.records if "was filled from" in r.getMessage()]
     assert len(warned) == 1 and str(store / "coco" / "train2017") in warned[0]
+
+
+def test_verify_reads_an_image_dir_url(release, www, serve):
+    from llava_hf.verify import verify
+
+    server = serve(www)
+    url = server.url("zips/train2017.zip")
+    report = verify("detail_23k", data_dir=release.data_dir("detail_23k"), image_dir=url, num_proc=1, progress=False)
+    assert (report.records, report.images, report.clean, report.problems) == (3, 3, True, [])
+    # A member the archive lacks: one problem, naming the URL and the record.
+    zip_under(release.image_dir("detail_23k"), www / "zips" / "train2017.zip", skip=("000000033471.jpg",))
+    report = verify("detail_23k", data_dir=release.data_dir("detail_23k"), image_dir=url, num_proc=1, progress=False)
+    assert [(p.reason, p.index, p.id) for p in report.problems] == [("missing", 2, "000000033471")]
+    assert url in report.problems[0].detail
+
+
+def test_the_load_token_reaches_an_hf_upstream_through_the_store(release, store, tmp_path, monkeypatch):
+    import llava_hf.store as store_module
+
+    opened, identified = [], []
+
+    class Transport:
+        def identity(self) -> str:
+            return "hf://datasets/me/coco/train2017.zip etag=x size=1"
+
+    def fake_open_transport(location, token=None, **options):
+        identified.append((location, token))
+        return Transport()
+
+    def fake_open_root(location, aliases=(), token=None):
+        opened.append((location, token))
+        return store_module.FolderRoot(str(release.image_dir("detail_23k")))
+
+    monkeypatch.setattr(remote, "open_transport", fake_open_transport)
+    monkeypatch.setattr(store_module, "open_root", fake_open_root)
+    hf_url = "hf://datasets/me/coco/train2017.zip"
+    ds = llava_hf.load_dataset(
+        "detail_23k",
+        data_dir=release.data_dir("detail_23k"),
+        image_sources={"coco/train2017": hf_url},
+        cache_dir=tmp_path / "cache",
+        token="hf_secret",
+    )
+    assert len(ds) == 3
+    assert set(identified) == {(hf_url, "hf_secret")} and opened == [(hf_url, "hf_secret")]
+    assert "hf_secret" not in json.dumps(llava_hf.prepare_report(ds))
+    # The token is no part of the cache key: another token (or none) finds the same entry.
+    options = {"data_dir": release.data_dir("detail_23k"), "image_sources": {"coco/train2017": hf_url}}
+    options["cache_dir"] = tmp_path / "cache"
+    keys = {llava_hf.load_builder("detail_23k", token=t, **options).cache_dir for t in ("hf_secret", "hf_other", None)}
+    assert len(keys) == 1
