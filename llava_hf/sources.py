@@ -216,18 +216,13 @@ def input_identity(
     else:
         json_path = _hub_file(source, source.filename, revision=revision, token=token)
         identity["commit"] = Path(json_path).parent.name  # files of the Hub cache: snapshots/<commit>/
-    from .remote import RemoteError
-
-    try:
-        if image_dir is None and not sample and source.image_collections:
-            # "skip": the cache key needs no OCR-VQA copy; preparing checks for one.
-            spec = plan_store(source, image_sources, on_bad_image="skip", token=token)
-            identity["images"] = spec.identity(embed_images)
-        elif image_dir is not None and is_url(image_dir):
-            identity["images"] = upstream_identity(image_dir, token)
-    except RemoteError as e:  # the archive is gone or unreadable as asked: say which config needed it
-        raise type(e)(f"{source.name}: {e}") from None
-    if image_dir is not None and not is_url(image_dir):
+    if image_dir is None and not sample and source.image_collections:
+        # "skip": the cache key needs no OCR-VQA copy; preparing checks for one.
+        spec = plan_store(source, image_sources, on_bad_image="skip", token=token)
+        identity["images"] = spec.identity(embed_images)
+    elif image_dir is not None and is_url(image_dir):
+        identity["images"] = upstream_identity(image_dir, token)
+    elif image_dir is not None:
         if not embed_images:
             identity["images"] = os.path.abspath(image_dir)
         elif image_dir.lower().endswith(".zip"):

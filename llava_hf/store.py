@@ -405,14 +405,7 @@ class StoreSpec:
     def identity(self, embed_images: bool = True) -> dict[str, str]:
         """What the cache key holds: which archive (or copy) each collection was read from. The store's
         own path only when the rows hold paths into it (`embed_images=False`)."""
-        from .remote import RemoteError
-
-        identity = {}
-        for name, upstream in self.upstreams:
-            try:
-                identity[name] = upstream_identity(upstream, self.token)
-            except RemoteError as e:  # a gone archive, one that ignores Range: before any record is read
-                raise type(e)(f"image collection {name}: {e}") from None
+        identity = {name: upstream_identity(upstream, self.token) for name, upstream in self.upstreams}
         if not embed_images:
             identity["store"] = self.store
         return identity
@@ -477,9 +470,15 @@ def upstream_identity(location: str | None, token: bool | str | None = None) -> 
     memo = _read_memo()
     if offline():
         return memo.get(location, location)
-    from .remote import open_transport
+    from .remote import RemoteError, open_transport
 
-    identity = open_transport(location, token=token).identity()
+    try:
+        identity = open_transport(location, token=token).identity()
+    except RemoteError as e:
+        # Gone, no Range, or down after every retry: the images the store holds may still do, and the
+        # prepare names each record that needs the archive. The key: the last identity seen, as offline.
+        logger.warning("%s; the cache key takes the last identity seen on this machine, if any", e)
+        return memo.get(location, f"{location} unreadable")
     if memo.get(location) != identity:
         memo[location] = identity
         _write_memo(memo)

@@ -318,25 +318,40 @@ def test_a_fifth_of_the_range_requests_failing_still_gives_the_exact_rows(
     assert sum(1 for hit in server.log if hit.fault == fault) >= 10  # the faults did happen
 
 
-def test_a_server_that_ignores_range_names_the_url_and_collection(release, store, www, serve, tmp_path):
-    server = serve(www, ignore_range=True)
+@pytest.mark.parametrize(
+    ("server_options", "error"),
+    [
+        (
+            {"ignore_range": True},
+            f"the server ignores range requests (HTTP 200 with the whole file for 'bytes=-{_TAIL}'); download "
+            "the file and give its local path instead",
+        ),
+        ({"status": {"zips/train2017.zip": 404}}, "HTTP 404 Not Found"),
+    ],
+    ids=["ignores-range", "404"],
+)
+def test_an_archive_that_cannot_be_read_names_url_and_record_or_is_skipped(
+    release, store, www, serve, tmp_path, server_options, error, caplog
+):
+    server = serve(www)
     url = server.url("zips/train2017.zip")
-    with pytest.raises(OSError) as info:
-        load(release, "detail_23k", url, tmp_path / "cache")
+    load(release, "detail_23k", url, tmp_path / "cache")  # 3 of conversation_58k's images are now in the store
+    server.configure(**server_options)
+    server.reset_stats()
+    with caplog.at_level(logging.WARNING, logger="llava_hf"), pytest.raises(SourceError) as info:
+        load(release, "conversation_58k", url, tmp_path / "cache")
     assert str(info.value) == (
-        f"detail_23k: image collection coco/train2017: {url}: the server ignores range requests (HTTP 200 with "
-        f"the whole file for 'bytes=-{_TAIL}'); download the file and give its local path instead"
+        f"conversation_58k.json: record 1 (id='000000052846'): image archive {url} cannot be opened: {url}: "
+        f"{error}; it is not in the image store {store / 'coco' / 'train2017'} either"
     )
-    assert server.requests == 1 and not store.exists()
-
-
-def test_a_gone_archive_names_the_url_and_collection(release, store, www, serve, tmp_path):
-    server = serve(www, status={"zips/train2017.zip": 404})
-    url = server.url("zips/train2017.zip")
-    with pytest.raises(OSError) as info:
-        load(release, "detail_23k", url, tmp_path / "cache", on_bad_image="skip")
-    assert str(info.value) == f"detail_23k: image collection coco/train2017: {url}: HTTP 404 Not Found"
-    assert not list((tmp_path / "cache").rglob("dataset_info.json"))
+    assert f"{url}: {error}; the cache key takes the last identity seen on this machine, if any" in caplog.messages
+    assert not list((tmp_path / "cache").glob("**/conversation_58k/**/dataset_info.json"))
+    # Asked once for the cache key, once by the prepare; never read to the end when it ignores Range.
+    assert server.requests == 2 and all(hit.range == f"bytes=-{_TAIL}" for hit in server.log)
+    # Skipped and counted: the image already in the store gives its row.
+    ds = load(release, "conversation_58k", url, tmp_path / "cache", on_bad_image="skip")
+    assert [r["id"] for r in ds] == ["000000033471"]
+    assert llava_hf.prepare_report(ds)["skipped"]["counts"] == {"unreadable": 2}
 
 
 def test_a_member_the_archive_lacks_names_url_and_record_or_is_skipped(release, store, serve, tmp_path):
