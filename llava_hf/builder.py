@@ -387,13 +387,17 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
     def _generate_tables(self, shards, spec: ShardSpec):
         images = spec.open_images()
         skips = SkipLog()
-        for local_index, shard in enumerate(shards):
-            table_index = -1
-            for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
-                self._exit_if_orphaned()
-                yield Key(local_index, table_index), table
-            if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
-                yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
+        try:
+            for local_index, shard in enumerate(shards):
+                table_index = -1
+                for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
+                    self._exit_if_orphaned()
+                    yield Key(local_index, table_index), table
+                if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
+                    yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
+        finally:
+            if hasattr(images, "finish"):  # the image store's fetch progress bar
+                images.finish()
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
         elif self._skip_dir is None and skips.total():

@@ -103,6 +103,8 @@ class StoreRoot(ImageRoot):
     upstream: str | None = None
     # The load's Hub token, for hf:// upstreams only (open_root never sends it to another host).
     token: bool | str | None = field(default=None, repr=False)
+    # Show a bar (images, MB, rate) while fetching: a prepare's root does; fetch_images has its own bar.
+    progress: bool = False
     counts: FetchCounts = field(default_factory=FetchCounts, init=False, repr=False)
 
     parallel_reads = True
@@ -114,10 +116,11 @@ class StoreRoot(ImageRoot):
         self._unavailable: str | None = None
         self._made: set[str] = set()
         self._origin_checked = False
+        self._bar = None
 
     def __getstate__(self):
         state = super().__getstate__()
-        for transient in ("_local", "_remote", "_unavailable", "_made", "_origin_checked"):
+        for transient in ("_local", "_remote", "_unavailable", "_made", "_origin_checked", "_bar"):
             state.pop(transient, None)
         return state
 
@@ -126,6 +129,7 @@ class StoreRoot(ImageRoot):
         self._local = self._remote = self._unavailable = None
         self._made = set()
         self._origin_checked = False
+        self._bar = None
 
     def describe(self, name: str) -> str:
         return os.path.join(self.location, name)
@@ -189,6 +193,8 @@ class StoreRoot(ImageRoot):
             path = self._write(clean, data)
             self.counts.fetched += 1
             self.counts.bytes += len(data)
+            if self.progress:
+                self._tick()
             yield (clean, data) if embed else path
 
     def _upstream(self) -> ImageRoot:
@@ -208,6 +214,23 @@ class StoreRoot(ImageRoot):
             if self._unavailable is not None:
                 raise _Unavailable(self._unavailable)
         return self._remote
+
+    def _tick(self) -> None:
+        if self._bar is None:
+            # datasets' tqdm: off under datasets.disable_progress_bars(), like the bar of the split it generates.
+            from datasets.utils.tqdm import tqdm
+
+            self._bar = tqdm(desc=f"fetching {self.collection}", unit="img", dynamic_ncols=True)
+            self._started = time.monotonic()
+        self._bar.update(1)
+        rate = self.counts.bytes / 1e6 / max(time.monotonic() - self._started, 1e-6)
+        self._bar.set_postfix_str(f"{self.counts.bytes / 1e6:,.1f} MB, {rate:,.1f} MB/s", refresh=False)
+
+    def finish(self) -> None:
+        """Close the fetch progress bar, if one is shown (the prepare calls this when its shards are done)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _record_origin(self, remote: ImageRoot) -> None:
         """Note in the store which archive (URL + ETag/Last-Modified + size, or a local copy's fingerprint)
@@ -377,6 +400,10 @@ class CollectionsRoot(ImageRoot):
         for root in self.roots.values():
             root.close()
 
+    def finish(self) -> None:
+        for root in self.roots.values():
+            root.finish()
+
 
 @dataclass(frozen=True)
 class StoreSpec:
@@ -391,7 +418,9 @@ class StoreSpec:
     def open(self) -> StoreRoot | CollectionsRoot:
         """The root that reads these images: one collection's store root (flat names), or a router."""
         roots = {
-            name: StoreRoot(os.path.join(self.store, name), collection=name, upstream=upstream, token=self.token)
+            name: StoreRoot(
+                os.path.join(self.store, name), collection=name, upstream=upstream, token=self.token, progress=True
+            )
             for name, upstream in self.upstreams
         }
         if len(roots) == 1:

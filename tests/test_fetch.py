@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -525,3 +526,27 @@ def test_the_load_token_reaches_an_hf_upstream_through_the_store(release, store,
     options["cache_dir"] = tmp_path / "cache"
     keys = {llava_hf.load_builder("detail_23k", token=t, **options).cache_dir for t in ("hf_secret", "hf_other", None)}
     assert len(keys) == 1
+
+
+def test_a_prepare_shows_its_fetch_progress(release, store, www, serve, tmp_path, capsys):
+    from datasets.utils.logging import is_progress_bar_enabled
+
+    url = serve(www).url("zips/train2017.zip")
+    was_enabled = is_progress_bar_enabled()
+    datasets.enable_progress_bars()
+    try:
+        llava_hf.load_dataset("detail_23k", data_dir=release.data_dir("detail_23k"),
+                              image_sources={"coco/train2017": url}, cache_dir=tmp_path / "cache")  # fmt: skip
+        err = capsys.readouterr().err
+        assert re.search(r"fetching coco/train2017: 3img \[[^]]*, 0\.0 MB, [\d.]+ MB/s\]", err), err
+        # Everything in the store: nothing fetched, no bar.
+        llava_hf.load_dataset("detail_23k", data_dir=release.data_dir("detail_23k"),
+                              image_sources={"coco/train2017": url}, cache_dir=tmp_path / "cache2")  # fmt: skip
+        assert "fetching" not in capsys.readouterr().err
+        datasets.disable_progress_bars()
+        llava_hf.load_dataset("conversation_58k", data_dir=release.data_dir("conversation_58k"),
+                              image_sources={"coco/train2017": url}, cache_dir=tmp_path / "cache")  # fmt: skip
+        assert "fetching" not in capsys.readouterr().err
+        assert len(list((store / "coco" / "train2017").glob("*.jpg"))) == 5
+    finally:
+        (datasets.enable_progress_bars if was_enabled else datasets.disable_progress_bars)()
