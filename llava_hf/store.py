@@ -117,6 +117,7 @@ class StoreRoot(ImageRoot):
         self._made: set[str] = set()
         self._origin_checked = False
         self._bar = None
+        self._started = 0.0
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -246,7 +247,9 @@ class StoreRoot(ImageRoot):
             return  # a note only; reading the archive reports its own errors
         path = os.path.join(_store_of(self.location, self.collection), ORIGINS_FILE)
         origins = _read_json(path)
-        archives = origins.setdefault(self.collection, [])
+        archives = origins.get(self.collection)
+        if not isinstance(archives, list) or not all(isinstance(a, dict) and "identity" in a for a in archives):
+            archives = origins[self.collection] = []  # absent, or edited into another shape: start the notes again
         if archives and archives[-1]["identity"] == identity:
             return
         if archives:
