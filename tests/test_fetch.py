@@ -28,6 +28,7 @@ from conftest import ROOT, jpeg, sha256, write_json
 
 import llava_hf
 import llava_hf.remote as remote
+import llava_hf.store as store_module
 from llava_hf import SourceError
 from llava_hf.cli import main
 from llava_hf.zipdir import _TAIL
@@ -37,10 +38,13 @@ COCO += ("000000398214.jpg", "000000520873.jpg")
 
 
 @pytest.fixture(autouse=True)
-def no_hub_but_fetch(monkeypatch):
+def no_hub_but_fetch(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
+    # The archives' last identities are remembered per machine: here, per test (child processes too).
+    monkeypatch.setattr(store_module, "_memo_path", lambda: str(tmp_path / "hf-datasets" / "archives.json"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
 
 
 @pytest.fixture
@@ -497,8 +501,6 @@ def test_verify_reads_an_image_dir_url(release, www, serve):
 
 
 def test_the_load_token_reaches_an_hf_upstream_through_the_store(release, store, tmp_path, monkeypatch):
-    import llava_hf.store as store_module
-
     opened, identified = [], []
 
     class Transport:
