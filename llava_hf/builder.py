@@ -5,6 +5,7 @@ Wiring only: inputs come from `sources`, rows from `convert`, the schema from `f
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import json
 import logging
@@ -53,6 +54,10 @@ VERSION = datasets.Version("1.0.0")
 _SKIP_DIR = ".llava_hf_skips"
 
 OnBadImage = Literal["raise", "skip"]
+
+# The load's token while datasets makes the config: the cache key (LlavaConfig.create_config_id, a method of
+# the config, which holds no token) asks the Hub and hf:// image archives for their identity with it.
+_LOAD_TOKEN: contextvars.ContextVar[bool | str | None] = contextvars.ContextVar("llava_hf_token", default=None)
 
 
 def _path_option(name: str, value: Any) -> str | None:
@@ -128,6 +133,7 @@ class LlavaConfig(datasets.BuilderConfig):
                 sample=self.sample,
                 embed_images=self.embed_images,
                 revision=self.revision,
+                token=_LOAD_TOKEN.get(),
                 image_sources=self.image_sources,
             )
         if self.sample:
@@ -153,6 +159,13 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
     DEFAULT_WRITER_BATCH_SIZE = TABLE_ROWS
 
     config: LlavaConfig
+
+    def _create_builder_config(self, *args, **kwargs):
+        reset = _LOAD_TOKEN.set(self.token)  # set by datasets' __init__ before it makes the config
+        try:
+            return super()._create_builder_config(*args, **kwargs)
+        finally:
+            _LOAD_TOKEN.reset(reset)
 
     def __init__(self, *args, lock: LockMode | None = None, **kwargs):
         if kwargs.get("data_files") is not None:
@@ -375,13 +388,17 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
     def _generate_tables(self, shards, spec: ShardSpec):
         images = spec.open_images()
         skips = SkipLog()
-        for local_index, shard in enumerate(shards):
-            table_index = -1
-            for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
-                self._exit_if_orphaned()
-                yield Key(local_index, table_index), table
-            if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
-                yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
+        try:
+            for local_index, shard in enumerate(shards):
+                table_index = -1
+                for table_index, table in enumerate(convert_shard(shard, spec, images, skips)):
+                    self._exit_if_orphaned()
+                    yield Key(local_index, table_index), table
+                if table_index == -1 and EMPTY_SHARD_NEEDS_A_TABLE:  # every row skipped (see compat)
+                    yield Key(local_index, 0), self.info.features.arrow_schema.empty_table()
+        finally:
+            if hasattr(images, "finish"):  # the image store's fetch progress bar
+                images.finish()
         if self._skip_dir is not None and shards:
             skips.save(os.path.join(self._skip_dir, f"shards-{shards[0].index:05d}.json"))
         elif self._skip_dir is None and skips.total():

@@ -162,7 +162,7 @@ def plan_source(
     )
     image_store = None
     if image_dir is None and not sample and inputs.image_location is None:
-        image_store = plan_store(source, image_sources, on_bad_image=on_bad_image)
+        image_store = plan_store(source, image_sources, on_bad_image=on_bad_image, token=token)
     if image_dir is not None and is_url(image_dir) and offline():
         raise FileNotFoundError(
             f"{source.name}: image_dir {image_dir} is a URL and HF_DATASETS_OFFLINE is set, so nothing is fetched; "

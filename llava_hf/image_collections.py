@@ -26,12 +26,21 @@ from .catalog import COCO_FLAT_ALIASES, Source
 # The setting naming a YAML or JSON file that maps collection names to mirrors, local zips or folders.
 SOURCES_ENV = "LLAVA_HF_IMAGE_SOURCES"
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Two characters at least: a one-letter "scheme" is a Windows drive (`C://data` is a path).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
-def is_url(location: str) -> bool:
-    """True for `scheme://...` locations (http, https, s3, gs, hf, ...); plain paths are local."""
-    return bool(_URL.match(location))
+def is_url(location: str | os.PathLike) -> bool:
+    """True for `scheme://...` locations (http, https, s3, gs, hf, memory, ...); plain paths are local. The
+    one check every module uses (image_dir, image_sources, the store, the remote transports)."""
+    return bool(_URL.match(os.fspath(location)))
+
+
+def absolute_location(location: str | os.PathLike) -> str:
+    """A URL as given; a local path made absolute (`~` expanded), so that one folder reached from two
+    working directories is one location."""
+    location = os.fspath(location)
+    return location if is_url(location) else os.path.abspath(os.path.expanduser(location))
 
 
 @dataclass(frozen=True)
@@ -177,8 +186,7 @@ def check_sources(value: Any, what: str = "image_sources") -> dict[str, str] | N
         get_collection(key)
         if not isinstance(location, (str, os.PathLike)) or not os.fspath(location):
             raise ValueError(f"{what}[{key!r}] must be a URL or a path (a zip or a folder), got {location!r}")
-        location = os.fspath(location)
-        checked[key] = location if is_url(location) else os.path.abspath(os.path.expanduser(location))
+        checked[key] = absolute_location(location)
     return dict(sorted(checked.items()))
 
 

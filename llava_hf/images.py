@@ -714,7 +714,7 @@ def open_root(location: str, aliases: tuple[tuple[str, str], ...] = (), token: s
     `hf://`, `s3://` ...) of a zip is read by range requests (`llava_hf.remote`), a URL of a folder one GET
     an image; `token` goes to the Hub only. Nothing is requested before the first read.
     """
-    from .remote import is_url
+    from .image_collections import is_url
 
     if is_url(location):
         from .remote import open_remote_root

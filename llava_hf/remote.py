@@ -35,6 +35,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import httpx  # a declared dependency: huggingface_hub 1.x uses it, 0.x (LLaMA-Factory's) and 2.x do not ship it
 
 from .errors import BadImage
+from .image_collections import is_url
 from .images import HEAD_SIZE, ImageRoot, _check_head, _check_size
 
 # Requests in flight per transport. Far servers are latency-bound: 16 connections at 20-100 ms each keep
@@ -747,11 +748,6 @@ def open_remote_root(location: str, aliases: tuple[tuple[str, str], ...] = (), t
 
 
 # -- choosing one ------------------------------------------------------------------------------------------
-
-
-def is_url(location: str) -> bool:
-    """True for `scheme://...` (http, https, hf, s3, gs, memory ...); a Windows drive (`C:\\...`) is a path."""
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", location) is not None
 
 
 def open_transport(location: str, token: str | bool | None = None, **options):

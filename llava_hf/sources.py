@@ -218,9 +218,10 @@ def input_identity(
         identity["commit"] = Path(json_path).parent.name  # files of the Hub cache: snapshots/<commit>/
     if image_dir is None and not sample and source.image_collections:
         # "skip": the cache key needs no OCR-VQA copy; preparing checks for one.
-        identity["images"] = plan_store(source, image_sources, on_bad_image="skip").identity(embed_images)
+        spec = plan_store(source, image_sources, on_bad_image="skip", token=token)
+        identity["images"] = spec.identity(embed_images)
     elif image_dir is not None and is_url(image_dir):
-        identity["images"] = upstream_identity(image_dir)
+        identity["images"] = upstream_identity(image_dir, token)
     elif image_dir is not None:
         if not embed_images:
             identity["images"] = os.path.abspath(image_dir)

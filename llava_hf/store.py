@@ -101,6 +101,10 @@ class StoreRoot(ImageRoot):
 
     collection: str = ""
     upstream: str | None = None
+    # The load's Hub token, for hf:// upstreams only (open_root never sends it to another host).
+    token: bool | str | None = field(default=None, repr=False)
+    # Show a bar (images, MB, rate) while fetching: a prepare's root does; fetch_images has its own bar.
+    progress: bool = False
     counts: FetchCounts = field(default_factory=FetchCounts, init=False, repr=False)
 
     parallel_reads = True
@@ -111,10 +115,13 @@ class StoreRoot(ImageRoot):
         self._remote: ImageRoot | None = None
         self._unavailable: str | None = None
         self._made: set[str] = set()
+        self._origin_checked = False
+        self._bar = None
+        self._started = 0.0
 
     def __getstate__(self):
         state = super().__getstate__()
-        for transient in ("_local", "_remote", "_unavailable", "_made"):
+        for transient in ("_local", "_remote", "_unavailable", "_made", "_origin_checked", "_bar"):
             state.pop(transient, None)
         return state
 
@@ -122,6 +129,8 @@ class StoreRoot(ImageRoot):
         self.__dict__.update(state)
         self._local = self._remote = self._unavailable = None
         self._made = set()
+        self._origin_checked = False
+        self._bar = None
 
     def describe(self, name: str) -> str:
         return os.path.join(self.location, name)
@@ -175,12 +184,18 @@ class StoreRoot(ImageRoot):
             if isinstance(result, BadImage):
                 yield BadImage(result.reason, f"{result}; it is not in the image store {self.location} either")
                 continue
+            if not self._origin_checked:
+                # After the first member: a remote archive knows its ETag and size by then (no extra request).
+                self._origin_checked = True
+                self._record_origin(remote)
             clean, data = safe_name(name), result[1]
             # Stored under the JSON's name even when an alias found it (a train2014 copy), so the store
             # keeps LLaVA's layout.
             path = self._write(clean, data)
             self.counts.fetched += 1
             self.counts.bytes += len(data)
+            if self.progress:
+                self._tick()
             yield (clean, data) if embed else path
 
     def _upstream(self) -> ImageRoot:
@@ -194,10 +209,60 @@ class StoreRoot(ImageRoot):
             elif is_url(location) and offline():
                 self._unavailable = offline_message(collection, location)
             else:
-                self._remote = open_root(location, collection.aliases)
+                # The token only when there is one, so that wrappers of open_root(location, aliases) still fit.
+                token = {} if self.token is None else {"token": self.token}
+                self._remote = open_root(location, collection.aliases, **token)
             if self._unavailable is not None:
                 raise _Unavailable(self._unavailable)
         return self._remote
+
+    def _tick(self) -> None:
+        if self._bar is None:
+            # datasets' tqdm: off under datasets.disable_progress_bars(), like the bar of the split it generates.
+            from datasets.utils.tqdm import tqdm
+
+            self._bar = tqdm(desc=f"fetching {self.collection}", unit="img", dynamic_ncols=True)
+            self._started = time.monotonic()
+        self._bar.update(1)
+        rate = self.counts.bytes / 1e6 / max(time.monotonic() - self._started, 1e-6)
+        self._bar.set_postfix_str(f"{self.counts.bytes / 1e6:,.1f} MB, {rate:,.1f} MB/s", refresh=False)
+
+    def finish(self) -> None:
+        """Close the fetch progress bar, if one is shown (the prepare calls this when its shards are done)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _record_origin(self, remote: ImageRoot) -> None:
+        """Note in the store which archive (URL + ETag/Last-Modified + size, or a local copy's fingerprint)
+        fills this folder, and warn when it differs from the one that filled it before: the images already
+        there are reused as they are, though the new archive may hold other bytes under their names."""
+        transport = getattr(remote, "_transport", None)
+        try:
+            if self.upstream is not None and is_url(self.upstream) and hasattr(transport, "identity"):
+                identity = transport.identity()
+            else:
+                identity = upstream_identity(self.upstream, self.token)
+        except OSError:
+            return  # a note only; reading the archive reports its own errors
+        path = os.path.join(_store_of(self.location, self.collection), ORIGINS_FILE)
+        origins = _read_json(path)
+        archives = origins.get(self.collection)
+        if not isinstance(archives, list) or not all(isinstance(a, dict) and "identity" in a for a in archives):
+            archives = origins[self.collection] = []  # absent, or edited into another shape: start the notes again
+        if archives and archives[-1]["identity"] == identity:
+            return
+        if archives:
+            logger.warning(
+                "%s was filled from %s; now %s is read, and the images already there are kept as they are "
+                "(delete the folder to fetch them all from the new archive)",
+                self.location,
+                archives[-1]["identity"],
+                identity,
+            )
+        archives.append({"upstream": self.upstream, "identity": identity, "time": int(time.time())})
+        # Whole file replaced at once; two writers at the same moment may lose one note, never corrupt it.
+        _write_json(path, origins)
 
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.location, name)
@@ -226,6 +291,36 @@ class StoreRoot(ImageRoot):
         if self._remote is not None and hasattr(self._remote, "close"):
             self._remote.close()
         self._remote = None
+
+
+# In the store's top folder: per collection, the archives that filled its folder, oldest first.
+ORIGINS_FILE = ".llava_hf_origins.json"
+
+
+def _store_of(location: str, collection: str) -> str:
+    """The store folder above a collection's folder (`<store>/coco/train2017` -> `<store>`)."""
+    return os.path.normpath(os.path.join(location, *[os.pardir] * len(collection.split("/"))))
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def offline_message(collection: Collection, location: str) -> str:
@@ -308,6 +403,10 @@ class CollectionsRoot(ImageRoot):
         for root in self.roots.values():
             root.close()
 
+    def finish(self) -> None:
+        for root in self.roots.values():
+            root.finish()
+
 
 @dataclass(frozen=True)
 class StoreSpec:
@@ -316,11 +415,15 @@ class StoreSpec:
 
     store: str
     upstreams: tuple[tuple[str, str | None], ...]
+    # The load's Hub token, for hf:// upstreams; never part of the identity.
+    token: bool | str | None = field(default=None, repr=False, compare=False)
 
     def open(self) -> StoreRoot | CollectionsRoot:
         """The root that reads these images: one collection's store root (flat names), or a router."""
         roots = {
-            name: StoreRoot(os.path.join(self.store, name), collection=name, upstream=upstream)
+            name: StoreRoot(
+                os.path.join(self.store, name), collection=name, upstream=upstream, token=self.token, progress=True
+            )
             for name, upstream in self.upstreams
         }
         if len(roots) == 1:
@@ -334,7 +437,7 @@ class StoreSpec:
     def identity(self, embed_images: bool = True) -> dict[str, str]:
         """What the cache key holds: which archive (or copy) each collection was read from. The store's
         own path only when the rows hold paths into it (`embed_images=False`)."""
-        identity = {name: upstream_identity(upstream) for name, upstream in self.upstreams}
+        identity = {name: upstream_identity(upstream, self.token) for name, upstream in self.upstreams}
         if not embed_images:
             identity["store"] = self.store
         return identity
@@ -346,6 +449,7 @@ def plan_store(
     *,
     store: str | None = None,
     on_bad_image: str = "raise",
+    token: bool | str | None = None,
 ) -> StoreSpec | None:
     """The StoreSpec of a config that fetches its images, or None for one that does not (pretrain configs).
 
@@ -373,7 +477,7 @@ def plan_store(
                 + collection.how_to_get.format(folder=folder)
             )
         upstreams.append((collection.name, location))
-    return StoreSpec(store, tuple(upstreams))
+    return StoreSpec(store, tuple(upstreams), token=token)
 
 
 # -- identity of an archive, for the cache key ------------------------------------------------------------
@@ -381,7 +485,7 @@ def plan_store(
 _IDENTITY_MEMO = "llava_hf_archives.json"
 
 
-def upstream_identity(location: str | None) -> str:
+def upstream_identity(location: str | None, token: bool | str | None = None) -> str:
     """The content identity of an upstream: a local zip's size and hash of its ends, a local folder's last
     two path components (as for image_dir), a remote zip's URL + ETag/Last-Modified + size (asked once a
     run; offline, the last one seen on this machine), a remote folder's URL."""
@@ -398,9 +502,15 @@ def upstream_identity(location: str | None) -> str:
     memo = _read_memo()
     if offline():
         return memo.get(location, location)
-    from .remote import open_transport
+    from .remote import RemoteError, open_transport
 
-    identity = open_transport(location).identity()
+    try:
+        identity = open_transport(location, token=token).identity()
+    except RemoteError as e:
+        # Gone, no Range, or down after every retry: the images the store holds may still do, and the
+        # prepare names each record that needs the archive. The key: the last identity seen, as offline.
+        logger.warning("%s; the cache key takes the last identity seen on this machine, if any", e)
+        return memo.get(location, f"{location} unreadable")
     if memo.get(location) != identity:
         memo[location] = identity
         _write_memo(memo)
@@ -548,7 +658,9 @@ def fetch_images(
     bar.update(len(refused))
     try:
         for collection, images in wanted.items():
-            root = StoreRoot(os.path.join(store, collection), collection=collection, upstream=specs[collection])
+            root = StoreRoot(
+                os.path.join(store, collection), collection=collection, upstream=specs[collection], token=token
+            )
             before = FetchCounts()
             for (file, index, rid), result in zip(images.values(), root.read_many(images, embed=False)):
                 if isinstance(result, BadImage):

@@ -27,6 +27,7 @@ from .catalog import get_source
 from .convert import ShardSpec, check_options, plan_source
 from .errors import BadImage, SourceError
 from .files import data_file_paths, file_config_name, file_source, plan_files
+from .image_collections import absolute_location
 from .images import BAD_IMAGE_REASONS, ImageRoot, sniff_format
 from .records import IMAGE_TOKEN, Row, text_problem
 from .sources import Shard, index_json_array, resolve_inputs
@@ -269,7 +270,7 @@ def verify(
             raise ValueError(f"{name}: data_files names the files to read; drop data_dir and sample")
         plan = plan_files(
             file_source(name, paths),
-            image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
+            image_dir=absolute_location(image_dir) if image_dir else None,
             work_dir=str(datasets.config.HF_DATASETS_CACHE),
         )
         return _verify_plan(name, plan, decode, num_proc, progress, ignored)
@@ -279,7 +280,7 @@ def verify(
         plan = plan_source(
             source,
             data_dir=os.fspath(data_dir) if data_dir else None,
-            image_dir=os.path.abspath(os.fspath(image_dir)) if image_dir else None,
+            image_dir=absolute_location(image_dir) if image_dir else None,
             sample=sample,
             revision=revision,
             token=token,
