@@ -9,9 +9,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import test_hostile
 import xxhash
 from conftest import jpeg
-from test_hostile import N, fake, flip_image_byte, prepared  # noqa: F401  (fake is a fixture)
+from test_hostile import N, flip_image_byte, prepared
+
+fake = test_hostile.fake  # the fake detail_23k release fixture (30 records, 16 record batches)
 
 REPORT = "llava_hf_report.json"
 
