@@ -372,8 +372,8 @@ def prepared(fake, **kw):
     return ds, os.path.dirname(ds.cache_files[0]["filename"])
 
 
-def test_prepare_records_size_and_sha256_of_every_file(fake):
-    import hashlib
+def test_prepare_records_size_and_xxh3_128_of_every_file(fake):
+    import xxhash
 
     import llava_hf
 
@@ -383,7 +383,7 @@ def test_prepare_records_size_and_sha256_of_every_file(fake):
     assert sorted(files) == written == ["LICENSE", "dataset_info.json", "llava_hf-train.arrow"]
     for name, entry in files.items():
         data = (Path(folder) / name).read_bytes()
-        assert (entry["size"], entry["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+        assert (entry["size"], entry["xxh3_128"]) == (len(data), xxhash.xxh3_128_hexdigest(data))
     # 16 shards (sources.MIN_SHARDS), one record batch each
     assert [b["rows"] for b in files["llava_hf-train.arrow"]["batches"]] == [
         (i + 1) * N // 16 - i * N // 16 for i in range(16)
@@ -409,7 +409,7 @@ def test_verify_prepared_names_the_file_and_the_row_of_a_flipped_bit(fake, capsy
     cli = ["verify", "--prepared", "detail_23k", "--data-dir", fake["data_dir"], "--image-dir", fake["image_dir"]]
     cli += ["--cache-dir", fake["cache_dir"]]
     assert main(cli) == 0
-    assert capsys.readouterr().out.strip().endswith("intact (every sha256 matches the prepare report)")
+    assert capsys.readouterr().out.strip().endswith("intact (every xxh3_128 matches the prepare report)")
     flip_image_byte(arrow, jpeg(7))
     check = llava_hf.verify_prepared(ds)
     problem = f"{arrow}: row 7 (id='r07'): its image bytes differ from the prepared ones (record batch 4)"
