@@ -30,7 +30,6 @@ import socket
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import datasets
@@ -52,7 +51,7 @@ from .sources import (
     SHARD_ROWS,
     Inputs,
     content_hash,
-    fingerprint_file,
+    image_root_identity,
     index_json_array,
     read_batches,
 )
@@ -164,12 +163,7 @@ def file_identity(paths: tuple[str, ...], *, image_dir: str | None, embed_images
     `.gz` by its compressed bytes), in order, and the image root as catalog configs name it."""
     identity: dict[str, Any] = {"files": [content_hash(p) for p in paths]}
     if image_dir is not None:
-        if not embed_images:
-            identity["images"] = os.path.abspath(image_dir)
-        elif image_dir.lower().endswith(".zip"):
-            identity["images"] = fingerprint_file(image_dir)
-        else:
-            identity["images"] = "/".join(Path(image_dir).parts[-2:])
+        identity["images"] = image_root_identity(image_dir, embed_images=embed_images)
     return identity
 
 

@@ -198,8 +198,7 @@ def input_identity(
     fetched into the store by the archive (or copy) of each collection they come from, and an image_dir
     URL likewise (`store.upstream_identity`). Raises FileNotFoundError when a source file is missing.
     """
-    from .image_collections import is_url
-    from .store import plan_store, upstream_identity
+    from .store import plan_store
 
     if sample:
         folder = str(SAMPLE_DIR / source.sample_data_dir)
@@ -220,16 +219,26 @@ def input_identity(
         # "skip": the cache key needs no OCR-VQA copy; preparing checks for one.
         spec = plan_store(source, image_sources, on_bad_image="skip", token=token)
         identity["images"] = spec.identity(embed_images)
-    elif image_dir is not None and is_url(image_dir):
-        identity["images"] = upstream_identity(image_dir, token)
     elif image_dir is not None:
-        if not embed_images:
-            identity["images"] = os.path.abspath(image_dir)
-        elif image_dir.lower().endswith(".zip"):
-            identity["images"] = fingerprint_file(image_dir)
-        else:
-            identity["images"] = "/".join(Path(image_dir).parts[-2:])
+        identity["images"] = image_root_identity(image_dir, embed_images=embed_images, token=token)
     return identity
+
+
+def image_root_identity(image_dir: str, *, embed_images: bool, token: bool | str | None = None) -> str:
+    """What the cache key holds about an image root, independent of where it is mounted: a remote archive
+    by its URL, ETag and size; a local zip by size and the hash of its ends; a folder by its last two path
+    components ("coco/train2017") — unless the rows store paths (`embed_images=False`), which then depend
+    on the absolute location."""
+    from .image_collections import is_url
+    from .store import upstream_identity
+
+    if is_url(image_dir):
+        return upstream_identity(image_dir, token)
+    if not embed_images:
+        return os.path.abspath(image_dir)
+    if image_dir.lower().endswith(".zip"):
+        return fingerprint_file(image_dir)
+    return "/".join(Path(image_dir).parts[-2:])
 
 
 @dataclass(frozen=True)

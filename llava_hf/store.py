@@ -94,8 +94,31 @@ class _Unavailable(Exception):
     """The upstream of a collection cannot be read here (none exists, or offline); the text says why."""
 
 
+class _StoreFolder(ImageRoot):
+    """A root laid out as a folder of the store: names are paths under `location`, and single reads go
+    through `read_many` (where the fetching happens)."""
+
+    def describe(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def url(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    def read(self, name: str) -> tuple[str, bytes]:
+        return self._one(name, embed=True)
+
+    def locate(self, name: str) -> str:
+        return self._one(name, embed=False)
+
+    def _one(self, name: str, embed: bool):
+        result = next(self.read_many([name], embed))
+        if isinstance(result, BadImage):
+            raise result
+        return result
+
+
 @dataclass
-class StoreRoot(ImageRoot):
+class StoreRoot(_StoreFolder):
     """The images of one collection: `location` is its folder in the store, `upstream` where missing images
     are fetched from (URL, zip or folder; None when there is nothing to fetch from)."""
 
@@ -131,24 +154,6 @@ class StoreRoot(ImageRoot):
         self._made = set()
         self._origin_checked = False
         self._bar = None
-
-    def describe(self, name: str) -> str:
-        return os.path.join(self.location, name)
-
-    def url(self, name: str) -> str:
-        return os.path.join(self.location, name)
-
-    def read(self, name: str) -> tuple[str, bytes]:
-        return self._one(name, embed=True)
-
-    def locate(self, name: str) -> str:
-        return self._one(name, embed=False)
-
-    def _one(self, name: str, embed: bool):
-        result = next(self.read_many([name], embed))
-        if isinstance(result, BadImage):
-            raise result
-        return result
 
     def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
         """For each name, in order: (name, bytes) (with `embed=False`, the path in the store) or a BadImage.
@@ -337,7 +342,7 @@ def _no_collection(name: str, collections: tuple[Collection, ...]) -> BadImage:
 
 
 @dataclass
-class CollectionsRoot(ImageRoot):
+class CollectionsRoot(_StoreFolder):
     """Names that start with their collection's folder (mix665k: `gqa/images/n161313.jpg`), each routed to
     that collection's `StoreRoot`; `location` is the store."""
 
@@ -351,24 +356,6 @@ class CollectionsRoot(ImageRoot):
         for root in self.roots.values():
             total.add(root.counts)
         return total
-
-    def describe(self, name: str) -> str:
-        return os.path.join(self.location, name)
-
-    def url(self, name: str) -> str:
-        return os.path.join(self.location, name)
-
-    def read(self, name: str) -> tuple[str, bytes]:
-        return self._one(name, embed=True)
-
-    def locate(self, name: str) -> str:
-        return self._one(name, embed=False)
-
-    def _one(self, name: str, embed: bool):
-        result = next(self.read_many([name], embed))
-        if isinstance(result, BadImage):
-            raise result
-        return result
 
     def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
         """As `StoreRoot.read_many`, each collection's names of a batch handed to its root together."""
