@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llava_hf import records
+from llava_hf import records, sources
 from llava_hf.errors import SourceError
 from llava_hf.records import Row, parse_record
 
@@ -76,3 +76,44 @@ def test_bad_records_still_name_file_index_and_id():
         )
     assert (e.value.index, e.value.record_id) == (5, "000000033471")
     assert "meta.json has id '9' at the same record" in str(e.value)
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "x.json"
+    path.write_bytes(text.encode("utf-8"))
+    return str(path)
+
+
+@pytest.mark.parametrize("chunk", [5, 13, 4 << 20])
+def test_scan_starts_and_records_whatever_the_window(tmp_path, monkeypatch, chunk):
+    # Records separated by "," at once, by whitespace first, and one ending exactly at a window's end.
+    text = '[{"id": "a", "n": 1} ,\n {"id": "é"},{"id": 3}\n, 4, {"id": "d"}\n]\n'
+    path = _write(tmp_path, text)
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    seen = []
+    index = sources.index_json_array(path, visit=seen.append)
+    raw = text.encode("utf-8")
+    assert list(index.starts) == [1, 24, 37, 49, 52, 64]
+    assert [raw[s : s + 1] for s in index.starts[:-1]] == [b"{", b"{", b"{", b"4", b"{"]
+    assert raw[index.starts[-1] : index.starts[-1] + 1] == b"]"  # the last record ends where "]" stands
+    assert index.num_records == 5
+    # The scan reads latin-1 (one char per byte), so a UTF-8 id arrives as two chars.
+    assert seen == [{"id": "a", "n": 1}, {"id": "Ã©"}, {"id": 3}, 4, {"id": "d"}]
+
+
+@pytest.mark.parametrize("chunk", [6, 4 << 20])
+def test_scan_errors_quote_the_previous_id_as_text(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    path = _write(tmp_path, '[{"id": "é"}, {"id": "b" "x"}]')
+    with pytest.raises(SourceError) as e:
+        sources.index_json_array(path)
+    assert str(e.value) == (
+        "x.json: record 1: malformed JSON at byte 26 (the record after id='é'): Expecting ',' delimiter"
+    )
+    path = _write(tmp_path, '[{"id": "é"} {"id": "b"}]')
+    with pytest.raises(SourceError) as e:
+        sources.index_json_array(path)
+    assert str(e.value) == (
+        "x.json: record 1: expected ',' or ']' after the record with id='é' (byte 14), found '{'; "
+        "the file is truncated or malformed"
+    )
