@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from llava_hf import records, sources
+from llava_hf import images, records, sources
 from llava_hf.errors import SourceError
 from llava_hf.records import Row, parse_record
 
@@ -117,3 +119,48 @@ def test_scan_errors_quote_the_previous_id_as_text(tmp_path, monkeypatch, chunk)
         "x.json: record 1: expected ',' or ']' after the record with id='é' (byte 14), found '{'; "
         "the file is truncated or malformed"
     )
+
+
+NAMES = [
+    "000000033471.jpg",
+    "22085/220856405.jpg",
+    "coco/train2017/000000033471.jpg",
+    "ocr_vqa/images/B00+x-y_z.v2.jpg",
+    "a..b/c.",
+    "_x/y",
+    "./a.jpg",
+    "a//b.jpg",
+    "a/./b.jpg",
+    "a/b/",
+    "dir\\file.jpg",
+    "/etc/passwd",
+    "c:evil.jpg",
+    "http://host/x.jpg",
+    "a/../../x.jpg",
+    "..",
+    "",
+    "a\x00b",
+    "été/x.jpg",
+    "bad\ud83d.jpg",
+    ".hidden/x.jpg",
+]
+
+
+def _safe_or_reason(name: str):
+    try:
+        return images.safe_name(name)
+    except images.BadImage as bad:
+        return bad.reason, str(bad)
+
+
+def test_safe_name_fast_path_changes_nothing(monkeypatch):
+    fast = [_safe_or_reason(name) for name in NAMES]
+    assert [bool(images._PLAIN_NAME.fullmatch(name)) for name in NAMES] == [True] * 6 + [False] * 15
+    monkeypatch.setattr(images, "_PLAIN_NAME", re.compile(r"(?!)"))  # matches nothing: the general checks only
+    assert fast == [_safe_or_reason(name) for name in NAMES]
+    assert fast[:11] == [*NAMES[:6], "a.jpg", "a/b.jpg", "a/b.jpg", "a/b", "dir/file.jpg"]
+    assert [f if isinstance(f, str) else f[0] for f in fast[11:]] == ["unsafe_path"] * 7 + [
+        "été/x.jpg",
+        "bad_name",
+        ".hidden/x.jpg",
+    ]
