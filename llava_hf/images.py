@@ -79,6 +79,9 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 )
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# A name safe_name gives back unchanged: ASCII components that start with a letter, digit or "_" (so no "."
+# or ".." component, no "//", no leading or trailing "/", no scheme, backslash or NUL). Most names are such.
+_PLAIN_NAME = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.+-]*/)*[A-Za-z0-9_][A-Za-z0-9_.+-]*", re.ASCII)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -98,6 +101,8 @@ def safe_name(name: str) -> str:
     Absolute paths, drive letters, URLs (any `scheme:`), `..` components and NUL bytes are refused; the
     check is on the text alone (CWE-22), so symlinked sub-folders inside a root keep working.
     """
+    if _PLAIN_NAME.fullmatch(name):
+        return name  # the checks below would pass it, and normpath would return it as it is
     try:
         name.encode("utf-8")
     except UnicodeEncodeError as e:

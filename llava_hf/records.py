@@ -123,6 +123,10 @@ def parse_record(
     record belongs to another id, or (reason "image_count") when a list of images does not match the
     number of `<image>` tokens.
     """
+    if not multi_image:
+        row = _parse_common(raw, config, source_from, metadata)
+        if row is not None:
+            return row
     if not isinstance(raw, dict):
         raise SourceError(file, f"expected a JSON object, got {_describe(raw)}", index)
     if "id" not in raw:
@@ -195,6 +199,52 @@ def parse_record(
         images=images,
         **fields,
     )
+
+
+# The metadata key orders that need no `extra`: id, image, then the fields present, in METADATA_FIELDS order.
+_PLAIN_METADATA_KEYS = frozenset(
+    ("id", "image", *(name for k, name in enumerate(METADATA_FIELDS) if mask >> k & 1))
+    for mask in range(1 << len(METADATA_FIELDS))
+)
+
+
+def _parse_common(raw: Any, config: str, source_from: str, metadata: Any) -> Row | None:
+    """The row of a record of the common shape (string id and image, plain turns, plain metadata), or None.
+
+    Most records of every LLaVA file have that shape and give a row without `extra`; checking for it is
+    several times cheaper per record than the general path, which handles (and names the errors of) the rest.
+    None sends the record to the general path, which gives the same row for any record this accepts.
+    """
+    if type(raw) is not dict or tuple(raw) != RECORD_KEYS:
+        return None
+    rid, image, conversations = raw["id"], raw["image"], raw["conversations"]
+    if type(rid) is not str or type(image) is not str or not image or type(conversations) is not list:
+        return None
+    turns = []
+    for turn in conversations:
+        # Two keys, both strings: no per-turn extras (the order of a turn's keys is not kept, see restore_record).
+        if type(turn) is not dict or len(turn) != 2:
+            return None
+        role, value = turn.get("from"), turn.get("value")
+        if type(role) is not str or type(value) is not str:
+            return None
+        turns.append((role, value))
+    fields = _NO_METADATA
+    if metadata is not None:
+        if type(metadata) is not dict or tuple(metadata) not in _PLAIN_METADATA_KEYS:
+            return None
+        if metadata["id"] != rid or metadata["image"] != image:
+            return None
+        fields = {name: metadata.get(name) for name in METADATA_FIELDS}
+        # A present field must be a string; a null one would need `@order` to restore its key.
+        if any(type(metadata[k]) is not str for k in metadata if k in METADATA_FIELDS):
+            return None
+    # mix665k: the first path component names the image collection (coco, gqa, ocr_vqa, ...).
+    source = image.split("/", 1)[0] if source_from == "image_collection" and "/" in image else config
+    return Row(id=rid, image=image, conversations=tuple(turns), source=source, **fields)
+
+
+_NO_METADATA: dict[str, None] = {name: None for name in METADATA_FIELDS}
 
 
 def _image_list(value: list, *, file: str, index: int, rid: str) -> tuple[str, ...]:

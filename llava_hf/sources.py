@@ -319,18 +319,29 @@ def index_json_array(path: str, label: str | None = None, visit: Callable[[Any],
             hint = " (JSON Lines files are not LLaVA arrays)" if first == "{" else ""
             raise SourceError(label, f"expected a JSON array of records, found {found}{hint}")
         scan.pos += 1
-        previous_id = None
+        previous_id = None  # as decoded (latin-1); fixed only for an error message, not for every record
+        scan_once = decoder.scan_once
         if scan.peek() == "]":
             scan.pos += 1
         else:
             while True:
                 scan.peek()
                 start = scan.offset()
-                record, end = _decode_one(scan, decoder, len(starts), previous_id)
+                try:
+                    # The common case, inline: a record that ends inside the window. Anything else (a record
+                    # that runs past the window, bad JSON) goes to _decode_one, which reads on or names the error.
+                    record, end = scan_once(scan.text, scan.pos)
+                    if end >= len(scan.text):
+                        raise StopIteration
+                except (StopIteration, ValueError, RecursionError):
+                    record, end = _decode_one(scan, decoder, len(starts), _latin1_fix(previous_id))
                 starts.append(start)
                 if visit is not None:
                     visit(record)
-                previous_id = _latin1_fix(record.get("id")) if isinstance(record, dict) else None
+                previous_id = record.get("id") if isinstance(record, dict) else None
+                if scan.text[end : end + 1] == ",":  # json.dump's "},": skip the whitespace scan
+                    scan.pos = end + 1
+                    continue
                 scan.pos = end
                 separator = scan.peek()
                 if separator == ",":
@@ -343,7 +354,8 @@ def index_json_array(path: str, label: str | None = None, visit: Callable[[Any],
                 found = repr(separator) if separator else "the end of the file"
                 raise SourceError(
                     label,
-                    f"expected ',' or ']' after the record with id={previous_id!r} (byte {scan.offset()}), "
+                    f"expected ',' or ']' after the record with id={_latin1_fix(previous_id)!r} "
+                    f"(byte {scan.offset()}), "
                     f"found {found}; the file is truncated or malformed",
                     len(starts),
                 )
