@@ -49,6 +49,12 @@ from .sources import BATCH_ROWS, input_identity
 
 logger = logging.getLogger("llava_hf")
 
+# datasets patches a builder's module for streaming before it builds (`open`, `os.path.*`, `pathlib.Path`,
+# pandas, scipy.io ... swapped for its fsspec versions, importing scipy on the way: ~0.3 s of every load).
+# Nothing here reads through those names: sources, images and the store do their own I/O, streaming
+# included. So the module says it is patched already, and keeps the standard library's functions.
+_patched_for_streaming = True
+
 # The schema version: bump it when the rows a config produces change shape.
 VERSION = datasets.Version("1.0.0")
 _SKIP_DIR = ".llava_hf_skips"

@@ -284,7 +284,12 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                 record_error = e  # raised after the images of the records before it, in file order
                 break
         named = (name for _, row in rows for name in row.image_names())
-        found = images.read_many(named, spec.embed_images) if images is not None else None
+        if images is None:
+            found = None
+        elif spec.embed_images and hasattr(images, "read_views"):
+            found = images.read_views(named)  # bytes-like views: joined into the table's buffer, copied once
+        else:
+            found = images.read_many(named, spec.embed_images)
         for index, row in rows:
             picture, bad, bad_name = [], None, None
             for name in row.image_names():

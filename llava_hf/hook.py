@@ -12,8 +12,12 @@ the releases is in compat.py). On another version `import llava_hf` warns that t
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import importlib
+import os
+import re
+import sys
 import warnings
 from functools import cache, wraps
 from importlib import resources
@@ -47,6 +51,9 @@ _CONTENT_MODULES = (
 )
 
 
+_HEX64 = re.compile("[0-9a-f]{64}")
+
+
 def _code_only(source: str) -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
@@ -60,13 +67,35 @@ def _code_only(source: str) -> str:
 @cache
 def module_hash() -> str:
     """Hash of the code that shapes prepared data; part of every cache path. Computed on first use, not
-    at import (it parses every content module), and once per process."""
-    digest = hashlib.sha256()
+    at import, and once per process. Parsing the modules costs ~0.3 s, so the result is kept in the datasets
+    cache under a key of the sources' bytes (and the Python version, whose `ast` it depends on): a later
+    process with the same code reads it back in a millisecond; a memo that cannot be read or written is
+    recomputed, never trusted half-written."""
     package = resources.files("llava_hf")
-    for name in _CONTENT_MODULES:
+    sources = [(name, package.joinpath(f"{name}.py").read_bytes()) for name in _CONTENT_MODULES]
+    raw = hashlib.sha256(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
+    for name, text in sources:
+        raw.update(name.encode() + b"\0" + hashlib.sha256(text).digest())
+    memo = os.path.join(str(datasets.config.HF_DATASETS_CACHE), "llava_hf_code", raw.hexdigest())
+    try:
+        with open(memo, encoding="ascii") as f:
+            known = f.read()
+        if _HEX64.fullmatch(known):
+            return known
+    except (OSError, UnicodeDecodeError):
+        pass
+    digest = hashlib.sha256()
+    for name, text in sources:
         digest.update(name.encode())
-        digest.update(_code_only(package.joinpath(f"{name}.py").read_text(encoding="utf-8")).encode())
-    return digest.hexdigest()
+        digest.update(_code_only(text.decode("utf-8")).encode())
+    value = digest.hexdigest()
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(memo), exist_ok=True)
+        tmp = f"{memo}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(value)
+        os.replace(tmp, memo)
+    return value
 
 
 def __getattr__(name: str) -> str:

@@ -14,6 +14,7 @@ import stat
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -414,6 +415,7 @@ class LocalFile:
         self.path = path
         self._fd, self._pid = -1, 0
         self.size = os.stat(path).st_size
+        self._recent: deque = deque(maxlen=READ_SAMPLES)  # seconds a span of the last inline reads took
 
     def _handle(self) -> int:
         if self._pid != os.getpid():
@@ -429,12 +431,23 @@ class LocalFile:
         return data
 
     def read_spans(self, spans: list[tuple[int, int]]) -> Iterator[bytes]:
-        """Each span's bytes, in order; several spans are read by the threads of `images._pool`, each thread
-        taking a run of consecutive spans (one handoff per run, not per image)."""
-        if len(spans) < 2:
-            yield from (self.read_at(offset, length) for offset, length in spans)
+        """Each span's bytes, in order. The first _RUN spans are read inline and timed: when reads are fast
+        (page cache, local SSD: a few us) the rest are read inline too, since a thread handoff costs more
+        than such a read. When they block (a cold disk, NFS, Lustre) the rest are shared among the threads
+        of `images._pool` in runs of consecutive spans, at most READ_THREADS runs: one handoff a thread for
+        the whole batch, not one an image (~30-55 us of CPU each), and READ_THREADS reads in flight."""
+        started = _clock()
+        first = [self.read_at(offset, length) for offset, length in spans[:_RUN]]
+        self._recent.append((_clock() - started) / max(1, len(first)))
+        yield from first
+        rest = spans[_RUN:]
+        if not rest:
             return
-        runs = [spans[k : k + _RUN] for k in range(0, len(spans), _RUN)]
+        if sorted(self._recent)[len(self._recent) // 2] < INLINE_BELOW:
+            yield from (self.read_at(offset, length) for offset, length in rest)
+            return
+        size = max(_RUN, -(-len(rest) // READ_THREADS))
+        runs = [rest[k : k + size] for k in range(0, len(rest), size)]
         for run in _pool().map(lambda run: [self.read_at(o, n) for o, n in run], runs):
             yield from run
 
@@ -455,8 +468,7 @@ class LocalFile:
         return {**self.__dict__, "_fd": -1, "_pid": 0}
 
 
-# Spans one reading thread takes at a time: few handoffs, and still READ_THREADS requests in flight on a
-# batch of BATCH_ROWS images.
+# The fewest spans one reading thread takes at a time (a batch is shared among READ_THREADS threads).
 _RUN = 4
 # Members closer than this are read in one request (the gap is read and dropped), up to _SPAN_BYTES.
 MERGE_GAP = 16 << 10
@@ -524,16 +536,18 @@ class ZipRoot(ImageRoot):
         _check_size(entry.file_size, self.describe(candidate))
         return candidate, entry
 
-    def _resolve(self, names: list[str]) -> list[tuple[str, ZipEntry] | BadImage]:
-        """(resolved name, entry) of each name, or the BadImage it gets: the batch looked up at once, each
-        name as written (then under the top folder); only names missing both ways take the alias path."""
+    def _lookup(self, names: list[str]) -> tuple[list, list[int], list[str], np.ndarray]:
+        """The batch looked up at once: (results, positions, keys, indexes). `results` holds the BadImage of
+        each name that gets one (None elsewhere); the others are at `positions`, resolved to `keys` (the
+        member names) and `indexes` (their places in the directory). Each name is tried as written (then
+        under the top folder); only names missing both ways take the alias path."""
+        results: list = [None] * len(names)
         if not names:
-            return []  # nothing is asked of the archive before a name is
+            return results, [], [], np.zeros(0, np.int64)  # nothing is asked of the archive before a name is
         try:
             directory = self._open()
         except BadImage as bad:
-            return [bad] * len(names)
-        results: list = [None] * len(names)
+            return [bad] * len(names), [], [], np.zeros(0, np.int64)
         clean: list[tuple[int, str]] = []
         for position, name in enumerate(names):
             try:
@@ -545,81 +559,133 @@ class ZipRoot(ImageRoot):
         if self._prefix and self._preferred == -1 and (found < 0).any():
             missing = np.flatnonzero(found < 0)
             found[missing] = directory.find_many([self._prefix + keys[k] for k in missing.tolist()])
-        hits = np.flatnonzero(found >= 0)
-        for k, entry in zip(hits.tolist(), directory.entries(found[hits])):
-            position = clean[k][0]
-            try:
-                _check_size(entry.file_size, self.describe(keys[k]))
-                results[position] = (keys[k], entry)
-            except BadImage as bad:
-                results[position] = bad
+        hits = np.flatnonzero(found >= 0).tolist()
+        positions = [clean[k][0] for k in hits]
+        resolved = [keys[k] for k in hits]
+        indexes = found[hits].tolist()
         for k in np.flatnonzero(found < 0).tolist():
             position = clean[k][0]
             try:
-                results[position] = self._entry(names[position])
+                candidate, index = self._first(names[position], self._find)
             except BadImage as bad:
                 results[position] = bad
+                continue
+            positions.append(position)
+            resolved.append(candidate)
+            indexes.append(index)
+        indexes = np.array(indexes, dtype=np.int64)
+        # Sizes are checked before anything is read: a member over MAX_IMAGE_BYTES is never fetched.
+        large = np.flatnonzero(directory.file_sizes[indexes] > MAX_IMAGE_BYTES).tolist() if len(indexes) else []
+        if large:
+            for k in large:
+                try:
+                    _check_size(int(directory.file_sizes[indexes[k]]), self.describe(resolved[k]))
+                except BadImage as bad:
+                    results[positions[k]] = bad
+            keep = np.ones(len(indexes), bool)
+            keep[large] = False
+            positions = [p for p, kept in zip(positions, keep.tolist()) if kept]
+            resolved = [r for r, kept in zip(resolved, keep.tolist()) if kept]
+            indexes = indexes[keep]
+        return results, positions, resolved, indexes
+
+    def _resolve(self, names: list[str]) -> list[tuple[str, ZipEntry] | BadImage]:
+        """(resolved name, entry) of each name, or the BadImage it gets (see `_lookup`)."""
+        results, positions, keys, indexes = self._lookup(names)
+        if len(indexes):
+            for position, key, entry in zip(positions, keys, self._directory.entries(indexes)):
+                results[position] = (key, entry)
         return results
 
     def read_many(self, names: Iterable[str], embed: bool = True) -> Iterator[tuple[str, bytes] | str | BadImage]:
-        results: list = []
-        wanted: list[tuple[int, str, ZipEntry]] = []  # (position in the batch, resolved name, entry)
-        for position, resolved in enumerate(self._resolve(list(names))):
-            if isinstance(resolved, BadImage):
-                results.append(resolved)
-                continue
-            results.append(None)
-            wanted.append((position, *resolved))
-        if not embed:
-            for position, candidate, entry in wanted:
-                results[position] = self._located(candidate, entry)
-            yield from results
-            return
+        for result in self.read_views(names) if embed else self._locate_many(list(names)):
+            yield (result[0], bytes(result[1])) if isinstance(result, tuple) else result
+
+    def read_views(self, names: Iterable[str]) -> Iterator[tuple[str, bytes | memoryview] | BadImage]:
+        """`read_many(names)`, each member's bytes possibly a memoryview into the read that held it (one copy
+        fewer: the prepare joins them straight into its Arrow buffer). A view keeps that read (at most
+        _SPAN_BYTES) in memory while it lives."""
+        names = list(names)
+        results, positions, keys, indexes = self._lookup(names)
         done = 0
-        for wave in _waves(wanted):
-            for position, data in self._fetch(wave):
-                results[position] = data
+        for wave in _waves(self._directory, indexes) if len(indexes) else ():
+            for k, data in self._fetch(wave, indexes[wave]):
+                results[positions[k]] = data if isinstance(data, BadImage) else (keys[k], data)
             # Results are handed out as soon as every earlier one is known.
             while done < len(results) and results[done] is not None:
                 yield results[done]
                 done += 1
         yield from results[done:]
 
-    def _fetch(self, wave: list[tuple[int, str, ZipEntry]]) -> Iterator[tuple[int, tuple[str, bytes] | BadImage]]:
+    def _locate_many(self, names: list[str]) -> Iterator[str | BadImage]:
+        for resolved in self._resolve(names):
+            yield self._located(*resolved) if not isinstance(resolved, BadImage) else resolved
+
+    def _fetch(self, wave: np.ndarray, indexes: np.ndarray) -> Iterator[tuple[int, bytes | BadImage]]:
+        """(k, bytes or BadImage) of each member `indexes[i]`, k = `wave[i]`: the members sorted by offset,
+        neighbours merged into one read, the reads done by the transport, each member cut out and checked.
+        Stored members (the LLaVA archives) are cut from the arrays alone; anything else, or a member whose
+        bytes disagree with the directory, goes through `_member` (one entry, read once more on its own)."""
+        directory = self._directory
+        headers = directory.header_offsets[indexes].astype(np.int64)
+        sizes = directory.compress_sizes[indexes].astype(np.int64)
+        # Where each member's bytes can end: the next member's local header, bounded even when that is far.
+        ends = np.minimum(
+            directory.span_ends[indexes].astype(np.int64), headers + (_LOCAL_HEADER.size + 2 * 0xFFFF + 24) + sizes
+        )
+        plain = (
+            (directory.methods[indexes] == 0)
+            & ((directory.flags[indexes] & 0x1) == 0)
+            & (directory.file_sizes[indexes].astype(np.int64) == sizes)
+        )
         # A remote transport bounds the gaps it reads (bytes cost there); a local file reads small gaps freely.
         policy = getattr(self.transport, "merge_policy", (MERGE_GAP, None))
-        spans = _merge_spans([entry.span for _, _, entry in wave], *policy)
+        spans = _merge_spans_sorted(headers, ends, *policy)
         try:
             buffers = list(self.transport.read_spans([(start, end - start) for start, end, _ in spans]))
         except OSError as e:
-            for position, candidate, _ in wave:
-                yield position, BadImage("unreadable", f"{self.describe(candidate)} cannot be read: {e}")
+            for i, k in enumerate(wave.tolist()):
+                yield k, BadImage("unreadable", f"{self.describe(directory.name(int(indexes[i])))} cannot be read: {e}")
             return
+        wave_list, headers_list, sizes_list = wave.tolist(), headers.tolist(), sizes.tolist()
+        crcs, plain_list = directory.crcs[indexes].tolist(), plain.tolist()
+        unpack = _NAME_EXTRA.unpack_from
         for (start, _, members), buffer in zip(spans, buffers):
-            for k in members:
-                position, candidate, entry = wave[k]
-                where = self.describe(candidate)
-                try:
-                    try:
-                        data = read_member(entry, buffer, start, where)
-                    except ZipMemberError:
-                        # Read once more on its own: bytes damaged in transit (or a flaky mount) come right,
-                        # a member corrupt in the archive fails the same way again. Encrypted members and
-                        # unknown methods fail on the directory entry alone: no second read for those.
-                        if entry.flags & 0x1 or entry.method not in READABLE_METHODS:
-                            raise
-                        data = read_member(entry, self.transport.read_at(*entry.span), entry.header_offset, where)
-                    _check_head(data[:HEAD_SIZE], len(data), where)
-                except ZipMemberError as e:
-                    yield position, BadImage(e.reason, str(e))
-                    continue
-                except OSError as e:
-                    yield position, BadImage("unreadable", f"{where} cannot be read: {e}")
-                    continue
-                except BadImage as bad:
-                    yield position, bad
-                    continue
-                yield position, (candidate, data)
+            view = memoryview(buffer)
+            for i in members:
+                at = headers_list[i] - start
+                if plain_list[i] and buffer[at : at + 4] == b"PK\x03\x04":
+                    name_len, extra_len = unpack(buffer, at + 26)
+                    begin = at + _LOCAL_HEADER.size + name_len + extra_len
+                    data = view[begin : begin + sizes_list[i]]
+                    if len(data) == sizes_list[i] and zlib.crc32(data) == crcs[i]:
+                        head = bytes(data[:HEAD_SIZE])
+                        if sizes_list[i] and sniff_format(head) is not None:
+                            yield wave_list[i], data
+                            continue
+                yield wave_list[i], self._member(directory.entry(int(indexes[i])), buffer, start)
+
+    def _member(self, entry: ZipEntry, buffer: bytes, start: int) -> bytes | BadImage:
+        """One member's bytes from `buffer` (the archive's bytes from `start`), every check made and named."""
+        where = self.describe(entry.name)
+        try:
+            try:
+                data = read_member(entry, buffer, start, where)
+            except ZipMemberError:
+                # Read once more on its own: bytes damaged in transit (or a flaky mount) come right, a member
+                # corrupt in the archive fails the same way again. Encrypted members and unknown methods fail
+                # on the directory entry alone: no second read for those.
+                if entry.flags & 0x1 or entry.method not in READABLE_METHODS:
+                    raise
+                data = read_member(entry, self.transport.read_at(*entry.span), entry.header_offset, where)
+            _check_head(data[:HEAD_SIZE], len(data), where)
+        except ZipMemberError as e:
+            return BadImage(e.reason, str(e))
+        except OSError as e:
+            return BadImage("unreadable", f"{where} cannot be read: {e}")
+        except BadImage as bad:
+            return bad
+        return data
 
     def _located(self, candidate: str, entry: ZipEntry) -> str | BadImage:
         where = self.describe(candidate)
@@ -666,45 +732,53 @@ class ZipRoot(ImageRoot):
             self._transport.close()
 
 
-def _waves(wanted: list) -> Iterator[list]:
-    # Bounded memory: members are fetched in waves of at most _WAVE_BYTES (one member at least).
-    wave, size = [], 0
-    for item in wanted:
-        wave.append(item)
-        size += item[2].compress_size
-        if size >= _WAVE_BYTES:
-            yield wave
-            wave, size = [], 0
-    if wave:
-        yield wave
+def _waves(directory: ZipDirectory, indexes: np.ndarray) -> Iterator[np.ndarray]:
+    """Positions in `indexes`, cut in waves of at most _WAVE_BYTES of members (one member at least), so the
+    bytes a batch holds at once stay bounded."""
+    total = np.cumsum(directory.compress_sizes[indexes].astype(np.int64))
+    start = 0
+    while start < len(indexes):
+        # The first position whose running size, counted from this wave's start, reaches _WAVE_BYTES.
+        base = int(total[start - 1]) if start else 0
+        stop = int(np.searchsorted(total, base + _WAVE_BYTES, side="left")) + 1
+        stop = min(max(stop, start + 1), len(indexes))
+        yield np.arange(start, stop)
+        start = stop
 
 
-def _merge_spans(
-    spans: list[tuple[int, int]], gap: int = MERGE_GAP, waste: float | None = None
+def _merge_spans_sorted(
+    starts: np.ndarray, ends: np.ndarray, gap: int = MERGE_GAP, waste: float | None = None
 ) -> list[tuple[int, int, list[int]]]:
-    """(start, end, indexes of the spans it holds) of the reads that cover `spans` (offset, length): sorted
-    by offset, neighbours closer than `gap` merged, no read longer than _SPAN_BYTES unless one member is.
-    With `waste`, the gaps read in one merged read stay under that fraction of its members' bytes, so a
-    remote archive never sends much more than what was asked for."""
-    merged: list[tuple[int, int, list[int], int, int]] = []  # ... plus useful and wasted bytes
-    for k in sorted(range(len(spans)), key=lambda k: spans[k][0]):
-        start, end = spans[k][0], spans[k][0] + spans[k][1]
-        if merged:
-            last_start, last_end, members, useful, wasted = merged[-1]
-            hole = max(0, start - last_end)
+    """(start, end, indexes of the regions it holds) of the reads that cover the regions [starts, ends):
+    sorted by offset, neighbours closer than `gap` merged, no read longer than _SPAN_BYTES unless one
+    member is. With `waste`, the gaps read in one merged read stay under that fraction of its members'
+    bytes, so a remote archive never sends much more than what was asked for."""
+    order = np.argsort(starts, kind="stable").tolist()
+    starts_list, ends_list = starts.tolist(), ends.tolist()
+    merged: list[list] = []  # [start, end, members, useful bytes, wasted bytes]
+    last = None
+    for k in order:
+        start, end = starts_list[k], ends_list[k]
+        if last is not None:
+            hole = max(0, start - last[1])
             if (
                 hole <= gap
-                and max(end, last_end) - last_start <= _SPAN_BYTES
-                and (waste is None or wasted + hole <= waste * (useful + end - start))
+                and max(end, last[1]) - last[0] <= _SPAN_BYTES
+                and (waste is None or last[4] + hole <= waste * (last[3] + end - start))
             ):
-                merged[-1] = (last_start, max(end, last_end), [*members, k], useful + end - start, wasted + hole)
+                last[1] = max(end, last[1])
+                last[2].append(k)
+                last[3] += end - start
+                last[4] += hole
                 continue
-        merged.append((start, end, [k], end - start, 0))
+        last = [start, end, [k], end - start, 0]
+        merged.append(last)
     return [(start, end, members) for start, end, members, _, _ in merged]
 
 
 # The fixed part of a zip local file header (signature ... file name length, extra field length).
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
+_NAME_EXTRA = struct.Struct("<2H")  # its last two fields, at byte 26
 # Separate locks: the directory is read (under its lock) through a transport that opens its file (under
 # its own) and may start the reading threads (under a third).
 _DIRECTORY_LOCK = threading.Lock()

@@ -269,11 +269,24 @@ class ZipDirectory:
         return self._lookup(key, digest, int(np.searchsorted(self._hashes, np.uint32(digest))))
 
     def find_many(self, names: list[str]) -> np.ndarray:
-        """`find` of each name at once (one vectorised search), -1 where absent."""
+        """`find` of each name at once, -1 where absent: one vectorised search, then each name compared
+        with the member its hash points at; only a name whose hash is shared or absent takes `_lookup`."""
         keys = [name.encode("utf-8", "surrogateescape") for name in names]
+        found = np.full(len(keys), -1, dtype=np.int64)
+        if not keys or not len(self._hashes):
+            return found
         digests = np.fromiter((zlib.crc32(k) for k in keys), dtype=np.uint32, count=len(keys))
-        positions = np.searchsorted(self._hashes, digests).tolist()
-        return np.array([self._lookup(k, d, p) for k, d, p in zip(keys, digests.tolist(), positions)], dtype=np.int64)
+        positions = np.searchsorted(self._hashes, digests)
+        inside = np.minimum(positions, len(self._hashes) - 1)
+        candidates = self._order[inside].astype(np.int64)
+        ends = self._name_ends[candidates]
+        starts = np.where(candidates > 0, self._name_ends[np.maximum(candidates - 1, 0)], 0)
+        blob = self._names
+        same = [blob[a:b] == key for a, b, key in zip(starts.tolist(), ends.tolist(), keys)]
+        found[same] = candidates[same]
+        for k in np.flatnonzero(~np.array(same, dtype=bool)).tolist():
+            found[k] = self._lookup(keys[k], int(digests[k]), int(positions[k]))
+        return found
 
     def entry(self, i: int) -> ZipEntry:
         return ZipEntry(
