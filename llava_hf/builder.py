@@ -393,6 +393,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _generate_tables(self, shards, spec: ShardSpec):
         images = spec.open_images()
+        if spec.records and hasattr(images, "expect"):
+            images.expect(spec.records)  # a local zip the config reads most of is read through in file order
         skips = SkipLog()
         try:
             for local_index, shard in enumerate(shards):

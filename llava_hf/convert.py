@@ -73,6 +73,8 @@ class ShardSpec:
     multi_image: bool = False
     # No image_dir, images from their collections: the store, filled from each collection's upstream.
     image_store: StoreSpec | None = None
+    # The config's records (all shards): how much of a zip the prepare will read (`ZipRoot.expect`).
+    records: int = 0
 
     def open_images(self) -> ImageRoot | None:
         if self.image_store is not None:
@@ -191,6 +193,7 @@ def plan_source(
         embed_images=embed_images,
         on_bad_image=on_bad_image,
         image_store=image_store,
+        records=chat.num_records,
     )
     return Plan(inputs, chat, metadata, plan_shards(chat, metadata), spec)
 

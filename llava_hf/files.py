@@ -534,6 +534,7 @@ def plan_files(
         embed_images=embed_images,
         on_bad_image=on_bad_image,
         multi_image=any(index.multi_image for index in indexes),
+        records=total,
         files=tuple(DataFile(i.path, i.label, stem, i.format) for i, stem in zip(indexes, stems)),
     )
     inputs = Inputs(indexes[0].origin, None, image_dir, "files")

@@ -176,3 +176,13 @@ def test_pickles_and_local_transport(tmp_path):
     assert clone.find("a.jpg") == 0
     assert read_member(clone.entry(0), transport.read_at(*clone.entry(0).span), clone.entry(0).header_offset, "a")
     assert pickle.loads(pickle.dumps(transport)).read_at(0, 4) == b"PK\x03\x04"
+
+
+def test_the_member_crc_is_zlibs_crc32():
+    import zlib
+
+    from llava_hf.zipdir import crc32
+
+    for data in (b"", b"a", bytes(range(256)) * 300, b"\xff\xd8\xff" + b"\x00" * 70_000):
+        assert crc32(data) == zlib.crc32(data)
+        assert crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
