@@ -206,6 +206,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
         self._plan: Plan | None = None
         self._skip_dir: str | None = None
         self._main_pid: int | None = None
+        self._num_proc: int | None = None  # of the prepare under way (download_and_prepare)
 
     def _check_inputs(self) -> None:
         config = self.config
@@ -254,6 +255,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 embed_images=config.embed_images,
                 on_bad_image=config.on_bad_image,
                 image_sources=config.image_sources,
+                parallel=(self._num_proc or 1) > 1,
             )
         chat, metadata = plan.chat, plan.metadata
         logger.info(
@@ -444,6 +446,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
         self._main_pid = os.getpid()
+        self._num_proc = prepare_split_kwargs.get("num_proc")
         # Runs under datasets' lock, writing into "<cache>.incomplete". A killed run leaves that folder
         # behind and datasets would reuse it, moving its stale shards into the final folder: empty it.
         if self._output_dir.endswith(".incomplete"):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal
@@ -151,8 +153,10 @@ def plan_source(
     embed_images: bool = True,
     on_bad_image: Literal["raise", "skip"] = "raise",
     image_sources: dict[str, str] | None = None,
+    parallel: bool = False,
 ) -> Plan:
-    """Resolve and scan the source files of `source` and cut them into shards.
+    """Resolve and scan the source files of `source` and cut them into shards; with `parallel` (a prepare
+    with num_proc > 1), the metadata file is scanned in a child process while this one scans the chat file.
 
     Raises FileNotFoundError for a missing source file, SourceError for malformed JSON or chat and
     metadata files that are not parallel (reason "not_parallel", naming the first differing row).
@@ -175,8 +179,7 @@ def plan_source(
     location = inputs.image_location
     if location is not None and not is_url(location) and not os.path.exists(location):
         raise FileNotFoundError(f"{source.name}: image_dir {location} does not exist (not mounted, or mistyped?)")
-    chat = index_json_array(inputs.json_path, source.filename)
-    metadata = index_json_array(inputs.metadata_path, source.metadata_filename) if inputs.metadata_path else None
+    chat, metadata = _index_pair(inputs, source, parallel)
     if metadata is not None and metadata.num_records != chat.num_records:
         raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
     if chat.num_records == 0:
@@ -196,6 +199,26 @@ def plan_source(
         records=chat.num_records,
     )
     return Plan(inputs, chat, metadata, plan_shards(chat, metadata), spec)
+
+
+def _index_pair(inputs: Inputs, source: Source, parallel: bool) -> tuple[JsonIndex, JsonIndex | None]:
+    """The scans of the chat file and of the metadata file (None without one). Each is a serial pass that
+    decodes every record (~3 us a record: 1.9 s for blip_558k's chat file, 1.2 s for its metadata) before
+    any worker starts; `parallel` runs the second in a forked child, so that a prepare with num_proc > 1
+    waits for the longer one only. Errors are the scan's own, from whichever file has one (chat first)."""
+    if inputs.metadata_path is None:
+        return index_json_array(inputs.json_path, source.filename), None
+    if not parallel or "fork" not in multiprocessing.get_all_start_methods():
+        chat = index_json_array(inputs.json_path, source.filename)
+        return chat, index_json_array(inputs.metadata_path, source.metadata_filename)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        pending = pool.submit(index_json_array, inputs.metadata_path, source.metadata_filename)
+        try:
+            chat = index_json_array(inputs.json_path, source.filename)
+        except BaseException:
+            pending.cancel()
+            raise
+        return chat, pending.result()
 
 
 def iter_batches(shard: Shard, spec: ShardSpec) -> Iterator[tuple[int, list[Any], list[Any] | None]]:
