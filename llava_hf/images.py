@@ -733,11 +733,14 @@ class ZipRoot(ImageRoot):
                     name_len, extra_len = unpack(buffer, at + 26)
                     begin = at + _LOCAL_HEADER.size + name_len + extra_len
                     data = view[begin : begin + sizes_list[i]]
-                    if len(data) == sizes_list[i] and crc32(data) == crcs[i]:
-                        head = bytes(data[:HEAD_SIZE])
-                        if sizes_list[i] and sniff_format(head) is not None:
-                            yield wave_list[i], data
-                            continue
+                    if (
+                        len(data) == sizes_list[i]
+                        and crc32(data) == crcs[i]
+                        and sizes_list[i]
+                        and (data[:3] == _JPEG or sniff_format(bytes(data[:HEAD_SIZE])) is not None)
+                    ):
+                        yield wave_list[i], data
+                        continue
                 yield wave_list[i], self._member(directory.entry(int(indexes[i])), buffer, start)
 
     def _member(self, entry: ZipEntry, buffer: bytes, start: int) -> bytes | BadImage:
@@ -828,7 +831,19 @@ def _merge_spans_sorted(
     sorted by offset, neighbours closer than `gap` merged, no read longer than _SPAN_BYTES unless one
     member is. With `waste`, the gaps read in one merged read stay under that fraction of its members'
     bytes, so a remote archive never sends much more than what was asked for."""
-    order = np.argsort(starts, kind="stable").tolist()
+    order = np.argsort(starts, kind="stable")
+    if waste is None and len(order):
+        # Vectorised when the gap alone decides (a local file) and no merged read passes _SPAN_BYTES.
+        first, last = starts[order], ends[order]
+        reach = np.maximum.accumulate(last)
+        cut = np.flatnonzero(first[1:] - reach[:-1] > gap) + 1
+        heads = np.concatenate(([0], cut))
+        tails = reach[np.concatenate((cut - 1, [len(order) - 1]))]
+        sizes = np.diff(np.concatenate((heads, [len(order)])))
+        if not ((tails - first[heads] > _SPAN_BYTES) & (sizes > 1)).any():
+            groups = np.split(order, cut) if len(cut) else [order]
+            return [(a, b, members.tolist()) for a, b, members in zip(first[heads].tolist(), tails.tolist(), groups)]
+    order = order.tolist()
     starts_list, ends_list = starts.tolist(), ends.tolist()
     merged: list[list] = []  # [start, end, members, useful bytes, wasted bytes]
     last = None
@@ -853,7 +868,8 @@ def _merge_spans_sorted(
 
 # The fixed part of a zip local file header (signature ... file name length, extra field length).
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-_NAME_EXTRA = struct.Struct("<2H")  # its last two fields, at byte 26
+_NAME_EXTRA = struct.Struct("<2H")
+_JPEG = b"\xff\xd8\xff"  # most members: checked before the list of every signature  # its last two fields, at byte 26
 # Separate locks: the directory is read (under its lock) through a transport that opens its file (under
 # its own) and may start the reading threads (under a third).
 _DIRECTORY_LOCK = threading.Lock()

@@ -241,7 +241,13 @@ def _parse_common(raw: Any, config: str, source_from: str, metadata: Any) -> Row
             return None
     # mix665k: the first path component names the image collection (coco, gqa, ocr_vqa, ...).
     source = image.split("/", 1)[0] if source_from == "image_collection" and "/" in image else config
-    return Row(id=rid, image=image, conversations=tuple(turns), source=source, **fields)
+    # The row without its dataclass __init__ (a frozen one sets each field through object.__setattr__:
+    # ~1.9 us a row, against 0.6 us for this); the same object, equal to Row(...) of the same fields.
+    row = object.__new__(Row)
+    row.__dict__.update(
+        id=rid, image=image, conversations=tuple(turns), source=source, **fields, extra=None, images=None
+    )
+    return row
 
 
 _NO_METADATA: dict[str, None] = {name: None for name in METADATA_FIELDS}

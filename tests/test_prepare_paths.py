@@ -187,3 +187,24 @@ def test_zip_bytes_views_concatenate_into_the_image_column(tmp_path):
     column = binary_array([*views, None])
     assert column.to_pylist() == [*members.values(), None]
     assert io.BytesIO(column[0].as_py()).read(3) == b"\xff\xd8\xff"
+
+
+def test_merged_reads_vectorised_are_the_loops():
+    import numpy as np
+
+    from llava_hf.images import _SPAN_BYTES, MERGE_GAP, _merge_spans_sorted
+
+    rng = random.Random(3)
+    for trial in range(200):
+        count = rng.randint(1, 300)
+        spread = rng.choice([50_000, 5_000_000, 500_000_000])
+        starts = np.array([rng.randrange(spread) for _ in range(count)], dtype=np.int64)
+        big = rng.random() < 0.2  # some reads near _SPAN_BYTES: the loop decides those
+        ends = starts + np.array(
+            [rng.randint(1, _SPAN_BYTES // 2 if big else 40_000) for _ in range(count)], dtype=np.int64
+        )
+        fast = _merge_spans_sorted(starts, ends, MERGE_GAP)
+        loop = _merge_spans_sorted(starts, ends, MERGE_GAP, waste=float("inf"))  # the loop, waste never binding
+        assert fast == loop, trial
+        covered = sorted(k for _, _, members in fast for k in members)
+        assert covered == list(range(count))
