@@ -31,6 +31,7 @@ from .sources import (
     Shard,
     first_mismatch,
     index_json_array,
+    index_json_array_split,
     plan_shards,
     read_batches,
     resolve_inputs,
@@ -205,8 +206,11 @@ def _index_pair(inputs: Inputs, source: Source, parallel: bool) -> tuple[JsonInd
     """The scans of the chat file and of the metadata file (None without one). Each is a serial pass that
     decodes every record (~3 us a record: 1.9 s for blip_558k's chat file, 1.2 s for its metadata) before
     any worker starts; `parallel` runs the second in a forked child, so that a prepare with num_proc > 1
-    waits for the longer one only. Errors are the scan's own, from whichever file has one (chat first)."""
+    waits for the longer one only; a lone big file is scanned in halves at once (`index_json_array_split`).
+    Errors are the scan's own, from whichever file has one (chat first)."""
     if inputs.metadata_path is None:
+        if parallel:  # one file (mix665k's is 1 GB): its halves at once
+            return index_json_array_split(inputs.json_path, source.filename), None
         return index_json_array(inputs.json_path, source.filename), None
     if not parallel or "fork" not in multiprocessing.get_all_start_methods():
         chat = index_json_array(inputs.json_path, source.filename)

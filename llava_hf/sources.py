@@ -264,7 +264,7 @@ def _latin1_fix(value: Any) -> Any:
 
 
 class _Scanner:
-    def __init__(self, f, label: str):
+    def __init__(self, f, label: str, hashing: bool = True):
         self.f = f
         self.label = label
         self.text = ""
@@ -272,6 +272,7 @@ class _Scanner:
         self.pos = 0
         self.eof = False
         self.sha = hashlib.sha256()
+        self.hashing = hashing
 
     def more(self) -> bool:
         if self.eof:
@@ -280,7 +281,8 @@ class _Scanner:
         if not chunk:
             self.eof = True
             return False
-        self.sha.update(chunk)
+        if self.hashing:
+            self.sha.update(chunk)
         self.base += self.pos
         self.text = self.text[self.pos :] + chunk.decode("latin-1")
         self.pos = 0
@@ -306,27 +308,50 @@ def index_json_array(path: str, label: str | None = None, visit: Callable[[Any],
     Raises SourceError naming the file and record index for malformed JSON or a file that is not an array.
     """
     label = label or os.path.basename(path)
+    starts, end, sha = _scan_array(path, label, visit)
+    return JsonIndex(path, starts, end, sha)
+
+
+def _scan_array(
+    path: str,
+    label: str,
+    visit: Callable[[Any], None] | None = None,
+    *,
+    begin: int | None = None,
+    until: int | None = None,
+    hashing: bool = True,
+) -> tuple[array, int, str]:
+    """(record starts, size, sha256 or "") of the array in `path`; the last start is where the last record
+    ends. From `begin` (a record's first byte: no "[" expected) when given. With `until`, the scan stops at
+    the first record that starts at or after it, whose start is then the last one returned."""
     decoder = json.JSONDecoder()
     starts = array("q")
     with open(path, "rb") as f:
-        scan = _Scanner(f, label)
+        scan = _Scanner(f, label, hashing)
+        if begin is not None:
+            f.seek(begin)
+            scan.base = begin
         scan.more()
-        if scan.text.startswith("\xef\xbb\xbf"):  # UTF-8 byte order mark, read as latin-1
-            scan.pos = 3
-        first = scan.peek()
-        if first != "[":
-            found = "an empty file" if not first else f"{first!r} at byte {scan.offset()}"
-            hint = " (JSON Lines files are not LLaVA arrays)" if first == "{" else ""
-            raise SourceError(label, f"expected a JSON array of records, found {found}{hint}")
-        scan.pos += 1
+        if begin is None:
+            if scan.text.startswith("\xef\xbb\xbf"):  # UTF-8 byte order mark, read as latin-1
+                scan.pos = 3
+            first = scan.peek()
+            if first != "[":
+                found = "an empty file" if not first else f"{first!r} at byte {scan.offset()}"
+                hint = " (JSON Lines files are not LLaVA arrays)" if first == "{" else ""
+                raise SourceError(label, f"expected a JSON array of records, found {found}{hint}")
+            scan.pos += 1
         previous_id = None  # as decoded (latin-1); fixed only for an error message, not for every record
         scan_once = decoder.scan_once
-        if scan.peek() == "]":
+        if begin is None and scan.peek() == "]":
             scan.pos += 1
         else:
             while True:
                 scan.peek()
                 start = scan.offset()
+                if until is not None and start >= until:
+                    starts.append(start)
+                    return starts, -1, ""
                 try:
                     # The common case, inline: a record that ends inside the window. Anything else (a record
                     # that runs past the window, bad JSON) goes to _decode_one, which reads on or names the error.
@@ -364,7 +389,69 @@ def index_json_array(path: str, label: str | None = None, visit: Callable[[Any],
             raise SourceError(label, f"unexpected {trailing!r} after the closing ']' at byte {scan.offset()}")
     if not starts:
         starts.append(scan.offset())
-    return JsonIndex(path, starts, scan.base + len(scan.text), scan.sha.hexdigest())
+    return starts, scan.base + len(scan.text), scan.sha.hexdigest() if hashing else ""
+
+
+# A file at least this big is scanned in two halves at once by `index_json_array_split` (num_proc > 1).
+SPLIT_SCAN_BYTES = 64 << 20
+# A record boundary as json.dump writes one ("}, {" or "},\n{"), searched for near the middle of the file.
+_BOUNDARY = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
+_BOUNDARY_WINDOW = 4 << 20
+
+
+def index_json_array_split(path: str, label: str | None = None) -> JsonIndex:
+    """`index_json_array(path, label)`, the second half scanned by a forked child while this process scans
+    the first and a thread hashes the file: the same index, in about half the time on two cores.
+
+    The halves meet at a guessed record boundary (a "}, {" past the middle). The guess is only trusted when
+    the first half's scan, which starts at the file's start, finds a record starting exactly there; when it
+    does not (the bytes were inside a string), or when the second half fails (its messages could not name
+    the record by its index), the file is scanned whole, serially, which gives the scan's own index or error.
+    """
+    label = label or os.path.basename(path)
+    size = os.path.getsize(path)
+    middle = _guess_boundary(path, size // 2) if size >= SPLIT_SCAN_BYTES else None
+    if middle is None:
+        return index_json_array(path, label)
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return index_json_array(path, label)
+    digest: list[str] = []
+    hasher = threading.Thread(target=lambda: digest.append(_sha256_file(path)), daemon=True)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        second = pool.submit(_scan_array, path, label, begin=middle, hashing=False)
+        hasher.start()
+        head, _, _ = _scan_array(path, label, until=middle, hashing=False)
+        if head[-1] != middle:
+            second.cancel()
+            return index_json_array(path, label)
+        try:
+            tail, end, _ = second.result()
+        except SourceError:
+            return index_json_array(path, label)
+    hasher.join()
+    starts = head[:-1]
+    starts.extend(tail)
+    return JsonIndex(path, starts, end, digest[0])
+
+
+def _guess_boundary(path: str, at: int) -> int | None:
+    """The offset of the "{" of the first "}, {" at or after byte `at` (within a few MiB), or None."""
+    with open(path, "rb") as f:
+        f.seek(at)
+        match = _BOUNDARY.search(f.read(_BOUNDARY_WINDOW))
+    return None if match is None else at + match.end() - 1
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)  # releases the GIL: runs beside the scan
+    return digest.hexdigest()
 
 
 def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_id: Any) -> tuple[Any, int]:

@@ -8,6 +8,7 @@ import os
 import posixpath
 import random
 import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -208,3 +209,58 @@ def test_merged_reads_vectorised_are_the_loops():
         assert fast == loop, trial
         covered = sorted(k for _, _, members in fast for k in members)
         assert covered == list(range(count))
+
+
+def _split_case(tmp_path, monkeypatch, records: list[str]) -> tuple[str, object]:
+    from llava_hf import sources
+
+    monkeypatch.setattr(sources, "SPLIT_SCAN_BYTES", 0)  # any file is split
+    path = tmp_path / "big.json"
+    path.write_text("[\n" + ",\n".join(records) + "\n]\n")
+    return str(path), sources
+
+
+def _records(count: int) -> list[str]:
+    return [
+        f'{{"id": "r{k}", "image": "{k}.jpg", "conversations": [{{"from": "human", "value": "v{k}"}}]}}'
+        for k in range(count)
+    ]
+
+
+def test_a_split_scan_is_the_whole_scan(tmp_path, monkeypatch):
+    path, sources = _split_case(tmp_path, monkeypatch, _records(5000))
+    middle = sources._guess_boundary(path, os.path.getsize(path) // 2)
+    assert middle is not None and Path(path).read_bytes()[middle : middle + 8] == b'{"id": "'
+    assert sources.index_json_array_split(path, "big.json") == index_json_array(path, "big.json")
+
+
+def test_a_split_guessed_inside_a_string_is_not_trusted(tmp_path, monkeypatch):
+    records = _records(4000)
+    # A value holding "}, {" just past the middle: the guess lands inside it.
+    records[2000] = (
+        '{"id": "trap", "image": "t.jpg", "conversations": [{"from": "gpt", "value": "'
+        + "x" * 50
+        + '}, {not a record"}]}'
+    )
+    path, sources = _split_case(tmp_path, monkeypatch, records)
+    data = Path(path).read_bytes()
+    guess = sources._guess_boundary(path, data.index(b"trap") - 10)
+    assert data[guess - 3 : guess + 4] == b"}, {not"
+    monkeypatch.setattr(sources, "_guess_boundary", lambda p, at: guess)
+    whole = index_json_array(path, "big.json")
+    assert sources.index_json_array_split(path, "big.json") == whole
+    assert whole.num_records == 4000
+
+
+@pytest.mark.parametrize("where", [0.25, 0.75])
+def test_a_split_scan_raises_the_whole_scans_error(tmp_path, monkeypatch, where):
+    records = _records(4000)
+    bad = int(len(records) * where)
+    records[bad] = records[bad].replace('"image":', '"image"')  # a missing colon, in the first or second half
+    path, sources = _split_case(tmp_path, monkeypatch, records)
+    with pytest.raises(SourceError) as whole:
+        index_json_array(path, "big.json")
+    with pytest.raises(SourceError) as split:
+        sources.index_json_array_split(path, "big.json")
+    assert str(split.value) == str(whole.value)
+    assert f"record {bad}: malformed JSON at byte" in str(whole.value)
