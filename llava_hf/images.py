@@ -483,7 +483,7 @@ class LocalFile:
         rest = spans[_RUN:]
         if not rest:
             return
-        if sorted(self._recent)[len(self._recent) // 2] < INLINE_BELOW:
+        if sorted(self._recent)[len(self._recent) // 2] < SPAN_INLINE_BELOW:
             yield from (self.read_at(offset, length) for offset, length in rest)
             return
         yield from self._threaded(rest)
@@ -532,6 +532,11 @@ PREFETCH_SHARE = 0.5
 PREFETCH_MEMORY = 0.5
 PREFETCH_CHUNK = 8 << 20
 
+# A zip's reads stay inline while a read takes less than this (the median of the last batches' first
+# reads): a page-cache hit of a small member takes a few us, a read from storage 50 us or more (an SSD)
+# to milliseconds (a network mount). Lower than a folder's INLINE_BELOW: a folder read opens a file, and a
+# batch of zip reads pays one handoff a thread, not one a read, so threads pay off at SSD speed already.
+SPAN_INLINE_BELOW = 20e-6
 # A batch holding a read this big (a zip directory's 4 MiB pieces, merged neighbours) is read by the
 # threads however fast reads are: the handoff is nothing next to it, and buffers allocated in the main
 # thread raise glibc's dynamic mmap threshold, after which such buffers come from (and fragment) its

@@ -73,7 +73,7 @@ def test_a_damaged_or_foreign_member_in_a_batch_is_named_and_the_others_read(tmp
 
 @pytest.mark.parametrize("inline_below", [0.0, 1e9])
 def test_spans_read_inline_or_by_the_threads_are_the_same_bytes(tmp_path, monkeypatch, inline_below):
-    monkeypatch.setattr(images, "INLINE_BELOW", inline_below)  # 0: every batch blocks (threads); 1e9: inline
+    monkeypatch.setattr(images, "SPAN_INLINE_BELOW", inline_below)  # 0: every batch blocks (threads); 1e9: inline
     blob = random.Random(2).randbytes(1 << 20)
     (tmp_path / "f.bin").write_bytes(blob)
     spans = [(random.Random(k).randrange(0, len(blob) - 5000), 1 + k * 7 % 5000) for k in range(333)]
