@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Literal
@@ -30,6 +28,7 @@ from .sources import (
     JsonIndex,
     Shard,
     first_mismatch,
+    in_child,
     index_json_array,
     index_json_array_split,
     plan_shards,
@@ -212,16 +211,13 @@ def _index_pair(inputs: Inputs, source: Source, parallel: bool) -> tuple[JsonInd
         if parallel:  # one file (mix665k's is 1 GB): its halves at once
             return index_json_array_split(inputs.json_path, source.filename), None
         return index_json_array(inputs.json_path, source.filename), None
-    if not parallel or "fork" not in multiprocessing.get_all_start_methods():
+    if not parallel:
         chat = index_json_array(inputs.json_path, source.filename)
         return chat, index_json_array(inputs.metadata_path, source.metadata_filename)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        pending = pool.submit(index_json_array, inputs.metadata_path, source.metadata_filename)
-        try:
-            chat = index_json_array(inputs.json_path, source.filename)
-        except BaseException:
-            pending.cancel()
-            raise
+    with in_child(index_json_array, inputs.metadata_path, source.metadata_filename) as pending:
+        chat = index_json_array(inputs.json_path, source.filename)
+        if pending is None:
+            return chat, index_json_array(inputs.metadata_path, source.metadata_filename)
         return chat, pending.result()
 
 

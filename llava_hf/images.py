@@ -237,7 +237,7 @@ class ImageRoot:
     def _reads_block(self) -> bool:
         """Whether reads are slow enough for the threads (the median of the recent ones); first inline."""
         recent = self._recent
-        return bool(recent) and sorted(recent)[len(recent) // 2] >= INLINE_BELOW
+        return bool(recent) and _median(recent) >= INLINE_BELOW
 
     def _timed(self, method, name: str):
         started = _clock()
@@ -267,6 +267,10 @@ class ImageRoot:
 
 
 _END = object()
+
+
+def _median(samples) -> float:
+    return sorted(samples)[len(samples) // 2]
 
 
 def _attempt(method, name: str):
@@ -483,7 +487,7 @@ class LocalFile:
         rest = spans[_RUN:]
         if not rest:
             return
-        if sorted(self._recent)[len(self._recent) // 2] < SPAN_INLINE_BELOW:
+        if _median(self._recent) < SPAN_INLINE_BELOW:
             yield from (self.read_at(offset, length) for offset, length in rest)
             return
         yield from self._threaded(rest)
@@ -700,7 +704,7 @@ class ZipRoot(ImageRoot):
         results, positions, keys, indexes = self._lookup(names)
         done = 0
         for wave in _waves(self._directory, indexes) if len(indexes) else ():
-            for k, data in self._fetch(wave, indexes[wave]):
+            for k, data in self._fetch(wave, indexes[wave], keys):
                 results[positions[k]] = data if isinstance(data, BadImage) else (keys[k], data)
             # Results are handed out as soon as every earlier one is known.
             while done < len(results) and results[done] is not None:
@@ -712,18 +716,15 @@ class ZipRoot(ImageRoot):
         for resolved in self._resolve(names):
             yield self._located(*resolved) if not isinstance(resolved, BadImage) else resolved
 
-    def _fetch(self, wave: np.ndarray, indexes: np.ndarray) -> Iterator[tuple[int, bytes | BadImage]]:
-        """(k, bytes or BadImage) of each member `indexes[i]`, k = `wave[i]`: the members sorted by offset,
+    def _fetch(self, wave: np.ndarray, indexes: np.ndarray, keys: list[str]) -> Iterator[tuple[int, bytes | BadImage]]:
+        """(k, bytes or BadImage) of each member `indexes[i]`, k = `wave[i]` (`keys[k]` its name as resolved,
+        which messages give): the members sorted by offset,
         neighbours merged into one read, the reads done by the transport, each member cut out and checked.
         Stored members (the LLaVA archives) are cut from the arrays alone; anything else, or a member whose
         bytes disagree with the directory, goes through `_member` (one entry, read once more on its own)."""
         directory = self._directory
-        headers = directory.header_offsets[indexes].astype(np.int64)
+        headers, ends = directory.spans(indexes)
         sizes = directory.compress_sizes[indexes].astype(np.int64)
-        # Where each member's bytes can end: the next member's local header, bounded even when that is far.
-        ends = np.minimum(
-            directory.span_ends[indexes].astype(np.int64), headers + (_LOCAL_HEADER.size + 2 * 0xFFFF + 24) + sizes
-        )
         plain = (
             (directory.methods[indexes] == 0)
             & ((directory.flags[indexes] & 0x1) == 0)
@@ -735,8 +736,8 @@ class ZipRoot(ImageRoot):
         try:
             buffers = list(self.transport.read_spans([(start, end - start) for start, end, _ in spans]))
         except OSError as e:
-            for i, k in enumerate(wave.tolist()):
-                yield k, BadImage("unreadable", f"{self.describe(directory.name(int(indexes[i])))} cannot be read: {e}")
+            for k in wave.tolist():
+                yield k, BadImage("unreadable", f"{self.describe(keys[k])} cannot be read: {e}")
             return
         wave_list, headers_list, sizes_list = wave.tolist(), headers.tolist(), sizes.tolist()
         crcs, plain_list = directory.crcs[indexes].tolist(), plain.tolist()
@@ -757,11 +758,11 @@ class ZipRoot(ImageRoot):
                     ):
                         yield wave_list[i], data
                         continue
-                yield wave_list[i], self._member(directory.entry(int(indexes[i])), buffer, start)
+                k = wave_list[i]
+                yield k, self._member(directory.entry(int(indexes[i])), buffer, start, self.describe(keys[k]))
 
-    def _member(self, entry: ZipEntry, buffer: bytes, start: int) -> bytes | BadImage:
+    def _member(self, entry: ZipEntry, buffer: bytes, start: int, where: str) -> bytes | BadImage:
         """One member's bytes from `buffer` (the archive's bytes from `start`), every check made and named."""
-        where = self.describe(entry.name)
         try:
             try:
                 data = read_member(entry, buffer, start, where)
@@ -884,8 +885,8 @@ def _merge_spans_sorted(
 
 # The fixed part of a zip local file header (signature ... file name length, extra field length).
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
-_NAME_EXTRA = struct.Struct("<2H")
-_JPEG = b"\xff\xd8\xff"  # most members: checked before the list of every signature  # its last two fields, at byte 26
+_NAME_EXTRA = struct.Struct("<2H")  # its last two fields, at byte 26
+_JPEG = b"\xff\xd8\xff"  # most members: checked before the list of every signature
 # Separate locks: the directory is read (under its lock) through a transport that opens its file (under
 # its own) and may start the reading threads (under a third).
 _DIRECTORY_LOCK = threading.Lock()

@@ -8,12 +8,14 @@ worker reads and parses only its own bytes, and nothing bigger than a few intege
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
 import re
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -413,20 +415,21 @@ def index_json_array_split(path: str, label: str | None = None) -> JsonIndex:
     middle = _guess_boundary(path, size // 2) if size >= SPLIT_SCAN_BYTES else None
     if middle is None:
         return index_json_array(path, label)
-    import multiprocessing
-    import threading
-    from concurrent.futures import ProcessPoolExecutor
+    from huggingface_hub.utils.sha import sha_fileobj
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return index_json_array(path, label)
     digest: list[str] = []
-    hasher = threading.Thread(target=lambda: digest.append(_sha256_file(path)), daemon=True)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        second = pool.submit(_scan_array, path, label, begin=middle, hashing=False)
+
+    def hash_file() -> None:
+        with open(path, "rb") as f:
+            digest.append(sha_fileobj(f, _CHUNK).hex())  # hashlib releases the GIL: it runs beside the scan
+
+    with in_child(_scan_array, path, label, begin=middle, hashing=False) as second:
+        if second is None:
+            return index_json_array(path, label)
+        hasher = threading.Thread(target=hash_file, daemon=True)
         hasher.start()
         head, _, _ = _scan_array(path, label, until=middle, hashing=False)
         if head[-1] != middle:
-            second.cancel()
             return index_json_array(path, label)
         try:
             tail, end, _ = second.result()
@@ -438,20 +441,27 @@ def index_json_array_split(path: str, label: str | None = None) -> JsonIndex:
     return JsonIndex(path, starts, end, digest[0])
 
 
+@contextlib.contextmanager
+def in_child(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """`fn(*args, **kwargs)` running in a forked child process for the length of the block: yields its
+    Future, or None where processes cannot fork (the caller then does the work itself). The block's end
+    waits for the child."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor  # imported when a prepare runs, not with llava_hf
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool.submit(fn, *args, **kwargs)
+
+
 def _guess_boundary(path: str, at: int) -> int | None:
     """The offset of the "{" of the first "}, {" at or after byte `at` (within a few MiB), or None."""
     with open(path, "rb") as f:
         f.seek(at)
         match = _BOUNDARY.search(f.read(_BOUNDARY_WINDOW))
     return None if match is None else at + match.end() - 1
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)  # releases the GIL: runs beside the scan
-    return digest.hexdigest()
 
 
 def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_id: Any) -> tuple[Any, int]:

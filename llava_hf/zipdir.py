@@ -38,6 +38,8 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")  # signature, disk, offset of the zip64
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")  # signature, record size, versions, disks, entries x2, size, offset
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # one central directory header (46 bytes)
 _LOCAL = struct.Struct("<4s2B4HL2L2H")  # one local file header (30 bytes)
+# A member's bytes beyond its data, at most: local header, name, extra field, data descriptor.
+MEMBER_SLACK = _LOCAL.size + 2 * 0xFFFF + 24
 _TAIL = _EOCD.size + 0xFFFF + _ZIP64_LOCATOR.size  # the end record, its longest comment, the zip64 locator
 
 # Byte offsets of the central header fields read below, and the zip64 "see the extra field" marker.
@@ -90,7 +92,7 @@ class ZipEntry(NamedTuple):
     @property
     def span(self) -> tuple[int, int]:
         """(offset, length) of the bytes that hold this member, bounded even when the next member is far."""
-        longest = _LOCAL.size + 2 * 0xFFFF + self.compress_size + 24  # name, extra, data, data descriptor
+        longest = MEMBER_SLACK + self.compress_size
         return self.header_offset, min(self.span_end, self.header_offset + longest) - self.header_offset
 
 
@@ -319,6 +321,14 @@ class ZipDirectory:
             self.span_ends,
         )
         return [ZipEntry(*fields) for fields in zip(names, *(c[indexes].tolist() for c in columns))]
+
+    def spans(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of the bytes that hold each member of `indexes`: `ZipEntry.span` of each, at once."""
+        starts = self.header_offsets[indexes].astype(np.int64)
+        ends = np.minimum(
+            self.span_ends[indexes].astype(np.int64), starts + MEMBER_SLACK + self.compress_sizes[indexes]
+        )
+        return starts, ends
 
     def top_folder(self) -> str:
         """The one folder every member sits under (`"train2017/"` in COCO's archive), or "" when the
