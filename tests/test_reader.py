@@ -255,3 +255,57 @@ def test_gc_freeze_across_fork_can_be_turned_off():
     env = {**os.environ, "LLAVA_HF_GC_FREEZE": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_gathered_rows_are_combined_into_one_chunk_with_the_same_values(big):
+    """A gather of at most COMBINE_ROWS rows reaches formatting as one chunk per column; values unchanged."""
+    paths, _ = big
+    options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    lazy = llava_hf.load_dataset("detail_23k", **options).cast_column("image", datasets.Image(decode=False))
+    stock = llava_hf.load_dataset("detail_23k", lazy=False, **options).cast_column(
+        "image", datasets.Image(decode=False)
+    )
+    picks = random.Random(3).sample(range(2_400), 32)
+    rows = lazy.__getitems__(picks)
+    assert rows == stock.__getitems__(picks)
+    assert [row["id"] for row in rows] == [f"r{i:05d}" for i in picks]
+    assert [len(row["image"]["bytes"]) for row in rows] == [4 + 120_000 + 500 * (i % 24) for i in picks]
+    gathered = lazy.with_format("arrow")[picks]
+    assert gathered.column("image").num_chunks == 1
+    assert gathered.equals(stock.with_format("arrow")[picks])
+    many = list(range(0, 2_400, 2))[: reader.COMBINE_ROWS + 1]  # over the bound: left as datasets gives it
+    wide = lazy.with_format("arrow")[many]
+    assert wide.column("id").num_chunks > 1
+    assert wide.column("id").to_pylist() == [f"r{i:05d}" for i in many]
+    del lazy, stock, gathered, wide
+    gc.collect()
+
+
+def test_batch_layouts_share_one_template_per_schema(tmp_path):
+    """Every record batch of a file keeps its addresses in one small array; the program nodes are shared."""
+    n = 1_000
+    table = pa.table(
+        {
+            "id": pa.array([f"id{i:05d}" for i in range(n)]),
+            "text": pa.array(["t" * (100 + i % 60) for i in range(n)]),  # ~32 KB a batch: row by row
+            "count": pa.array(range(n), pa.int64()),
+        }
+    )
+    path = tmp_path / "batches.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=250)  # 4 record batches
+    lazy = reader.open_lazy(str(path))
+    assert lazy.column(0).num_chunks == 4
+    for row in (0, 300, 600, 900):
+        reader.advise_rows(lazy.slice(row, 1))
+    layouts = reader._layouts[reader._mapping_of(lazy.column("text").chunk(0).buffers()[1].address)[0]]
+    assert len(layouts) == 4
+    templates = {id(layout.template) for layout in layouts.values()}
+    assert len(templates) == 1
+    for k, layout in enumerate(layouts.values()):
+        # the text column is the one program, its addresses this batch's; id and count are asked for whole
+        (program,) = layout.programs
+        chunk = lazy.column("text").chunk(k)
+        assert program[2] == chunk.buffers()[1].address and program[4] == chunk.buffers()[2].address
+    del lazy
+    gc.collect()
