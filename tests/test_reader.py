@@ -257,7 +257,7 @@ def test_gc_freeze_across_fork_can_be_turned_off():
     assert out.stdout.strip() == "0"
 
 
-def test_gathered_rows_are_combined_into_one_chunk_with_the_same_values(big):
+def test_gathered_rows_are_combined_into_one_chunk_with_the_same_values(big, monkeypatch):
     """A gather of at most COMBINE_ROWS rows reaches formatting as one chunk per column; values unchanged."""
     paths, _ = big
     options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
@@ -273,6 +273,12 @@ def test_gathered_rows_are_combined_into_one_chunk_with_the_same_values(big):
     gathered = lazy.with_format("arrow")[picks]
     assert gathered.column("image").num_chunks == 1
     assert gathered.equals(stock.with_format("arrow")[picks])
+    trims = []
+    monkeypatch.setattr(reader, "_malloc_trim", lambda pad: trims.append(pad))
+    monkeypatch.setattr(reader, "_combined", 0)
+    for start in range(0, 2 * reader.TRIM_EVERY * 8, 8):
+        lazy.__getitems__(list(range(start, start + 8)))
+    assert trims == [0, 0]  # the heap's free pages given back every TRIM_EVERY gathers
     many = list(range(0, 2_400, 2))[: reader.COMBINE_ROWS + 1]  # over the bound: left as datasets gives it
     wide = lazy.with_format("arrow")[many]
     assert wide.column("id").num_chunks > 1
