@@ -336,7 +336,10 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                 picture = picture[0] if picture else None
             kept.append((index, row))
             pictures.append(picture)
-            size += sum(len(p[0]) for p in (picture or () if spec.multi_image else [picture]) if p and p[0])
+            if not spec.multi_image:
+                size += len(picture[0]) if picture and picture[0] else 0
+            elif picture:
+                size += sum(len(p[0]) for p in picture if p[0])
             if size >= MAX_TABLE_BYTES:
                 yield _table(kept, pictures, spec)
                 kept, pictures, size = [], [], 0

@@ -858,8 +858,10 @@ def _merge_spans_sorted(
         tails = reach[np.concatenate((cut - 1, [len(order) - 1]))]
         sizes = np.diff(np.concatenate((heads, [len(order)])))
         if not ((tails - first[heads] > _SPAN_BYTES) & (sizes > 1)).any():
-            groups = np.split(order, cut) if len(cut) else [order]
-            return [(a, b, members.tolist()) for a, b, members in zip(first[heads].tolist(), tails.tolist(), groups)]
+            members, bounds = order.tolist(), heads.tolist() + [len(order)]
+            return [
+                (a, b, members[h:t]) for a, b, h, t in zip(first[heads].tolist(), tails.tolist(), bounds, bounds[1:])
+            ]
     order = order.tolist()
     starts_list, ends_list = starts.tolist(), ends.tolist()
     merged: list[list] = []  # [start, end, members, useful bytes, wasted bytes]

@@ -315,3 +315,64 @@ def test_batch_layouts_share_one_template_per_schema(tmp_path):
         assert program[2] == chunk.buffers()[1].address and program[4] == chunk.buffers()[2].address
     del lazy
     gc.collect()
+
+
+def test_rows_by_index_are_datasets_rows(big):
+    """`ds[i]` read from the record batch directly gives datasets' own dict: values, order, errors, views."""
+    paths, files = big
+    options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    plain = datasets.Image(decode=False)
+    lazy = llava_hf.load_dataset("detail_23k", **options).cast_column("image", plain)
+    stock = llava_hf.load_dataset("detail_23k", lazy=False, **options).cast_column("image", plain)
+    assert reader._row_index(lazy._data) is not None
+    assert reader._row_index(stock._data) is None  # not lazily mapped: datasets' path
+    for i in (0, 1, 99, 100, 517, 2_399, -1, -2_400):
+        row = lazy[i]
+        assert row == stock[i]
+        assert list(row) == list(stock.features)
+        assert row["id"] == f"r{i % 2_400:05d}"
+        assert len(row["image"]["bytes"]) == 4 + 120_000 + 500 * (i % 2_400 % 24)
+    for bad in (2_400, -2_401):
+        with pytest.raises(IndexError) as ours:
+            lazy[bad]
+        with pytest.raises(IndexError) as theirs:
+            stock[bad]
+        assert str(ours.value) == str(theirs.value) == f"Invalid key: {bad} is out of bounds for size 2400"
+    shuffled, stock_shuffled = lazy.shuffle(seed=1), stock.shuffle(seed=1)
+    assert [shuffled[i] for i in range(0, 2_400, 97)] == [stock_shuffled[i] for i in range(0, 2_400, 97)]
+    picked = lazy.select_columns(["conversations", "id"])
+    assert picked[5] == {"conversations": stock[5]["conversations"], "id": "r00005"}
+    # a format set: datasets' own path
+    assert lazy.with_format("numpy")[3]["id"] == "r00003"
+
+    # text-only rows (a null image struct) in a file of the same cache folder, written by a map
+    def drop(row, i):
+        return {"image": None if i % 3 == 0 else row["image"]}
+
+    reader.set_policy(os.path.dirname(files[0]), True)  # the stock open above set the folder's to False
+    some = lazy.select(range(300)).map(drop, with_indices=True)
+    assert reader._row_index(some._data) is not None
+    expected = [{**stock[i], "image": None if i % 3 == 0 else stock[i]["image"]} for i in range(0, 300, 7)]
+    assert [some[i] for i in range(0, 300, 7)] == expected
+    assert some[0]["image"] is None and some[1]["image"]["path"] == stock[1]["image"]["path"]
+    del lazy, stock, shuffled, stock_shuffled, picked, some
+    gc.collect()
+    reader.set_policy(os.path.dirname(files[0]), None)
+
+
+def test_rows_by_index_decode_what_datasets_decodes(release, cache_dir):
+    """Columns whose features need decoding (Image) go through datasets' decode_nested_example."""
+    lazy = llava_hf.load_dataset("detail_23k", cache_dir=cache_dir, **release.options("detail_23k"))
+    stock = llava_hf.load_dataset("detail_23k", cache_dir=cache_dir, lazy=False, **release.options("detail_23k"))
+    assert reader._row_index(lazy._data) is not None
+    for i in range(len(lazy)):
+        ours, theirs = lazy[i], stock[i]
+        assert ours["image"].size == theirs["image"].size and ours["image"].tobytes() == theirs["image"].tobytes()
+        assert {k: v for k, v in ours.items() if k != "image"} == {k: v for k, v in theirs.items() if k != "image"}
+    # an extension-typed column (a user's map) is left to datasets
+    shaped = lazy.map(
+        lambda row: {"grid": [[1, 2], [3, 4]]},
+        features=datasets.Features({**lazy.features, "grid": datasets.Array2D((2, 2), "int32")}),
+    )
+    assert reader._row_index(shaped._data) is None
+    assert shaped[0]["grid"] == [[1, 2], [3, 4]]
