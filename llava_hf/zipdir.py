@@ -386,23 +386,57 @@ def _parse_directory(chunks: Iterator[bytes], label: str, shift: int) -> Iterato
     carry = b""
     for chunk in chunks:
         buf = carry + chunk if carry else chunk
-        starts = []
-        pos, limit = 0, len(buf)
-        lengths = struct.Struct("<3H")
-        while pos + _CENTRAL.size <= limit:
-            if buf[pos : pos + 4] != b"PK\x01\x02":
-                raise ZipFormatError(f"{label}: damaged zip directory (no member header at its byte {pos})")
-            name_len, extra_len, comment_len = lengths.unpack_from(buf, pos + _NAME_LEN)
-            end = pos + _CENTRAL.size + name_len + extra_len + comment_len
-            if end > limit:
-                break
-            starts.append(pos)
-            pos = end
+        found = _entries_at_once(buf)
+        starts, pos = found if found is not None else _entries_one_by_one(buf, label)
         carry = buf[pos:]
-        if starts:
-            yield _columns(buf, np.array(starts, dtype=np.int64), label, shift)
+        if len(starts):
+            yield _columns(buf, starts, label, shift)
     if carry:
         raise ZipFormatError(f"{label}: the zip directory ends inside a member's entry (truncated?)")
+
+
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+
+
+def _entries_one_by_one(buf: bytes, label: str) -> tuple[np.ndarray, int]:
+    """(starts of the complete entries in `buf`, where the first incomplete one starts), walking from 0."""
+    starts = []
+    pos, limit = 0, len(buf)
+    lengths = struct.Struct("<3H")
+    while pos + _CENTRAL.size <= limit:
+        if not buf.startswith(_CENTRAL_SIGNATURE, pos):
+            raise ZipFormatError(f"{label}: damaged zip directory (no member header at its byte {pos})")
+        name_len, extra_len, comment_len = lengths.unpack_from(buf, pos + _NAME_LEN)
+        end = pos + _CENTRAL.size + name_len + extra_len + comment_len
+        if end > limit:
+            break
+        starts.append(pos)
+        pos = end
+    return np.array(starts, dtype=np.int64), pos
+
+
+def _entries_at_once(buf: bytes) -> tuple[np.ndarray, int] | None:
+    """`_entries_one_by_one(buf)` worked out vectorised (0.35 s -> ~0.05 s at 558K members), or None when
+    that cannot be trusted: every place the entry signature occurs is taken for an entry, which holds only
+    if each one ends exactly where the next begins, from byte 0 on (a name, extra field or comment holding
+    the signature breaks that chain). Anything else, damage included, is left to the walk and its errors."""
+    limit = len(buf)
+    if limit < _CENTRAL.size:
+        return None
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    found = np.flatnonzero((raw[:-3] == 0x50) & (raw[1:-2] == 0x4B) & (raw[2:-1] == 1) & (raw[3:] == 2))
+    found = found[found + _CENTRAL.size <= limit]  # a header cut by the chunk's end is the next chunk's
+    if not len(found) or found[0] != 0:
+        return None
+    lengths = sum(_field(raw, found, _NAME_LEN + 2 * k, "<u2").astype(np.int64) for k in range(3))
+    ends = found + _CENTRAL.size + lengths
+    if not np.array_equal(ends[:-1], found[1:]):
+        return None
+    complete = int(np.searchsorted(ends, limit, side="right"))  # ends increase: the complete ones come first
+    pos = int(ends[complete - 1]) if complete else 0
+    if complete == len(found) and pos + _CENTRAL.size <= limit:
+        return None  # a full header's room after the last entry, and no signature there: the walk names it
+    return found[:complete], pos
 
 
 def _field(raw: np.ndarray, starts: np.ndarray, offset: int, dtype) -> np.ndarray:

@@ -186,3 +186,30 @@ def test_the_member_crc_is_zlibs_crc32():
     for data in (b"", b"a", bytes(range(256)) * 300, b"\xff\xd8\xff" + b"\x00" * 70_000):
         assert crc32(data) == zlib.crc32(data)
         assert crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
+
+
+@pytest.mark.parametrize("chunk", [4_096, 1 << 22])
+def test_entries_found_at_once_or_walked_give_the_same_directory(monkeypatch, chunk):
+    """The vectorised scan of the directory is trusted only when its entries chain; a name holding the
+    entry signature falls back to the walk; both give zipfile's reading, across chunk boundaries too."""
+    import llava_hf.zipdir as zipdir
+
+    monkeypatch.setattr(zipdir, "_CHUNK", chunk)
+    walked = []
+    walk = zipdir._entries_one_by_one
+    monkeypatch.setattr(zipdir, "_entries_one_by_one", lambda buf, label: walked.append(len(buf)) or walk(buf, label))
+    plain = build([(f"{k % 7:02d}/{'x' * (k % 37)}{k:06d}.jpg", bytes([k % 251]) * (k % 5)) for k in range(3_000)])
+    same_as_zipfile(plain, ZipDirectory.from_transport(Bytes(plain), "plain.zip"))
+    assert walked == []
+    tricky = build(
+        [(f"{k:05d}.jpg" if k != 1_234 else "PK\x01\x02-in-a-name.jpg", b"\xff\xd8\xff") for k in range(3_000)]
+    )
+    same_as_zipfile(tricky, ZipDirectory.from_transport(Bytes(tricky), "tricky.zip"))
+    assert len(walked) == 1  # only the chunk holding that name was walked
+    # damage found by the walk, with its message, wherever the scan stops trusting itself
+    broken = bytearray(plain)
+    at = ZipDirectory.from_transport(Bytes(plain), "plain.zip").directory_offset + 46 * 2_000 + 40_000
+    at = plain.index(b"PK\x01\x02", at)
+    broken[at : at + 4] = b"XXXX"
+    with pytest.raises(ZipFormatError, match=r"damaged zip directory \(no member header at its byte \d+\)"):
+        ZipDirectory.from_transport(Bytes(bytes(broken)), "broken.zip")
