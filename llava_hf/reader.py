@@ -321,7 +321,8 @@ _templates: dict[tuple, tuple] = {}  # one copy of each template
 _PAIR = {4: ctypes.c_int32 * 2, 8: ctypes.c_int64 * 2}
 _ONE = {4: ctypes.c_int32, 8: ctypes.c_int64}
 _BINARY = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.types.is_large_string)
-# Program nodes (tuples, for speed): the validity bitmap's slot in `at` (0 when none) comes second.
+# Program nodes (tuples, for speed): the validity bitmap's slot in `at` (0 when none) comes second; a
+# binary node ends with whether it holds text, a struct node with its field names (for reading rows).
 _BIN, _STRUCT, _LIST, _FIXED, _BOOL, _NULL = range(6)
 
 
@@ -341,7 +342,8 @@ def _program(kind: pa.DataType, buffers: list, pos: int, at: list[int]) -> tuple
     if any(is_kind(kind) for is_kind in _BINARY):
         large = pa.types.is_large_binary(kind) or pa.types.is_large_string(kind)
         validity, offsets, data = buffers[pos : pos + 3]
-        node = (_BIN, _slot(validity, at), _slot(offsets, at), 8 if large else 4, _slot(data, at))
+        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        node = (_BIN, _slot(validity, at), _slot(offsets, at), 8 if large else 4, _slot(data, at), text)
         return node, pos + 3
     if pa.types.is_struct(kind):
         validity, pos = _slot(buffers[pos], at), pos + 1
@@ -349,7 +351,7 @@ def _program(kind: pa.DataType, buffers: list, pos: int, at: list[int]) -> tuple
         for child in kind:
             node, pos = _program(child.type, buffers, pos, at)
             children.append(node)
-        return (_STRUCT, validity, tuple(children)), pos
+        return (_STRUCT, validity, tuple(children), tuple(field.name for field in kind)), pos
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         validity, offsets = _slot(buffers[pos], at), _slot(buffers[pos + 1], at)
         child, end = _program(kind.value_type, buffers, pos + 2, at)
@@ -638,26 +640,21 @@ def install() -> bool:
 # `ds[i]` on a warm llava_hf dataset cost ~134 us under cProfile, nearly all of it datasets' generic path:
 # the query builds a one-row table (~26 us), `extract_row` turns it into Python through a per-column
 # `to_pydict` (~42 us), and feature decoding walks every column through `zip_dict` even when no column
-# needs decoding (~34 us). For the plain case (no format set, a llava_hf file, columns of plain Arrow
-# types) the row is read from its record batch directly, one scalar a column, the same read advice is
-# given, and only the columns whose features need decoding are decoded, by datasets' own
-# `decode_nested_example`: the same dict, in the same order. Anything else takes datasets' path.
+# needs decoding (~34 us). For the plain case (no format set, a llava_hf file, columns of text, bytes and
+# lists and structs of them) the row is read from its record batch's buffers directly, through a layout
+# worked out once per batch like the advice's (validity bits, offsets, values read in place), the same
+# read advice is given, and only the columns whose features need decoding are decoded, by datasets' own
+# `decode_nested_example`: the same dict, in the same order. Anything else takes datasets' path. Neither
+# pyarrow scalars nor the batch's boxed columns are made: the first cost a third of a row, the second
+# stay cached on the batch (~6 KB each, in every worker).
 
-_PLAIN = (
-    pa.types.is_string,
-    pa.types.is_large_string,
-    pa.types.is_binary,
-    pa.types.is_large_binary,
-    pa.types.is_integer,
-    pa.types.is_floating,
-    pa.types.is_boolean,
-    pa.types.is_null,
-)
+_PLAIN = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)
 
 
 def _plain(kind: pa.DataType) -> bool:
-    """Whether `Scalar.as_py` of this type is what datasets' `to_pydict` gives (no extension types, whose
-    arrays datasets converts its own way; no dictionaries, temporals or decimals, to stay on the sure side)."""
+    """Whether rows of this type are read here (`_value`): text, bytes, nulls, and structs and lists of
+    them, the llava_hf schemas' types. Anything else (numbers, extension types, which datasets converts its
+    own way, dictionaries...) is left to datasets."""
     if isinstance(kind, pa.ExtensionType):
         return False
     if pa.types.is_struct(kind):
@@ -667,32 +664,97 @@ def _plain(kind: pa.DataType) -> bool:
     return any(is_kind(kind) for is_kind in _PLAIN)
 
 
-def _readers(batch: pa.RecordBatch) -> list[tuple]:
-    """(array, None) for each column of `batch`, read with `Scalar.as_py`, or for a struct of flat fields
-    (the image column) (the struct if it has nulls, else None; ((name, child array), ...)), read field by
-    field: 1.4 against 3.4 us a row."""
-    readers = []
-    for column in batch.columns:
-        kind = column.type
-        if pa.types.is_struct(kind) and not any(pa.types.is_nested(field.type) for field in kind):
-            fields = tuple((field.name, column.field(i)) for i, field in enumerate(kind))
-            readers.append((column if column.null_count else None, fields))
+def _views(batch: pa.RecordBatch, mapping: tuple[int, int]) -> tuple[memoryview, memoryview, memoryview]:
+    """Bytes, int32 and int64 views of a whole lazy mapping, kept alive through `batch` (one of its batches)."""
+    start, end = mapping
+    whole = memoryview(pa.foreign_buffer(start, end - start, base=batch)).cast("B")
+    return whole, whole[: (end - start) // 4 * 4].cast("i"), whole[: (end - start) // 8 * 8].cast("q")
+
+
+def _row_layout(batch: pa.RecordBatch, j: int, views: dict) -> tuple | None:
+    """(template, addresses, first row, bytes, int32s, int64s) for reading rows of `batch` straight from its
+    mapping: the program nodes of every column, their buffers' addresses relative to the mapping's start,
+    and views of the mapping (shared by its batches, in `views`). Worked out from a one-row slice (row j):
+    boxing the batch's own columns would keep ~6 KB of C++ arrays per batch alive in every worker (pyarrow
+    caches them on the batch). None for a batch whose rows cannot be read so."""
+    one = batch.slice(j, 1)
+    at, nodes, first, mapping = [0], [], None, None
+    try:
+        for column in one.columns:
+            buffers = column.buffers()
+            if first is None:
+                first = column.offset - j
+            if column.offset - j != first:
+                return None
+            for b in buffers:
+                if b is not None and b.size:
+                    mapping = mapping or _mapping_of(b.address)
+                    if mapping is None or not mapping[0] < b.address <= b.address + b.size <= mapping[1]:
+                        return None
+            node, used = _program(column.type, buffers, 0, at)
+            if used != len(buffers):
+                return None
+            nodes.append(node)
+    except TypeError:
+        return None
+    if mapping is None:
+        return None
+    base = mapping[0]
+    # Relative to the mapping (a buffer never starts at its byte 0: the schema message does); offsets
+    # buffers are read as aligned integers (Arrow aligns every buffer to 8 bytes).
+    at = [a - base if a else 0 for a in at]
+    if any(a % 8 for a in at):
+        return None
+    if base not in views:
+        views[base] = _views(batch, mapping)
+    template = tuple(nodes)
+    return (_templates.setdefault(template, template), array.array("q", at), first or 0, *views[base])
+
+
+def _value(node: tuple, at: array.array, r: int, data: memoryview, i32: memoryview, i64: memoryview):
+    """Row r of the array `node` describes (buffers at `at` in `data`), as `Scalar.as_py` gives it."""
+    validity = at[node[1]]
+    if validity and not (data[validity + (r >> 3)] >> (r & 7)) & 1:
+        return None
+    tag = node[0]
+    if tag == _BIN:
+        k = at[node[2]]
+        if node[3] == 4:
+            k = (k >> 2) + r
+            lo, hi = i32[k], i32[k + 1]
         else:
-            readers.append((column, None))
-    return readers
+            k = (k >> 3) + r
+            lo, hi = i64[k], i64[k + 1]
+        if hi == lo:
+            return "" if node[5] else b""
+        begin = at[node[4]] + lo
+        return str(data[begin : begin + hi - lo], "utf-8") if node[5] else bytes(data[begin : begin + hi - lo])
+    if tag == _STRUCT:
+        return {name: _value(child, at, r, data, i32, i64) for name, child in zip(node[3], node[2])}
+    if tag == _LIST:
+        k = at[node[2]]
+        if node[3] == 4:
+            k = (k >> 2) + r
+            c0, c1 = i32[k], i32[k + 1]
+        else:
+            k = (k >> 3) + r
+            c0, c1 = i64[k], i64[k + 1]
+        child = node[4]
+        return [_value(child, at, c, data, i32, i64) for c in range(c0, c1)]
+    return None  # _NULL (the only other kind _plain lets through)
 
 
 class _RowIndex:
     """A table's record batches and where each starts, for rows by index; the features it was checked with."""
 
-    __slots__ = ("starts", "batches", "columns", "names", "features", "decoded")
+    __slots__ = ("starts", "batches", "layouts", "views", "names", "features", "decoded")
 
     def __init__(self, table) -> None:
         self.starts = table._offsets.tolist()
         self.batches = table._batches
-        # Each batch's column readers, made on its first row (the arrays' wrappers were a third of a row's
-        # cost when made every time; ~1 KB a batch kept).
-        self.columns: list[list[tuple] | None] = [None] * len(self.batches)
+        # Each batch's row layout, worked out on its first row (~0.4 KB; a template shared by the batches).
+        self.layouts: list = [None] * len(self.batches)
+        self.views: dict = {}  # mapping start -> its views, for the layouts
         self.names = table.column_names
         self.features, self.decoded = None, None
 
@@ -768,17 +830,14 @@ def _install_row_path(dataset_class) -> None:
                     advise_rows(one)
                 else:
                     probed(advise_rows(one, probe=True))
-        readers = index.columns[k]
-        if readers is None:
-            readers = index.columns[k] = _readers(index.batches[k])
-        values = {}
-        for name, (column, fields) in zip(index.names, readers):
-            if fields is None:
-                values[name] = column[j].as_py()
-            elif column is not None and not column[j].is_valid:
-                values[name] = None
-            else:
-                values[name] = {field: child[j].as_py() for field, child in fields}
+        layout = index.layouts[k]
+        if layout is None:
+            layout = index.layouts[k] = _row_layout(index.batches[k], j, index.views) or ()
+        if not layout:
+            return _MISSING
+        template, at, first, data, i32, i64 = layout
+        r = first + j
+        values = {name: _value(node, at, r, data, i32, i64) for name, node in zip(index.names, template)}
         for name, feature in index.decoded:
             values[name] = decode_nested_example(feature, values[name])
         return values

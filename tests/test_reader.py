@@ -340,6 +340,9 @@ def test_rows_by_index_are_datasets_rows(big):
         assert str(ours.value) == str(theirs.value) == f"Invalid key: {bad} is out of bounds for size 2400"
     shuffled, stock_shuffled = lazy.shuffle(seed=1), stock.shuffle(seed=1)
     assert [shuffled[i] for i in range(0, 2_400, 97)] == [stock_shuffled[i] for i in range(0, 2_400, 97)]
+    window, stock_window = lazy.select(range(150, 450)), stock.select(range(150, 450))  # sliced batches
+    assert window._indices is None and reader._row_index(window._data) is not None
+    assert [window[i] for i in range(0, 300, 13)] == [stock_window[i] for i in range(0, 300, 13)]
     picked = lazy.select_columns(["conversations", "id"])
     assert picked[5] == {"conversations": stock[5]["conversations"], "id": "r00005"}
     # a format set: datasets' own path
@@ -355,7 +358,7 @@ def test_rows_by_index_are_datasets_rows(big):
     expected = [{**stock[i], "image": None if i % 3 == 0 else stock[i]["image"]} for i in range(0, 300, 7)]
     assert [some[i] for i in range(0, 300, 7)] == expected
     assert some[0]["image"] is None and some[1]["image"]["path"] == stock[1]["image"]["path"]
-    del lazy, stock, shuffled, stock_shuffled, picked, some
+    del lazy, stock, shuffled, stock_shuffled, picked, some, window, stock_window
     gc.collect()
     reader.set_policy(os.path.dirname(files[0]), None)
 
@@ -376,3 +379,48 @@ def test_rows_by_index_decode_what_datasets_decodes(release, cache_dir):
     )
     assert reader._row_index(shaped._data) is None
     assert shaped[0]["grid"] == [[1, 2], [3, 4]]
+
+
+def test_rows_read_from_buffers_equal_pyarrows_scalars(tmp_path):
+    """Every type the row path reads (text, bytes, large variants, lists and structs of them, nulls at
+    every level, unicode, empty values), from whole and sliced batches, as `Scalar.as_py` gives it."""
+    n = 700
+    rng = random.Random(5)
+
+    def text(i):
+        return None if i % 11 == 0 else ["", "é", "日本語", "x" * (i % 90), "\n\t\"'"][i % 5] + str(i)
+
+    turn = pa.struct([("from", pa.string()), ("value", pa.large_string())])
+    table = pa.table(
+        {
+            "s": pa.array([text(i) for i in range(n)], pa.string()),
+            "b": pa.array([None if i % 7 == 0 else rng.randbytes(i % 50) for i in range(n)], pa.large_binary()),
+            "l": pa.array(
+                [
+                    None if i % 13 == 0 else [{"from": text(i + k), "value": text(k)} for k in range(i % 4)]
+                    for i in range(n)
+                ],
+                pa.large_list(turn),
+            ),
+            "t": pa.array(
+                [None if i % 5 == 0 else [text(i), None, ""][: i % 4] for i in range(n)], pa.list_(pa.string())
+            ),
+            "z": pa.array([None] * n, pa.null()),
+        }
+    )
+    path = tmp_path / "kinds.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=256)
+    lazy = reader.open_lazy(str(path))
+    for source in (lazy, lazy.slice(123, 400)):
+        views = {}
+        for batch in source.to_batches():
+            for j in range(batch.num_rows):
+                layout = reader._row_layout(batch, j, views)
+                assert layout is not None
+                template, at, first, *mapped = layout
+                got = [reader._value(node, at, first + j, *mapped) for node in template]
+                assert got == [column[j].as_py() for column in batch.columns]
+        assert len(views) == 1  # one mapping, one set of views
+    del lazy, source, batch, views, layout
+    gc.collect()
