@@ -68,7 +68,10 @@ def binary_array(values: Sequence[bytes | None]) -> pa.Array:
     out = memoryview(data).cast("B")
     for value, start, end in zip(values, offsets.tolist(), offsets[1:].tolist()):
         if value is not None:
-            out[start:end] = value
+            try:
+                out[start:end] = value
+            except (TypeError, ValueError):  # a buffer of another item format (int8, "c", a pa.Buffer)
+                out[start:end] = memoryview(value).cast("B")
     return pa.Array.from_buffers(
         pa.binary(), len(values), [validity, pa.py_buffer(offsets.astype(np.int32)), data], nulls
     )

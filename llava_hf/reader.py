@@ -25,11 +25,13 @@ import array
 import bisect
 import ctypes
 import ctypes.util
+import functools
 import gc
 import mmap
 import os
 import resource
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -557,6 +559,7 @@ def probed(resident: bool) -> None:
 # --- the hooks ---------------------------------------------------------------------------------------------
 
 _installed = False
+_query_hook = None  # the row query hook installed (the row path runs only while it is datasets')
 # DataLoader batches. A bigger gather stays zero-copy slices: a copy costs memory as well, and formatting
 # to Python copies the values again (256 rows of 1 MB images: 256 MB more while the batch is formatted).
 COMBINE_ROWS = 256
@@ -568,13 +571,20 @@ COMBINE_ROWS = 256
 TRIM_EVERY = 64
 _malloc_trim = getattr(_libc, "malloc_trim", None)
 _combined = 0
+_trim_every = TRIM_EVERY
+_clock = time.perf_counter
 
 
 def _combine(result: pa.Table) -> pa.Table:
-    global _combined
+    global _combined, _trim_every
     _combined += 1
-    if _malloc_trim is not None and _combined % TRIM_EVERY == 0:
+    if _malloc_trim is not None and _combined % _trim_every == 0:
+        started = _clock()
         _malloc_trim(0)
+        # A big fragmented heap (a trainer's main process) takes longer to walk: trim less often then, so
+        # that trimming stays under ~1 ms in TRIM_EVERY gathers.
+        if _clock() - started > 1e-3:
+            _trim_every *= 2
     try:
         return result.combine_chunks(memory_pool=pa.system_memory_pool())
     except pa.ArrowInvalid:  # values over 2 GiB do not fit one binary chunk: left as they are
@@ -630,6 +640,8 @@ def install() -> bool:
     datasets.table.MemoryMappedTable.__getstate__ = getstate
     datasets.arrow_dataset.query_table = query_table
     datasets.arrow_dataset.table_iter = table_iter
+    global _query_hook
+    _query_hook = query_table
     _install_row_path(datasets.arrow_dataset.Dataset)
     _installed = True
     return True
@@ -745,9 +757,9 @@ def _value(node: tuple, at: array.array, r: int, data: memoryview, i32: memoryvi
 
 
 class _RowIndex:
-    """A table's record batches and where each starts, for rows by index; the features it was checked with."""
+    """A table's record batches, where each starts, and each one's row layout, for rows by index."""
 
-    __slots__ = ("starts", "batches", "layouts", "views", "names", "features", "decoded")
+    __slots__ = ("starts", "batches", "layouts", "views", "names")
 
     def __init__(self, table) -> None:
         self.starts = table._offsets.tolist()
@@ -756,18 +768,6 @@ class _RowIndex:
         self.layouts: list = [None] * len(self.batches)
         self.views: dict = {}  # mapping start -> its views, for the layouts
         self.names = table.column_names
-        self.features, self.decoded = None, None
-
-    def bind(self, features) -> bool:
-        """Check `features` against the columns: the columns to decode, or None when they do not match."""
-        self.features = features
-        if features is None or list(features) != self.names:
-            self.decoded = None
-            return False
-        from datasets.features.features import require_decoding
-
-        self.decoded = [(name, features[name]) for name in self.names if require_decoding(features[name])]
-        return True
 
 
 _row_indexes: dict[int, tuple[weakref.ref, _RowIndex | None]] = {}
@@ -796,21 +796,31 @@ _MISSING = object()
 
 
 def _install_row_path(dataset_class) -> None:
+    import datasets.arrow_dataset
     from datasets.features.features import decode_nested_example
     from datasets.formatting.formatting import _check_valid_index_key
 
     stock_getitem = dataset_class.__getitem__
 
+    stock_get = dataset_class._getitem
+
     def row(self, key: int):
-        if self._format_type not in (None, "python") or self._format_columns is not None or self._format_kwargs:
+        # Only where datasets' own path would run: no subclass's _getitem, no one else's query hook.
+        if type(self)._getitem is not stock_get or datasets.arrow_dataset.query_table is not _query_hook:
+            return _MISSING
+        if self._format_type not in (None, "python") or self._format_kwargs:
             return _MISSING
         index = _row_index(self._data)
         if index is None:
             return _MISSING
+        names, shown = index.names, self._format_columns
+        # A format's column list that holds every column (concatenate_datasets sets one) changes nothing.
+        if shown is not None and (len(shown) < len(names) or any(name not in shown for name in names)):
+            return _MISSING
         features = self._info.features
-        if features is not index.features:
-            index.bind(features)
-        if index.decoded is None:
+        # Read on every call, as datasets does: features can be changed in place.
+        requires = features._column_requires_decoding if features is not None else None
+        if requires is None or list(requires) != names:
             return _MISSING
         indices = self._indices
         size = indices.num_rows if indices is not None else self._data.num_rows
@@ -838,8 +848,9 @@ def _install_row_path(dataset_class) -> None:
         template, at, first, data, i32, i64 = layout
         r = first + j
         values = {name: _value(node, at, r, data, i32, i64) for name, node in zip(index.names, template)}
-        for name, feature in index.decoded:
-            values[name] = decode_nested_example(feature, values[name])
+        for name, decoded in requires.items():
+            if decoded:
+                values[name] = decode_nested_example(features[name], values[name])
         return values
 
     def __getitem__(self, key):
@@ -849,9 +860,7 @@ def _install_row_path(dataset_class) -> None:
                 return values
         return stock_getitem(self, key)
 
-    __getitem__.__doc__ = stock_getitem.__doc__
-    __getitem__.__wrapped__ = stock_getitem
-    dataset_class.__getitem__ = __getitem__
+    dataset_class.__getitem__ = functools.wraps(stock_getitem)(__getitem__)
 
 
 def _first_address(table: pa.Table) -> int | None:

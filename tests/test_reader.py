@@ -424,3 +424,49 @@ def test_rows_read_from_buffers_equal_pyarrows_scalars(tmp_path):
         assert len(views) == 1  # one mapping, one set of views
     del lazy, source, batch, views, layout
     gc.collect()
+
+
+def test_the_row_path_gives_way_to_subclasses_other_hooks_and_changed_features(big, monkeypatch):
+    """A subclass's own _getitem, a query hook installed after llava_hf's, and features changed in place
+    are all honoured: datasets' path runs, or the row path sees the change."""
+    import datasets.arrow_dataset
+
+    paths, _ = big
+    options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    lazy = llava_hf.load_dataset("detail_23k", **options).cast_column("image", datasets.Image(decode=False))
+    stock_getitem = datasets.Dataset.__getitem__.__wrapped__
+
+    class Tagged(datasets.Dataset):
+        def _getitem(self, key, **kwargs):
+            out = super()._getitem(key, **kwargs)
+            return {**out, "tag": 1} if isinstance(key, int) else out
+
+    tagged = Tagged(lazy._data, info=lazy.info.copy())
+    assert tagged[4] == {**stock_getitem(lazy, 4), "tag": 1}
+    queried = []
+    ours = datasets.arrow_dataset.query_table
+    monkeypatch.setattr(datasets.arrow_dataset, "query_table", lambda *a, **k: queried.append(a[1]) or ours(*a, **k))
+    assert lazy[9] == stock_getitem(lazy, 9) and queried == [9, 9]  # both went through the new hook
+    monkeypatch.undo()
+    assert isinstance(lazy[2]["image"], dict)
+    lazy.info.features["image"] = datasets.Image(decode=True)  # in place: the next row decodes it
+    from PIL import UnidentifiedImageError
+
+    with pytest.raises(UnidentifiedImageError):  # the fixture's images are random bytes: decoding fails
+        lazy[2]
+    with pytest.raises(UnidentifiedImageError):
+        stock_getitem(lazy, 2)
+    lazy.info.features["image"] = datasets.Image(decode=False)
+    assert lazy[2] == stock_getitem(lazy, 2)
+    assert datasets.Dataset.__getitem__.__name__ == "__getitem__"
+    concatenated = datasets.concatenate_datasets([lazy.select(range(10)), lazy.select(range(10, 20))])
+    assert [concatenated[i] for i in range(20)] == [stock_getitem(lazy, i) for i in range(20)]
+    del lazy, tagged, concatenated
+    gc.collect()
+
+
+def test_binary_array_takes_any_bytes_like_value():
+    from llava_hf.features import binary_array
+
+    values = [b"ab", None, memoryview(b"xyz").cast("c"), pa.py_buffer(b"pq"), np.frombuffer(b"\x01\x02", np.int8)]
+    assert binary_array(values).to_pylist() == [b"ab", None, b"xyz", b"pq", b"\x01\x02"]
