@@ -730,13 +730,8 @@ def _value(node: tuple, at: array.array, r: int, data: memoryview, i32: memoryvi
         return None
     tag = node[0]
     if tag == _BIN:
-        k = at[node[2]]
-        if node[3] == 4:
-            k = (k >> 2) + r
-            lo, hi = i32[k], i32[k + 1]
-        else:
-            k = (k >> 3) + r
-            lo, hi = i64[k], i64[k + 1]
+        ints, k = i32 if node[3] == 4 else i64, at[node[2]] // node[3] + r
+        lo, hi = ints[k], ints[k + 1]
         if hi == lo:
             return "" if node[5] else b""
         begin = at[node[4]] + lo
@@ -744,13 +739,8 @@ def _value(node: tuple, at: array.array, r: int, data: memoryview, i32: memoryvi
     if tag == _STRUCT:
         return {name: _value(child, at, r, data, i32, i64) for name, child in zip(node[3], node[2])}
     if tag == _LIST:
-        k = at[node[2]]
-        if node[3] == 4:
-            k = (k >> 2) + r
-            c0, c1 = i32[k], i32[k + 1]
-        else:
-            k = (k >> 3) + r
-            c0, c1 = i64[k], i64[k + 1]
+        ints, k = i32 if node[3] == 4 else i64, at[node[2]] // node[3] + r
+        c0, c1 = ints[k], ints[k + 1]
         child = node[4]
         return [_value(child, at, c, data, i32, i64) for c in range(c0, c1)]
     return None  # _NULL (the only other kind _plain lets through)
@@ -784,8 +774,7 @@ def _row_index(table) -> _RowIndex | None:
     batches, offsets = getattr(table, "_batches", None), getattr(table, "_offsets", None)
     if batches is not None and offsets is not None and all(_plain(kind) for kind in table.schema.types):
         first = next((b for b in batches if b.num_rows), None)
-        buffers = (b for column in (first.columns if first is not None else ()) for b in column.buffers())
-        address = next((b.address for b in buffers if b is not None and b.size), None)  # empty ones point anywhere
+        address = _first_address(pa.Table.from_batches([first])) if first is not None else None
         if address is not None and _mapping_of(address) is not None:
             entry = _RowIndex(table)
     _row_indexes[key] = (weakref.ref(table, lambda _, key=key: _row_indexes.pop(key, None)), entry)
