@@ -98,7 +98,8 @@ def batch_checksums(
     rest = _chained(algorithm, [data[offset:low], data[high:end]])
     row = zlib.crc32 if algorithm == "crc32" else xxhash.xxh3_64_intdigest
     valid = values.is_valid().to_numpy(zero_copy_only=False).tolist()
-    rows = [row(data[starts[i] : starts[i + 1]]) if valid[i] else 0 for i in range(len(valid))]
+    view = memoryview(data)  # a memoryview slice costs half of a pa.Buffer slice (0.55 against 1.06 us)
+    rows = [row(view[starts[i] : starts[i + 1]]) if valid[i] else 0 for i in range(len(valid))]
     return rest, rows
 
 
@@ -179,12 +180,27 @@ def _describe_batches(data: pa.Buffer, entry: dict[str, Any]) -> None:
     entry["batches"] = batches
 
 
-def record_files(folder: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """`describe_file` of each of `names` in `folder`, several files at once."""
+def record_files(
+    folder: str, names: Iterable[str], known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`describe_file` of each of `names` in `folder`, several files at once. `known` holds descriptions
+    made earlier (by the num_proc worker that wrote the file, while its pages were in memory) under the
+    `inode_identity` they were made for: a file renamed since keeps it and is not read again."""
     names = sorted(names)
+    known = known or {}
+
+    def described(name: str) -> dict[str, Any]:
+        path = os.path.join(folder, name)
+        return known.get(inode_identity(path)) or describe_file(path)
+
     with ThreadPoolExecutor(max(1, min(len(names), os.cpu_count() or 1))) as pool:
-        described = list(pool.map(lambda name: describe_file(os.path.join(folder, name)), names))
-    return dict(zip(names, described))
+        return dict(zip(names, pool.map(described, names)))
+
+
+def inode_identity(path: str) -> str:
+    """The file at `path` as a rename leaves it: device, inode, size and modification time."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 # --- checking ------------------------------------------------------------------------------------------------

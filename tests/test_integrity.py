@@ -111,3 +111,37 @@ def test_a_flipped_byte_outside_the_images_names_its_record_batch(fake):
     last = first + batches[4]["rows"] - 1
     assert check.problems == [f"{arrow}: rows {first}..{last} (record batch 4) differ from the prepared bytes"]
     assert check.damaged_rows == list(range(first, last + 1))
+
+
+def test_workers_describe_their_own_shards_and_the_report_keeps_it(fake, monkeypatch):
+    """With num_proc=2 each worker checksums the shards it wrote; the report's entries, found again under
+    the renamed files' identity, equal a fresh description of each file, and the preparing process reads no
+    Arrow file again to write them."""
+    import os
+
+    import llava_hf
+    from llava_hf import integrity
+
+    described_here = []
+    original = integrity.describe_file
+
+    def counted(path):
+        described_here.append(os.path.basename(path))
+        return original(path)
+
+    monkeypatch.setattr(integrity, "describe_file", counted)  # what record_files calls in this process
+    for num_proc in (2, None):
+        described_here.clear()
+        ds, folder = prepared({**fake, "cache_dir": f"{fake['cache_dir']}-np{num_proc}"}, num_proc=num_proc)
+        files = llava_hf.prepare_report(ds)["files"]
+        arrows = sorted(name for name in files if name.endswith(".arrow"))
+        expected = (
+            ["llava_hf-train-00000-of-00002.arrow", "llava_hf-train-00001-of-00002.arrow"]
+            if num_proc
+            else ["llava_hf-train.arrow"]
+        )
+        assert arrows == expected
+        assert sorted(described_here) == ["LICENSE", "dataset_info.json"]
+        for name in arrows:
+            assert files[name] == original(os.path.join(folder, name))
+        assert sum(b["rows"] for name in arrows for b in files[name]["batches"]) == N

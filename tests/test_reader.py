@@ -419,8 +419,8 @@ def test_rows_read_from_buffers_equal_pyarrows_scalars(tmp_path):
                 layout = reader._row_layout(batch, j, views)
                 assert layout is not None
                 template, at, first, *mapped = layout
-                got = [reader._value(node, at, first + j, *mapped) for node in template]
-                assert got == [column[j].as_py() for column in batch.columns]
+                got = reader._row_reader(template, tuple(batch.schema.names))(at, first + j, *mapped)
+                assert got == {name: column[j].as_py() for name, column in zip(batch.schema.names, batch.columns)}
         assert len(views) == 1  # one mapping, one set of views
     del lazy, source, batch, views, layout
     gc.collect()
