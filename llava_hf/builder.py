@@ -34,7 +34,7 @@ from .failures import (
 from .features import FEATURES, MULTI_IMAGE_FEATURES
 from .files import FileSource, data_file_paths, file_config_name, file_identity, file_source, plan_files
 from .image_collections import check_sources, is_url
-from .images import open_root
+from .images import forget_directories, open_root
 from .integrity import DamagedEntry, check_sizes, describe_file, inode_identity, load_files, record_files, remedy
 from .locking import (
     LockMode,
@@ -487,6 +487,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
             self._write_report()
         finally:
+            forget_directories()  # parsed ahead for this prepare's workers (convert.plan_source)
             shutil.rmtree(self._skip_dir, ignore_errors=True)
             self._skip_dir = None
             self._main_pid = None

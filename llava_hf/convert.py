@@ -21,7 +21,7 @@ from .catalog import Source
 from .errors import BadImage, SourceError
 from .features import rows_to_table
 from .image_collections import is_url
-from .images import BAD_IMAGE_REASONS, ImageRoot, open_root
+from .images import BAD_IMAGE_REASONS, ImageRoot, open_root, read_directory_ahead
 from .records import Row, parse_record, text_problem
 from .sources import (
     Inputs,
@@ -179,7 +179,9 @@ def plan_source(
     location = inputs.image_location
     if location is not None and not is_url(location) and not os.path.exists(location):
         raise FileNotFoundError(f"{source.name}: image_dir {location} does not exist (not mounted, or mistyped?)")
-    chat, metadata = _index_pair(inputs, source, parallel)
+    # The workers a parallel prepare forks share one parse of a local zip's directory, made meanwhile.
+    with read_directory_ahead(location if parallel and image_store is None else None):
+        chat, metadata = _index_pair(inputs, source, parallel)
     if metadata is not None and metadata.num_records != chat.num_records:
         raise first_mismatch(chat, metadata, source.filename, source.metadata_filename)
     if chat.num_records == 0:

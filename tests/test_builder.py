@@ -143,6 +143,33 @@ def test_num_proc_2_gives_the_same_rows_in_the_same_order(release, tmp_path, nam
     assert raw_rows(two) == raw_rows(one)
 
 
+def test_num_proc_workers_share_one_parse_of_the_zip_directory(release, tmp_path, monkeypatch):
+    """A num_proc=2 prepare parses the zip's directory once, in a child forked while the JSON is scanned;
+    the workers use that copy (none parses its own), which is dropped when the prepare ends. With
+    num_proc=1 the preparing process parses it itself. The rows are the same."""
+    from llava_hf import images, zipdir
+
+    log = tmp_path / "parses.log"
+    original = zipdir.ZipDirectory.from_transport.__func__
+
+    def counted(cls, transport, label):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {os.path.basename(label)}\n")
+        return original(cls, transport, label)
+
+    monkeypatch.setattr(zipdir.ZipDirectory, "from_transport", classmethod(counted))
+    two = load(release, "blip_558k", str(tmp_path / "two"), num_proc=2)
+    assert len(two.cache_files) == 2
+    (parse,) = log.read_text().splitlines()
+    pid, name = parse.split()
+    assert name == "images.zip" and int(pid) != os.getpid()
+    assert images._PARSED == {}
+    log.unlink()
+    one = load(release, "blip_558k", str(tmp_path / "one"))
+    assert log.read_text().splitlines() == [f"{os.getpid()} images.zip"]
+    assert raw_rows(two) == raw_rows(one)
+
+
 def test_reload_comes_from_the_cache_without_reading_images(release, cache_dir):
     first = load(release, "llava_v1_5_mix665k", cache_dir)
     shutil.rmtree(release.root / "images")
