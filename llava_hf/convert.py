@@ -311,40 +311,61 @@ def convert_shard(shard: Shard, spec: ShardSpec, images: ImageRoot | None, skips
                     continue
                 record_error = e  # raised after the images of the records before it, in file order
                 break
-        named = (name for _, row in rows for name in row.image_names())
+        if spec.multi_image:
+            named = [name for _, row in rows for name in row.image_names()]
+        else:
+            named = [row.image for _, row in rows if row.image is not None]
         if images is None:
             found = None
         elif spec.embed_images and hasattr(images, "read_views"):
             found = images.read_views(named)  # bytes-like views: joined into the table's buffer, copied once
         else:
             found = images.read_many(named, spec.embed_images)
-        for index, row in rows:
-            picture, bad, bad_name = [], None, None
-            for name in row.image_names():
-                result = next(found) if found is not None else _no_root(name)
-                if isinstance(result, BadImage):
-                    bad, bad_name = bad or result, bad_name or name  # the row's first bad image names it
+        if not spec.multi_image:  # one image or none a row: no list a row
+            for index, row in rows:
+                name = row.image
+                if name is None:
+                    picture = None
+                else:
+                    result = next(found) if found is not None else _no_root(name)
+                    if isinstance(result, BadImage):
+                        if spec.on_bad_image == "raise":
+                            raise SourceError(spec.json_label, str(result), index, row.id, reason=result.reason)
+                        skips.add(result.reason, index, row.id, name, str(result))
+                        continue
+                    if spec.embed_images:
+                        picture = (result[1], name)  # the name the source uses as `path`: the cache is portable
+                        size += len(result[1])
+                    else:
+                        picture = (None, result)
+                kept.append((index, row))
+                pictures.append(picture)
+                if size >= MAX_TABLE_BYTES:
+                    yield _table(kept, pictures, spec)
+                    kept, pictures, size = [], [], 0
+        else:
+            for index, row in rows:
+                picture, bad, bad_name = [], None, None
+                for name in row.image_names():
+                    result = next(found) if found is not None else _no_root(name)
+                    if isinstance(result, BadImage):
+                        bad, bad_name = bad or result, bad_name or name  # the row's first bad image names it
+                        continue
+                    # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
+                    picture.append((result[1], name) if spec.embed_images else (None, result))
+                if bad is not None:
+                    if spec.on_bad_image == "raise":
+                        raise SourceError(spec.json_label, str(bad), index, row.id, reason=bad.reason)
+                    skips.add(bad.reason, index, row.id, bad_name, str(bad))
                     continue
-                # Embedded bytes keep the name the source uses as `path`, so the cache is portable.
-                picture.append((result[1], name) if spec.embed_images else (None, result))
-            if bad is not None:
-                if spec.on_bad_image == "raise":
-                    raise SourceError(spec.json_label, str(bad), index, row.id, reason=bad.reason)
-                skips.add(bad.reason, index, row.id, bad_name, str(bad))
-                continue
-            if spec.multi_image:
                 picture = picture if row.images is not None else None
-            else:
-                picture = picture[0] if picture else None
-            kept.append((index, row))
-            pictures.append(picture)
-            if not spec.multi_image:
-                size += len(picture[0]) if picture and picture[0] else 0
-            elif picture:
-                size += sum(len(p[0]) for p in picture if p[0])
-            if size >= MAX_TABLE_BYTES:
-                yield _table(kept, pictures, spec)
-                kept, pictures, size = [], [], 0
+                kept.append((index, row))
+                pictures.append(picture)
+                if picture:
+                    size += sum(len(p[0]) for p in picture if p[0])
+                if size >= MAX_TABLE_BYTES:
+                    yield _table(kept, pictures, spec)
+                    kept, pictures, size = [], [], 0
         if kept and (record_error is not None or len(kept) >= TABLE_ROWS or size >= TABLE_IMAGE_BYTES):
             yield _table(kept, pictures, spec)
             kept, pictures, size = [], [], 0
