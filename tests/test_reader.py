@@ -237,6 +237,69 @@ def test_row_advice_asks_for_exactly_the_rows_values(tmp_path, monkeypatch):
     gc.collect()
 
 
+@pytest.mark.parametrize("image_bytes", [6_000, 3_000])
+def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, monkeypatch, image_bytes):
+    """A record batch that is mostly image bytes, with its text in several columns over WHOLE_COLUMN, has
+    every buffer but its image bytes asked for on its first query; each later query of the batch asks for
+    its row's image bytes alone, and only when they pass a page (smaller ones fault in as fast)."""
+    n = 1_000
+    table = pa.table(
+        {
+            "id": pa.array([f"id{i:05d}" for i in range(n)]),
+            "image": pa.array(
+                [{"bytes": bytes([i % 256]) * image_bytes, "path": f"images/{i:08d}.jpg"} for i in range(n)],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "conversations": pa.array(
+                [
+                    [{"from": "human", "value": "q" * (60 + i % 50)}, {"from": "gpt", "value": "a" * 90}]
+                    for i in range(n)
+                ]
+            ),
+            "caption": pa.array(["c" * (40 + i % 30) for i in range(n)]),
+        }
+    )
+    path = tmp_path / "mostly_images.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=500)  # 2 record batches
+    lazy = reader.open_lazy(str(path))
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(reader, "_madvise", lambda address, length, advice: asked.append((address, length)) or 0)
+
+    def covered(address: int, length: int) -> bool:
+        reach = address  # requests come in pieces: the bytes are covered when the pieces reach past them
+        for a, size in sorted(asked):
+            if a <= reach < a + size:
+                reach = a + size
+        return reach >= address + length
+
+    for k in range(2):
+        chunk = lazy.column("image").chunk(k)
+        images = chunk.field("bytes").buffers()[2]
+        others = [b for column in lazy.columns for b in column.chunk(k).buffers() if b is not None and b.size]
+        others = [b for b in others if b.address != images.address]
+        asked.clear()
+        reader.advise_rows(lazy.slice(500 * k + 7, 1))  # the batch's first query
+        assert all(covered(b.address, b.size) for b in others)  # all its text, whole
+        assert covered(images.address + 7 * image_bytes, image_bytes) is (image_bytes > 4096)
+        text = sum(b.size for b in others)
+        assert sum(length for _, length in asked) < text + image_bytes + 3 * 4096 + 64 * 1024  # gaps, pages
+        for j in (123, 499):
+            asked.clear()
+            reader.advise_rows(lazy.slice(500 * k + j, 1))
+            start = images.address + j * image_bytes
+            if image_bytes > 4096:
+                assert covered(start, image_bytes)
+                assert sum(length for _, length in asked) <= image_bytes + 2 * 4096
+            else:
+                assert asked == []
+    # The rows read the same.
+    rows = lazy.slice(490, 20).to_pylist()
+    assert rows == table.slice(490, 20).to_pylist()
+    del lazy
+    gc.collect()
+
+
 def test_forked_children_leave_inherited_objects_out_of_their_gc():
     read, write = os.pipe()
     pid = os.fork()
