@@ -5,10 +5,12 @@ Used by scripts/bench.py and the tests of reader.py; Linux (and other systems wi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
 import os
+from collections.abc import Callable, Iterator
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -38,6 +40,30 @@ def resident_bytes(path: str | os.PathLike) -> int:
             _libc.munmap(address, size)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def residency(fd: int, size: int) -> Iterator[Callable[[int, int], bool]]:
+    """For the block: a function (offset, length) -> whether every page of those bytes of the open file
+    `fd` (`size` bytes) is in the page cache now, reading nothing (False when that cannot be told)."""
+    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else None
+    if address in (None, ctypes.c_void_p(-1).value):
+        yield lambda offset, length: False
+        return
+
+    def cached(offset: int, length: int) -> bool:
+        start = offset - offset % mmap.PAGESIZE
+        end = min(size, offset + length)
+        pages = (end - start + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vector = (ctypes.c_ubyte * pages)()
+        if pages <= 0 or _libc.mincore(address + start, end - start, vector) != 0:
+            return False
+        return all(v & 1 for v in bytes(vector))
+
+    try:
+        yield cached
+    finally:
+        _libc.munmap(address, size)
 
 
 def evict(path: str | os.PathLike) -> None:

@@ -106,6 +106,31 @@ def test_a_zip_the_prepare_reads_most_of_is_read_through_once(tmp_path, monkeypa
     assert resident_bytes(path) >= root._directory.directory_offset - os.sysconf("SC_PAGE_SIZE")
 
 
+def test_the_read_through_reads_only_what_is_not_in_the_page_cache(tmp_path, monkeypatch):
+    from llava_hf.pagecache import evict, resident_bytes
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(3 * images.PREFETCH_CHUNK + 12_345))
+    size = path.stat().st_size
+    read: list[int] = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: read.append(offset) or real(fd, buffers, offset))
+    evict(path)
+    images._read_through(str(path), size)
+    assert read[0] == 0  # cold: read (later chunks may come in by the kernel's read-ahead, and are skipped)
+    assert resident_bytes(path) == size
+    read.clear()
+    images._read_through(str(path), size)  # every page cached: nothing is read again
+    assert read == []
+    evict(path)
+    with open(path, "rb") as f:  # the second chunk cached, the first not
+        f.seek(images.PREFETCH_CHUNK)
+        f.read(images.PREFETCH_CHUNK)
+    images._read_through(str(path), size)
+    assert read[0] == 0 and images.PREFETCH_CHUNK not in read
+    assert resident_bytes(path) == size
+
+
 def test_a_remote_archive_is_never_read_through(tmp_path):
     _archive(tmp_path / "a.zip", 10)
     remote = SimpleNamespace(size=os.path.getsize(tmp_path / "a.zip"), read_at=None, read_spans=None)
