@@ -174,12 +174,27 @@ def open_lazy(path: str) -> pa.Table:
     _opens += 1  # a freshly opened file is likely cold: every thread advises again until it sees it warm
     weakref.finalize(mapped, _unregister, buffer.address)
     try:
-        return pa.ipc.open_stream(buffer).read_all()
+        table = pa.ipc.open_stream(buffer).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         # pyarrow names no file ("Expected to be able to read N bytes for message body, got M")
         raise OSError(
             f"{path} is damaged or incomplete ({e}); prepare it again with download_mode='force_redownload'"
         ) from e
+    _prime_row_reader(table)
+    return table
+
+
+def _prime_row_reader(table: pa.Table) -> None:
+    # The row reader of the file's schema, generated here, where it is opened (no page is read): forked
+    # DataLoader workers inherit it instead of each compiling its own, which wrote into pages inherited
+    # from the parent (4 workers reading 5,000 random rows of 558K by ds[i]: 10.5-11.7 MiB of private dirty
+    # memory each with it, 12.0-12.3 without, in alternating runs).
+    if not all(_plain(kind) for kind in table.schema.types):
+        return
+    first = next((batch for batch in table.to_batches() if batch.num_rows), None)
+    layout = _row_layout(first, 0, {}) if first is not None else None
+    if layout is not None:
+        _row_reader(layout[0], tuple(table.schema.names))
 
 
 def _merged(spans: list[tuple[int, int]], gap: int = 64 << 10) -> list[tuple[int, int]]:
