@@ -443,7 +443,8 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 described[inode_identity(path)] = describe_file(path)
         folder = os.path.join(self._skip_dir, _DESCRIBED_DIR)
         os.makedirs(folder, exist_ok=True)
-        _write_json(os.path.join(folder, f"job-{job_id:05d}.json"), described)
+        name = os.path.basename(fpath).replace("JJJJJ", f"{job_id:05d}").replace("SSSSS", "all")
+        _write_json(os.path.join(folder, f"{name}.json"), described)  # one a split and job
 
     def _described(self) -> dict[str, dict[str, Any]]:
         known: dict[str, dict[str, Any]] = {}
@@ -491,6 +492,7 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
             shutil.rmtree(self._skip_dir, ignore_errors=True)
             self._skip_dir = None
             self._main_pid = None
+            self._num_proc = None  # a later as_streaming_dataset() is no parallel prepare
 
     def _write_report(self) -> None:
         from ._version import __version__

@@ -937,10 +937,20 @@ def read_directory_ahead(location: str | None) -> Iterator[None]:
     from .image_collections import is_url
     from .sources import in_child
 
-    if not location or is_url(location) or not location.lower().endswith(".zip") or not os.path.isfile(location):
+    if (
+        not location
+        or is_url(location)
+        or not location.lower().endswith(".zip")
+        or not os.path.isfile(location)
+        or not _workers_fork()
+    ):
         yield
         return
-    with in_child(_parse_local, location) as pending:
+    with contextlib.ExitStack() as stack:
+        try:
+            pending = stack.enter_context(in_child(_parse_local, location))
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): the workers parse it
+            pending = None
         yield
     if pending is None:
         return
@@ -950,6 +960,19 @@ def read_directory_ahead(location: str | None) -> Iterator[None]:
         return
     if key is not None and directory is not None and _file_key(location) == key:
         _PARSED[key] = directory
+
+
+def _workers_fork() -> bool:
+    # datasets' workers come from a `multiprocess` pool: they inherit this process's memory only when it
+    # forks them (the default on Linux before Python 3.14; forkserver and spawn start afresh).
+    import sys
+
+    import multiprocess
+
+    method = multiprocess.get_start_method(allow_none=True)  # None: not set, and not set here either
+    if method is None:
+        return sys.platform == "linux" and sys.version_info < (3, 14)
+    return method == "fork"
 
 
 def forget_directories() -> None:

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .pagecache import mincore_tells
+
 LAZY_ENV = "LLAVA_HF_LAZY"
 REPORT_FILENAME = "llava_hf_report.json"  # the builder's prepare report marks a llava_hf cache folder
 MIX_FOLDER = "llava_hf_mixes"
@@ -131,13 +133,16 @@ def _restore_policy(folder: str, lazy: bool) -> _Policy:
 
 _starts: list[int] = []  # sorted start addresses of lazy mappings
 _ends: dict[int, int] = {}
+_blind: set[int] = set()  # mappings of files whose page cache mincore does not show us (pagecache.mincore_tells)
 _mappings_lock = threading.Lock()
 
 
-def _register(start: int, size: int) -> None:
+def _register(start: int, size: int, blind: bool = False) -> None:
     with _mappings_lock:
         bisect.insort(_starts, start)
         _ends[start] = start + size
+        if blind:
+            _blind.add(start)
 
 
 def _unregister(start: int) -> None:
@@ -146,6 +151,7 @@ def _unregister(start: int) -> None:
         if i < len(_starts) and _starts[i] == start:
             del _starts[i]
             del _ends[start]
+            _blind.discard(start)
         # The batch layouts of a mapping are addresses in it: a later mapping may reuse them.
         _layouts.pop(start, None)
 
@@ -166,10 +172,11 @@ def open_lazy(path: str) -> pa.Table:
         if size == 0:
             raise ValueError(f"{path} is empty, not an Arrow stream")
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        blind = not mincore_tells(f.fileno())  # another user's cache, read-only: probes cannot tell
     if hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_RANDOM)
     buffer = pa.py_buffer(mapped)  # keeps `mapped` alive as long as any slice of the table lives
-    _register(buffer.address, size)
+    _register(buffer.address, size, blind)
     global _opens
     _opens += 1  # a freshly opened file is likely cold: every thread advises again until it sees it warm
     weakref.finalize(mapped, _unregister, buffer.address)
@@ -191,7 +198,7 @@ def _prime_row_reader(table: pa.Table) -> None:
     # memory each with it, 12.0-12.3 without, in alternating runs).
     if not all(_plain(kind) for kind in table.schema.types):
         return
-    first = next((batch for batch in table.to_batches() if batch.num_rows), None)
+    first = next((batch for batch in table.to_reader() if batch.num_rows), None)
     layout = _row_layout(first, 0, {}) if first is not None else None
     if layout is not None:
         _row_reader(layout[0], tuple(table.schema.names))
@@ -578,6 +585,10 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
 
 def _in_memory(start: int, end: int) -> bool:
     # mincore sets the low bit of one byte per page that is in the page cache (the other bits are reserved).
+    # For a file it does not show us it sets every bit: such a probe never finds the rows in memory, so
+    # the queries go on advising (the cost of the advice, not a page fault per page of a cold row).
+    if _blind and (_mapping_of(start) or (None,))[0] in _blind:
+        return False
     pages = (end - start + _PAGE - 1) // _PAGE
     vector = (ctypes.c_ubyte * pages)()
     if _mincore(start, end - start, vector) != 0:
@@ -804,22 +815,21 @@ def _row_layout(batch: pa.RecordBatch, j: int, views: dict) -> tuple | None:
     return (_templates.setdefault(template, template), array.array("q", at), first or 0, *views[base])
 
 
-def _row_reader(template: tuple, names: tuple) -> Callable:
+def _row_reader(template: tuple, names: tuple) -> Callable | None:
     """A function (addresses, row, bytes, int32s, int64s) -> the row as a dict (column `names`, read by the
     program nodes of `template`), as `Scalar.as_py` gives each value. It is generated as Python source, one
     per template and names: walking the nodes for every value cost ~1.1 us each (16 values a blip_558k row,
     most of a row's time); the generated code does the same reads with the nodes' slots and widths as
     literals. Only integers from the nodes go into the source; names are constants of its namespace."""
     key = (template, names)
-    known = _row_readers.get(key)
-    if known is not None:
-        return known
+    if key in _row_readers:
+        return _row_readers[key]
     constants: dict[str, Any] = {}
 
     def constant(name: str) -> str:
-        key = f"N{len(constants)}"
-        constants[key] = name
-        return key
+        slot = f"N{len(constants)}"
+        constants[slot] = name
+        return slot
 
     lines = ["def read(at, r, data, i32, i64):"]
     serial = iter(range(1 << 30))
@@ -860,12 +870,16 @@ def _row_reader(template: tuple, names: tuple) -> Callable:
         emit(node, "r", f"x{i}", "    ")
     lines.append(f"    return {{{', '.join(f'{constant(name)}: x{i}' for i, name in enumerate(names))}}}")
     namespace = dict(constants)
-    exec("\n".join(lines), namespace)  # noqa: S102 - the source holds only this function's integers
+    try:
+        exec("\n".join(lines), namespace)  # noqa: S102 - the source holds only this function's integers
+    except (SyntaxError, RecursionError, MemoryError):  # lists nested past Python's 20 blocks: datasets' path
+        _row_readers[key] = None
+        return None
     read = _row_readers[key] = namespace["read"]
     return read
 
 
-_row_readers: dict[tuple, Callable] = {}
+_row_readers: dict[tuple, Callable | None] = {}
 
 
 class _RowIndex:
@@ -954,9 +968,8 @@ def _install_row_path(dataset_class) -> None:
         layout = index.layouts[k]
         if layout is None:
             found = _row_layout(index.batches[k], j, index.views)
-            if found is not None:
-                found = (_row_reader(found[0], index.names), *found[1:])
-            layout = index.layouts[k] = found or ()
+            read = _row_reader(found[0], index.names) if found is not None else None
+            layout = index.layouts[k] = (read, *found[1:]) if read is not None else ()
         if not layout:
             return _MISSING
         read, at, first, data, i32, i64 = layout

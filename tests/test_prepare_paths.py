@@ -7,6 +7,8 @@ import io
 import os
 import posixpath
 import random
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -129,6 +131,58 @@ def test_the_read_through_reads_only_what_is_not_in_the_page_cache(tmp_path, mon
     images._read_through(str(path), size)
     assert read[0] == 0 and images.PREFETCH_CHUNK not in read
     assert resident_bytes(path) == size
+
+
+def test_another_users_files_are_read_though_mincore_cannot_tell(request):
+    """mincore reports every page of a file the process neither owns nor may write as cached: the
+    read-through of someone else's read-only zip must not take that for warm, and the lazy reader's probes
+    of someone else's Arrow file must not take it for rows in memory."""
+    import pyarrow as pa
+
+    from llava_hf import reader
+    from llava_hf.pagecache import evict, mincore_tells, resident_bytes
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to another user needs root")
+    shared = Path(tempfile.mkdtemp())  # pytest's own folders are closed to other users
+    request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+    os.chmod(shared, 0o755)
+    path, arrow = shared / "shared.bin", shared / "shared.arrow"
+    path.write_bytes(os.urandom(2 * images.PREFETCH_CHUNK))
+    table = pa.table({"id": [f"r{i}" for i in range(1_000)]})
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    for file in (path, arrow):
+        os.chmod(file, 0o644)
+        evict(file)
+
+    def probed_blind() -> bool:
+        lazy = reader.open_lazy(str(arrow))
+        start = reader._mapping_of(lazy.column(0).chunk(0).buffers()[1].address)[0]
+        return start in reader._blind and not reader._in_memory(start, start + 4096)
+
+    pid = os.fork()
+    if pid == 0:  # the child, as nobody: exit status 0 only when every check holds
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fd = os.open(path, os.O_RDONLY)
+            ok = not mincore_tells(fd)
+            os.close(fd)
+            images._read_through(str(path), path.stat().st_size)
+            os._exit(0 if ok and probed_blind() else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert resident_bytes(path) == path.stat().st_size  # nobody's read-through read the file
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert mincore_tells(fd)  # the owner's mincore tells
+    finally:
+        os.close(fd)
+    lazy = reader.open_lazy(str(arrow))
+    assert reader._mapping_of(lazy.column(0).chunk(0).buffers()[1].address)[0] not in reader._blind
 
 
 def test_a_remote_archive_is_never_read_through(tmp_path):

@@ -489,6 +489,29 @@ def test_rows_read_from_buffers_equal_pyarrows_scalars(tmp_path):
     gc.collect()
 
 
+@pytest.mark.parametrize("depth", [19, 25])
+def test_lists_nested_past_pythons_block_limit_open_and_read_as_datasets_does(tmp_path, depth):
+    """A row reader is Python source, one `for` block a list level: past CPython's 20 nested blocks none is
+    made (the file still opens, and its rows take datasets' path); up to it, the reader reads the rows."""
+    kind, value = pa.string(), "x"
+    for _ in range(depth):
+        kind, value = pa.list_(kind), [value]
+    table = pa.table({"deep": pa.array([value, None], kind)})
+    path = tmp_path / "deep.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    lazy = reader.open_lazy(str(path))
+    (batch,) = lazy.to_batches()
+    template, at, first, *mapped = reader._row_layout(batch, 0, {})
+    read = reader._row_reader(template, ("deep",))
+    if depth > 20:
+        assert read is None
+    else:
+        assert [read(at, first + j, *mapped) for j in range(2)] == [{"deep": value}, {"deep": None}]
+    del lazy, batch, mapped
+    gc.collect()
+
+
 def test_the_row_path_gives_way_to_subclasses_other_hooks_and_changed_features(big, monkeypatch):
     """A subclass's own _getitem, a query hook installed after llava_hf's, and features changed in place
     are all honoured: datasets' path runs, or the row path sees the change."""
