@@ -1,6 +1,8 @@
-"""Page-cache residency (mincore) and eviction (posix_fadvise), to measure what reading a file costs.
+"""Page-cache residency (mincore) and eviction (posix_fadvise).
 
-Used by scripts/bench.py and the tests of reader.py; Linux (and other systems with mincore) only.
+The zip read-through skips what the page cache holds (`residency`), the lazy reader asks `mincore_tells`
+whether its probes can be trusted, and scripts/bench.py and the tests measure what reading a file costs
+(`resident_bytes`, `evict`). Linux (and other systems with mincore) only.
 """
 
 from __future__ import annotations
