@@ -170,6 +170,45 @@ def test_num_proc_workers_share_one_parse_of_the_zip_directory(release, tmp_path
     assert raw_rows(two) == raw_rows(one)
 
 
+@pytest.mark.parametrize("why", ["spawned workers", "no process to spare"])
+def test_without_forked_workers_or_a_spare_process_each_worker_parses_the_directory(
+    release, tmp_path, monkeypatch, why
+):
+    """No parse ahead where the workers would not inherit it (a spawn or forkserver pool) or where no
+    child can be started: the two workers parse the directory themselves, and the rows are the same."""
+    import multiprocess
+
+    from llava_hf import images, sources, zipdir
+
+    log = tmp_path / "parses.log"
+    original = zipdir.ZipDirectory.from_transport.__func__
+
+    def counted(cls, transport, label):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return original(cls, transport, label)
+
+    monkeypatch.setattr(zipdir.ZipDirectory, "from_transport", classmethod(counted))
+    if why == "spawned workers":
+        monkeypatch.setattr(multiprocess, "get_start_method", lambda allow_none=False: "spawn")
+        assert images._workers_fork() is False
+    else:
+        real = sources.in_child
+
+        def no_fork(fn, *args, **kwargs):
+            if fn is images._parse_local:
+                raise OSError(11, "Resource temporarily unavailable")
+            return real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(sources, "in_child", no_fork)
+    two = load(release, "blip_558k", str(tmp_path / "two"), num_proc=2)
+    parses = log.read_text().splitlines()
+    assert len(parses) == 2 and len(set(parses)) == 2 and str(os.getpid()) not in parses  # one a worker
+    assert images._PARSED == {}
+    monkeypatch.undo()
+    assert raw_rows(two) == raw_rows(load(release, "blip_558k", str(tmp_path / "one")))
+
+
 def test_reload_comes_from_the_cache_without_reading_images(release, cache_dir):
     first = load(release, "llava_v1_5_mix665k", cache_dir)
     shutil.rmtree(release.root / "images")
