@@ -24,6 +24,7 @@ from itertools import islice
 import numpy as np
 
 from .errors import BadImage
+from .pagecache import residency
 from .zipdir import READABLE_METHODS, ZipDirectory, ZipEntry, ZipMemberError, crc32, read_member
 
 # Every reason an image can be refused, in the order reports list them.
@@ -323,7 +324,7 @@ def _read_through(path: str, end: int) -> None:
             os.posix_fadvise(fd, 0, end, os.POSIX_FADV_SEQUENTIAL)  # a wider read-ahead window
         buffer = memoryview(bytearray(PREFETCH_CHUNK))
         offset = 0
-        with _residency(fd, end) as cached:
+        with residency(fd, end) as cached:
             while offset < end:
                 length = min(PREFETCH_CHUNK, end - offset)
                 if cached(offset, length):  # warm: a copy of 1.5 GB costs 0.23 s of a core for nothing
@@ -337,14 +338,6 @@ def _read_through(path: str, end: int) -> None:
         pass  # only a prefetch: a read that fails here fails again, named, where it is needed
     finally:
         os.close(fd)
-
-
-def _residency(fd: int, size: int):
-    try:
-        from .pagecache import residency
-    except (OSError, AttributeError, TypeError):  # no libc with mincore here: every chunk is read
-        return contextlib.nullcontext(lambda offset, length: False)
-    return residency(fd, size)
 
 
 def _available_memory() -> int | None:
@@ -905,18 +898,19 @@ def _merge_spans_sorted(
 
 
 # Zip directories parsed ahead of the processes that read them (`read_directory_ahead`), by `_file_key`.
-_PARSED: dict[tuple, ZipDirectory] = {}
+_PARSED: dict[str, ZipDirectory] = {}
 
 
-def _file_key(path: str) -> tuple | None:
+def _file_key(path: str) -> str | None:
+    from .integrity import inode_identity
+
     try:
-        st = os.stat(path)
+        return inode_identity(path)
     except OSError:
         return None
-    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _parse_local(path: str) -> tuple[tuple | None, ZipDirectory | None]:
+def _parse_local(path: str) -> tuple[str | None, ZipDirectory | None]:
     key = _file_key(path)
     try:
         directory = ZipDirectory.from_transport(LocalFile(path), path)

@@ -30,20 +30,40 @@ def resident_bytes(path: str | os.PathLike) -> int:
         return 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        # A mapping of our own, never touched: mincore reports the page cache, not what we read.
-        address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if address in (None, ctypes.c_void_p(-1).value):
-            raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
-        try:
-            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-            vector = (ctypes.c_ubyte * pages)()
-            if _libc.mincore(address, size, vector) != 0:
+        with _untouched_mapping(fd, size) as address:
+            if address is None:
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+            flags = pages_in_memory(address, size)
+            if flags is None:
                 raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
-            return min(size, sum(v & 1 for v in vector) * mmap.PAGESIZE)
-        finally:
-            _libc.munmap(address, size)
+            return min(size, int(flags.sum()) * mmap.PAGESIZE)
     finally:
         os.close(fd)
+
+
+def pages_in_memory(address: int, length: int) -> np.ndarray | None:
+    """1 for each page of the mapped memory [address, address + length) (address page-aligned) that is in
+    the page cache, 0 for the others; None when mincore fails. mincore sets the low bit of one byte a page
+    (the other bits are reserved)."""
+    pages = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    if _libc.mincore(address, length, vector) != 0:
+        return None
+    return np.frombuffer(vector, np.uint8) & 1
+
+
+@contextlib.contextmanager
+def _untouched_mapping(fd: int, size: int) -> Iterator[int | None]:
+    # A mapping of our own, never touched: mincore reports the page cache, not what we read. None when
+    # the file cannot be mapped.
+    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size else None
+    if address in (None, ctypes.c_void_p(-1).value):
+        yield None
+        return
+    try:
+        yield address
+    finally:
+        _libc.munmap(address, size)
 
 
 def mincore_tells(fd: int) -> bool:
@@ -63,27 +83,21 @@ def mincore_tells(fd: int) -> bool:
 def residency(fd: int, size: int) -> Iterator[Callable[[int, int], bool]]:
     """For the block: a function (offset, length) -> whether every page of those bytes of the open file
     `fd` (`size` bytes) is in the page cache now, reading nothing (False when that cannot be told)."""
-    tells = mincore_tells(fd)
-    address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) if size and tells else None
-    if address in (None, ctypes.c_void_p(-1).value):
+    if not mincore_tells(fd):
         yield lambda offset, length: False
         return
+    with _untouched_mapping(fd, size) as address:
+        if address is None:
+            yield lambda offset, length: False
+            return
 
-    def cached(offset: int, length: int) -> bool:
-        start = offset - offset % mmap.PAGESIZE
-        end = min(size, offset + length)
-        pages = (end - start + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        if pages <= 0:
-            return False
-        vector = (ctypes.c_ubyte * pages)()
-        if _libc.mincore(address + start, end - start, vector) != 0:
-            return False
-        return bool(np.all(np.frombuffer(vector, np.uint8) & 1))
+        def cached(offset: int, length: int) -> bool:
+            start = offset - offset % mmap.PAGESIZE
+            end = min(size, offset + length)
+            flags = pages_in_memory(address + start, end - start) if end > start else None
+            return flags is not None and bool(flags.all())
 
-    try:
         yield cached
-    finally:
-        _libc.munmap(address, size)
 
 
 def evict(path: str | os.PathLike) -> None:

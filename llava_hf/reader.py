@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import itertools
 import mmap
 import os
 import resource
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .pagecache import mincore_tells
+from .pagecache import mincore_tells, pages_in_memory
 
 LAZY_ENV = "LLAVA_HF_LAZY"
 REPORT_FILENAME = "llava_hf_report.json"  # the builder's prepare report marks a llava_hf cache folder
@@ -55,10 +56,7 @@ _madvise = getattr(_libc, "madvise", None)
 if _madvise is not None:
     _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     _madvise.restype = ctypes.c_int
-_mincore = getattr(_libc, "mincore", None)
-if _mincore is not None:
-    _mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    _mincore.restype = ctypes.c_int
+_mincore = getattr(_libc, "mincore", None)  # probes need it (pagecache.pages_in_memory)
 
 
 GC_FREEZE_ENV = "LLAVA_HF_GC_FREEZE"
@@ -331,6 +329,8 @@ class _Layout:
                 return (_FIXED, self.at[node[1]], self.at[node[2]], node[3])
             if node[0] == _BOOL:
                 return (_BOOL, self.at[node[1]], self.at[node[2]])
+            if node[0] == _BULK:
+                return (_BULK, 0, self.at[node[2]], node[3], self.at[node[4]])
             return node
 
         return [filled(node) for node in self.template]
@@ -452,14 +452,14 @@ def _binary_data(node: tuple, at: list[int], out: list[int]) -> list[int]:
     return out
 
 
-def _bulk_nodes(node: tuple, at: list[int]) -> list[tuple]:
+def _bulk_nodes(node: tuple) -> list[tuple]:
     """What a query asks for of a column holding image bytes once its batch's text is in memory: the
     bytes values of a binary column or struct field alone (_BULK); any other column (a list of images)
     as it is."""
     if node[0] == _BIN and not node[5]:
         return [(_BULK, 0, node[2], node[3], node[4])] if node[2] and node[4] else []
     if node[0] == _STRUCT and all(child[0] in (_BIN, _NULL) for child in node[2]):
-        return [bulk for child in node[2] if child[0] == _BIN and not child[5] for bulk in _bulk_nodes(child, at)]
+        return [bulk for child in node[2] if child[0] == _BIN and not child[5] for bulk in _bulk_nodes(child)]
     return [node]
 
 
@@ -499,7 +499,7 @@ def _layout(result: pa.Table, k: int, mapping: tuple[int, int]) -> tuple[_Layout
                         text.append((b.address, b.size))
                         scattered += b.size > WHOLE_COLUMN
                 if images:
-                    imaging.extend(_bulk_nodes(node, at))
+                    imaging.extend(_bulk_nodes(node))
             if used != len(buffers):
                 return _FALLBACK, []
     except TypeError:
@@ -584,16 +584,13 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
 
 
 def _in_memory(start: int, end: int) -> bool:
-    # mincore sets the low bit of one byte per page that is in the page cache (the other bits are reserved).
-    # For a file it does not show us it sets every bit: such a probe never finds the rows in memory, so
-    # the queries go on advising (the cost of the advice, not a page fault per page of a cold row).
+    # For a file mincore does not show us it reports every page cached: such a probe never finds the rows
+    # in memory, so the queries go on advising (the cost of the advice, not a page fault per page of a
+    # cold row).
     if _blind and (_mapping_of(start) or (None,))[0] in _blind:
         return False
-    pages = (end - start + _PAGE - 1) // _PAGE
-    vector = (ctypes.c_ubyte * pages)()
-    if _mincore(start, end - start, vector) != 0:
-        return False
-    return bool(np.all(np.frombuffer(vector, np.uint8) & 1))
+    flags = pages_in_memory(start, end - start)
+    return flags is not None and bool(flags.all())
 
 
 # --- backing off when the pages are cached ------------------------------------------------------------------
@@ -832,7 +829,7 @@ def _row_reader(template: tuple, names: tuple) -> Callable | None:
         return slot
 
     lines = ["def read(at, r, data, i32, i64):"]
-    serial = iter(range(1 << 30))
+    serial = itertools.count()
 
     def emit(node: tuple, row: str, target: str, pad: str) -> None:
         tag, validity = node[0], node[1]

@@ -143,13 +143,10 @@ def test_num_proc_2_gives_the_same_rows_in_the_same_order(release, tmp_path, nam
     assert raw_rows(two) == raw_rows(one)
 
 
-def test_num_proc_workers_share_one_parse_of_the_zip_directory(release, tmp_path, monkeypatch):
-    """A num_proc=2 prepare parses the zip's directory once, in a child forked while the JSON is scanned;
-    the workers use that copy (none parses its own), which is dropped when the prepare ends. With
-    num_proc=1 the preparing process parses it itself. The rows are the same."""
-    from llava_hf import images, zipdir
+def log_directory_parses(monkeypatch, log):
+    """Each zip directory parse, in any process, appends "<pid> <zip name>" to `log` (returned)."""
+    from llava_hf import zipdir
 
-    log = tmp_path / "parses.log"
     original = zipdir.ZipDirectory.from_transport.__func__
 
     def counted(cls, transport, label):
@@ -158,6 +155,16 @@ def test_num_proc_workers_share_one_parse_of_the_zip_directory(release, tmp_path
         return original(cls, transport, label)
 
     monkeypatch.setattr(zipdir.ZipDirectory, "from_transport", classmethod(counted))
+    return log
+
+
+def test_num_proc_workers_share_one_parse_of_the_zip_directory(release, tmp_path, monkeypatch):
+    """A num_proc=2 prepare parses the zip's directory once, in a child forked while the JSON is scanned;
+    the workers use that copy (none parses its own), which is dropped when the prepare ends. With
+    num_proc=1 the preparing process parses it itself. The rows are the same."""
+    from llava_hf import images
+
+    log = log_directory_parses(monkeypatch, tmp_path / "parses.log")
     two = load(release, "blip_558k", str(tmp_path / "two"), num_proc=2)
     assert len(two.cache_files) == 2
     (parse,) = log.read_text().splitlines()
@@ -178,17 +185,9 @@ def test_without_forked_workers_or_a_spare_process_each_worker_parses_the_direct
     child can be started: the two workers parse the directory themselves, and the rows are the same."""
     import multiprocess
 
-    from llava_hf import images, sources, zipdir
+    from llava_hf import images, sources
 
-    log = tmp_path / "parses.log"
-    original = zipdir.ZipDirectory.from_transport.__func__
-
-    def counted(cls, transport, label):
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        return original(cls, transport, label)
-
-    monkeypatch.setattr(zipdir.ZipDirectory, "from_transport", classmethod(counted))
+    log = log_directory_parses(monkeypatch, tmp_path / "parses.log")
     if why == "spawned workers":
         monkeypatch.setattr(multiprocess, "get_start_method", lambda allow_none=False: "spawn")
         assert images._workers_fork() is False
@@ -202,7 +201,7 @@ def test_without_forked_workers_or_a_spare_process_each_worker_parses_the_direct
 
         monkeypatch.setattr(sources, "in_child", no_fork)
     two = load(release, "blip_558k", str(tmp_path / "two"), num_proc=2)
-    parses = log.read_text().splitlines()
+    parses = [line.split()[0] for line in log.read_text().splitlines()]
     assert len(parses) == 2 and len(set(parses)) == 2 and str(os.getpid()) not in parses  # one a worker
     assert images._PARSED == {}
     monkeypatch.undo()
