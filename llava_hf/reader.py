@@ -403,8 +403,9 @@ def _bounds(offsets: int, width: int, r0: int, r1: int) -> tuple[int, int]:
     return one.from_address(offsets + width * r0).value, one.from_address(offsets + width * r1).value
 
 
-def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, int]]) -> None:
-    """Append the spans of rows [r0, r1) of the array `node` describes (its addresses in `at`)."""
+def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, int]], least: int = _PAGE) -> None:
+    """Append the spans of rows [r0, r1) of the array `node` describes (its addresses in `at`); image
+    bytes of a _BULK node only when longer than `least`."""
     tag, validity = node[0], at[node[1]]
     if validity:
         out.append((validity + (r0 >> 3), ((r1 - 1) >> 3) - (r0 >> 3) + 1))
@@ -417,14 +418,14 @@ def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, in
                 out.append((data + lo, hi - lo))
     elif tag == _STRUCT:
         for child in node[2]:
-            _run(child, at, r0, r1, out)
+            _run(child, at, r0, r1, out, least)
     elif tag == _LIST:
         offsets, width = at[node[2]], node[3]
         if offsets:
             c0, c1 = _bounds(offsets, width, r0, r1)
             out.append((offsets + width * r0, width * (r1 - r0 + 1)))
             if c1 > c0:
-                _run(node[4], at, c0, c1, out)
+                _run(node[4], at, c0, c1, out, least)
     elif tag == _FIXED:
         values = at[node[2]]
         if values:
@@ -436,7 +437,7 @@ def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, in
     elif tag == _BULK:
         offsets, width, data = at[node[2]], node[3], at[node[4]]
         lo, hi = _bounds(offsets, width, r0, r1)
-        if hi - lo > _PAGE:
+        if hi - lo > least:
             out.append((data + lo, hi - lo))
 
 
@@ -535,41 +536,57 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     batches): each batch's small columns whole, and the queried rows' values in its bigger ones. With
     `probe`, only the requests whose pages are not all in memory (mincore) are made. Returns whether every
     page was in memory (False when not probing, or when nothing could be asked)."""
-    columns = result.num_columns
-    if _madvise is None or not columns or not _starts:
+    if _madvise is None or not result.num_columns or not _starts:
         return False
     column = result.column(0)
-    # A layout is kept per batch and per set of columns (a select_columns view has its own).
-    view = (columns, result.schema[-1].name)
     spans: list[tuple[int, int]] = []
     last = None
     row = 0
+    # One row's image bytes of a page or less fault in as fast as they are asked for; the rows of a gather
+    # (a DataLoader batch) are all asked for, to be read at once.
+    least = _PAGE if result.num_rows == 1 else 0
     for k in range(column.num_chunks):
         chunk = column.chunk(k)
         n = len(chunk)
         if n == 0:
             continue
-        key = next((b.address for b in chunk.buffers() if b is not None and b.size), None)
-        mapping = _mapping_of(key) if key is not None else None
-        if mapping is not None:
-            known = _layouts.get(mapping[0])
-            if known is None:
-                known = _layouts[mapping[0]] = {}
-            layout = known.get((key, view))
-            if layout is None:
-                layout, once = _layout(result, k, mapping)
-                known[(key, view)] = layout
-                spans.extend(once)
-            if layout is _FALLBACK:
-                spans.extend(row_spans(result.slice(row, n)))
-            else:
-                if layout is not last:  # gathered rows of one batch: once
-                    spans.extend(layout.whole)
-                    last = layout
-                first, at = chunk.offset, layout.at
-                for program in layout.template:
-                    _run(program, at, first, first + n, spans)
+        layout = _batch_layout(result, k, chunk, spans)
+        if layout is _FALLBACK:
+            spans.extend(row_spans(result.slice(row, n)))
+        elif layout is not None:
+            if layout is not last:  # gathered rows of one batch: once
+                spans.extend(layout.whole)
+                last = layout
+            first, at = chunk.offset, layout.at
+            for program in layout.template:
+                _run(program, at, first, first + n, spans, least)
         row += n
+    return _request(spans, probe)
+
+
+def _batch_layout(result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[int, int]]) -> _Layout | None:
+    """The layout of record batch k of `result` (`chunk` its first column's), kept per mapping, batch and
+    set of columns (a select_columns view has its own); on the batch's first query, what is to be asked
+    for once is added to `once`. None when the batch is not lazily mapped."""
+    key = next((b.address for b in chunk.buffers() if b is not None and b.size), None)
+    mapping = _mapping_of(key) if key is not None else None
+    if mapping is None:
+        return None
+    known = _layouts.get(mapping[0])
+    if known is None:
+        known = _layouts[mapping[0]] = {}
+    view = (key, result.num_columns, result.schema[-1].name)
+    layout = known.get(view)
+    if layout is None:
+        layout, first = _layout(result, k, mapping)
+        known[view] = layout
+        once.extend(first)
+    return layout
+
+
+def _request(spans: list[tuple[int, int]], probe: bool) -> bool:
+    """MADV_WILLNEED on `spans`; with `probe`, only on the pages mincore finds missing. Whether all were
+    in memory (False when not probing)."""
     resident = probe and _mincore is not None
     # Spans a page or less apart are asked for together: one request, at most a page more.
     for address, length in _merged(spans, gap=_PAGE):
@@ -581,6 +598,29 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
         for piece in range(start, end, _ADVICE_PIECE):
             _madvise(piece, min(_ADVICE_PIECE, end - piece), mmap.MADV_WILLNEED)
     return resident
+
+
+def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
+    """advise_rows for row j of record batch k of a row index's table, from the batch's layout once it is
+    known (no one-row table is made: that, and finding the layout again, were ~25 us of a cold row's ~40
+    us of advice)."""
+    if _madvise is None:
+        return False
+    known = index.advice[k]
+    spans: list[tuple[int, int]] = []
+    if known is None:
+        one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
+        chunk = one.column(0).chunk(0)
+        layout = _batch_layout(one, 0, chunk, spans)
+        if layout is None or layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
+            return _request(row_spans(one), probe)
+        known = index.advice[k] = (layout, chunk.offset - j)  # and where the batch's rows start
+    layout, first = known
+    at = layout.at
+    spans.extend(layout.whole)
+    for program in layout.template:
+        _run(program, at, first + j, first + j + 1, spans)
+    return _request(spans, probe)
 
 
 def _in_memory(start: int, end: int) -> bool:
@@ -882,13 +922,14 @@ _row_readers: dict[tuple, Callable | None] = {}
 class _RowIndex:
     """A table's record batches, where each starts, and each one's row layout, for rows by index."""
 
-    __slots__ = ("starts", "batches", "layouts", "views", "names")
+    __slots__ = ("starts", "batches", "layouts", "advice", "views", "names")
 
     def __init__(self, table) -> None:
         self.starts = table._offsets.tolist()
         self.batches = table._batches
         # Each batch's row layout, worked out on its first row (~0.4 KB; a template shared by the batches).
         self.layouts: list = [None] * len(self.batches)
+        self.advice: list = [None] * len(self.batches)  # each batch's read advice layout, once known
         self.views: dict = {}  # mapping start -> its views, for the layouts
         self.names = tuple(table.column_names)
 
@@ -956,12 +997,10 @@ def _install_row_path(dataset_class) -> None:
         j = key - index.starts[k]
         if _starts:
             how = want_advice()
-            if how is not SKIP:
-                one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
-                if how is ADVISE:
-                    advise_rows(one)
-                else:
-                    probed(advise_rows(one, probe=True))
+            if how is ADVISE:
+                advise_row(index, k, j, False)
+            elif how is PROBE:
+                probed(advise_row(index, k, j, True))
         layout = index.layouts[k]
         if layout is None:
             found = _row_layout(index.batches[k], j, index.views)
