@@ -152,6 +152,7 @@ def _unregister(start: int) -> None:
             _blind.discard(start)
         # The batch layouts of a mapping are addresses in it: a later mapping may reuse them.
         _layouts.pop(start, None)
+        _plans.pop(start, None)
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
@@ -340,7 +341,11 @@ class _Layout:
 # finding the row's values in it (and its validity, offsets and values sit side by side in the file).
 WHOLE_COLUMN = 16 << 10
 _FALLBACK = _Layout((), array.array("q", [0]), 1)  # a layout this module does not know: walk the row's buffers
-_layouts: dict[int, dict[tuple[int, tuple[str, ...]], _Layout]] = {}  # mapping start -> batch key -> layout
+# mapping start -> (batch key, view) -> layout; a view is a set of columns (a select_columns view has its
+# own layouts)
+_layouts: dict[int, dict[tuple, _Layout]] = {}
+_plans: dict[int, dict[tuple, dict]] = {}  # mapping start -> view -> the plans of its batches (_plan)
+_MISSING = object()
 _templates: dict[tuple, tuple] = {}  # one copy of each template
 # Offsets are read in place (the queried row's slice keeps its mapping alive meanwhile).
 _PAIR = {4: ctypes.c_int32 * 2, 8: ctypes.c_int64 * 2}
@@ -350,7 +355,9 @@ _BINARY = (pa.types.is_binary, pa.types.is_string, pa.types.is_large_binary, pa.
 # binary node ends with whether it holds text, a struct node with its field names (for reading rows).
 _BIN, _STRUCT, _LIST, _FIXED, _BOOL, _NULL = range(6)
 # Image bytes of a batch whose text was asked for whole (TEXT_FIRST): (_BULK, 0, offsets, width, values);
-# only the values are asked for, and only when they pass a page (one or two pages fault in as fast).
+# only the values are asked for, and for one row only when they lie on two pages or more: a value on one
+# page faults in as fast, one on two pages in two reads one after the other (a 2.6 KB value at random in
+# a cold file: 57-64 us faulted, 37-44 asked for first; scripts/bench_rows.py --faults).
 _BULK = 6
 
 
@@ -403,9 +410,9 @@ def _bounds(offsets: int, width: int, r0: int, r1: int) -> tuple[int, int]:
     return one.from_address(offsets + width * r0).value, one.from_address(offsets + width * r1).value
 
 
-def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, int]], least: int = _PAGE) -> None:
-    """Append the spans of rows [r0, r1) of the array `node` describes (its addresses in `at`); image
-    bytes of a _BULK node only when longer than `least`."""
+def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, int]], gathered: bool = False) -> None:
+    """Append the spans of rows [r0, r1) of the array `node` describes (its addresses in `at`); the image
+    bytes of a _BULK node when they lie on two pages or more, or are `gathered` (see advise_rows)."""
     tag, validity = node[0], at[node[1]]
     if validity:
         out.append((validity + (r0 >> 3), ((r1 - 1) >> 3) - (r0 >> 3) + 1))
@@ -418,14 +425,14 @@ def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, in
                 out.append((data + lo, hi - lo))
     elif tag == _STRUCT:
         for child in node[2]:
-            _run(child, at, r0, r1, out, least)
+            _run(child, at, r0, r1, out, gathered)
     elif tag == _LIST:
         offsets, width = at[node[2]], node[3]
         if offsets:
             c0, c1 = _bounds(offsets, width, r0, r1)
             out.append((offsets + width * r0, width * (r1 - r0 + 1)))
             if c1 > c0:
-                _run(node[4], at, c0, c1, out, least)
+                _run(node[4], at, c0, c1, out, gathered)
     elif tag == _FIXED:
         values = at[node[2]]
         if values:
@@ -437,7 +444,7 @@ def _run(node: tuple, at: array.array, r0: int, r1: int, out: list[tuple[int, in
     elif tag == _BULK:
         offsets, width, data = at[node[2]], node[3], at[node[4]]
         lo, hi = _bounds(offsets, width, r0, r1)
-        if hi - lo > least:
+        if hi > lo and (gathered or (data + lo) // _PAGE != (data + hi - 1) // _PAGE):
             out.append((data + lo, hi - lo))
 
 
@@ -464,47 +471,49 @@ def _bulk_nodes(node: tuple) -> list[tuple]:
     return [node]
 
 
-def _layout(result: pa.Table, k: int, mapping: tuple[int, int]) -> tuple[_Layout, list[tuple[int, int]]]:
+def _layout(
+    result: pa.Table, k: int, mapping: tuple[int, int], plans: dict | None = None
+) -> tuple[_Layout, list[tuple[int, int]]]:
     """The layout of record batch k of `result`, and the spans to request once, now that the batch is first
-    queried: its text, when the batch is mostly image bytes (see TEXT_FIRST)."""
-    whole: list[tuple[int, int]] = []
-    programs: list[tuple] = []
-    at = [0]
-    first = result.column(0).chunk(k).offset
+    queried: its text, when the batch is mostly image bytes (see TEXT_FIRST). `plans` keeps what is the
+    same for the batches of one file and set of columns (see _plan), keyed by which buffers are present
+    and which columns are small."""
     start, end = mapping
-    text: list[tuple[int, int]] = []  # every buffer but image bytes
-    bulk = 0  # bytes of image (binary) values
-    scattered = 0  # text buffers a query asks for its rows' part of, one request each
-    imaging: list[tuple] = []  # the program nodes of the columns that hold image bytes
-    try:
-        for column in result.columns:
-            chunk = column.chunk(k)
-            buffers = chunk.buffers()
-            present = [b for b in buffers if b is not None and b.size]
-            # Rows are found by the slice offset: it must be the same in every column, over unsliced
-            # children, as in record batches read from an Arrow file.
-            if chunk.offset != first or not all(start <= b.address and b.address + b.size <= end for b in present):
-                return _FALLBACK, []
-            if sum(b.size for b in present) <= WHOLE_COLUMN:
-                _, used = _program(chunk.type, buffers, 0, [])
-                whole.extend((b.address, b.size) for b in present)
-                text.extend((b.address, b.size) for b in present)
-            else:
-                node, used = _program(chunk.type, buffers, 0, at)
-                programs.append(node)
-                images = set(_binary_data(node, at, []))
-                for b in present:
-                    if b.address in images and b.size > WHOLE_COLUMN:
-                        bulk += b.size
-                    else:
-                        text.append((b.address, b.size))
-                        scattered += b.size > WHOLE_COLUMN
-                if images:
-                    imaging.extend(_bulk_nodes(node))
-            if used != len(buffers):
-                return _FALLBACK, []
-    except TypeError:
+    chunks = [column.chunk(k) for column in result.columns]
+    first = chunks[0].offset
+    per_column = [chunk.buffers() for chunk in chunks]
+    sizes = [b.size if b is not None else 0 for buffers in per_column for b in buffers]
+    addresses = [b.address if b is not None and b.size else 0 for buffers in per_column for b in buffers]
+    # Rows are found by the slice offset: it must be the same in every column, over unsliced children, as
+    # in record batches read from an Arrow file.
+    if any(chunk.offset != first for chunk in chunks):
         return _FALLBACK, []
+    if not all(start <= a and a + n <= end for a, n in zip(addresses, sizes) if n):
+        return _FALLBACK, []
+    small, i = [], 0
+    for buffers in per_column:
+        small.append(sum(sizes[i : i + len(buffers)]) <= WHOLE_COLUMN)
+        i += len(buffers)
+    key = (tuple(n > 0 for n in sizes), tuple(small))
+    plan = plans.get(key, _MISSING) if plans is not None else _MISSING
+    if plan is _MISSING:
+        plan = _plan(chunks, per_column, small, addresses)
+        if plans is not None:
+            plans[key] = plan
+    if plan is None:
+        return _FALLBACK, []
+    programs, imaging, slots, small_buffers, image_buffers, other_buffers = plan
+    at = [0, *(addresses[i] for i in slots)]
+    whole = [(addresses[i], sizes[i]) for i in small_buffers]
+    text = whole + [(addresses[i], sizes[i]) for i in other_buffers]  # every buffer but image bytes
+    bulk = 0  # bytes of image (binary) values
+    for i in image_buffers:
+        if sizes[i] > WHOLE_COLUMN:
+            bulk += sizes[i]
+        else:
+            text.append((addresses[i], sizes[i]))
+    # Text buffers a query asks for its rows' part of, one request each.
+    scattered = sum(sizes[i] > WHOLE_COLUMN for i in other_buffers)
     once: list[tuple[int, int]] = []
     text = _merged(text)
     size = sum(length for _, length in text)
@@ -519,8 +528,49 @@ def _layout(result: pa.Table, k: int, mapping: tuple[int, int]) -> tuple[_Layout
         hi = min(end, address + length)
         for piece in range(lo, hi, _ADVICE_PIECE):
             at += (piece, min(_ADVICE_PIECE, hi - piece))
-    template = tuple(programs)
-    return _Layout(_templates.setdefault(template, template), array.array("q", at), pieces), once
+    return _Layout(programs, array.array("q", at), pieces), once
+
+
+def _plan(chunks: list, per_column: list[list], small: list[bool], addresses: list[int]) -> tuple | None:
+    """What a batch's layout takes from its schema and which of its buffers are present, the same for every
+    batch of a file that has the same: (program nodes of its bigger columns, the nodes asked for once its
+    text is in memory (TEXT_FIRST), the positions in the batch's buffer list of the addresses that fill
+    `at`, of the small columns' buffers, of the bigger columns' image bytes and of their other buffers).
+    None for a batch this module has no layout for."""
+    programs, imaging, slots, small_buffers, image_buffers, other_buffers = [], [], [], [], [], []
+    at = [0]
+    where = {a: i for i, a in enumerate(addresses) if a}
+    if len(where) != sum(1 for a in addresses if a):  # two buffers at one address: positions are ambiguous
+        return None
+    i = 0
+    try:
+        for chunk, buffers, little in zip(chunks, per_column, small):
+            present = [p for p in range(i, i + len(buffers)) if addresses[p]]
+            if little:
+                _, used = _program(chunk.type, buffers, 0, [])
+                small_buffers += present
+            else:
+                node, used = _program(chunk.type, buffers, 0, at)
+                programs.append(node)
+                images = set(_binary_data(node, at, []))
+                for p in present:
+                    (image_buffers if addresses[p] in images else other_buffers).append(p)
+                if images:
+                    imaging.extend(_bulk_nodes(node))
+            if used != len(buffers):
+                return None
+            i += len(buffers)
+    except TypeError:
+        return None
+    slots = [where[a] for a in at[1:]]
+    return (
+        _templates.setdefault(tuple(programs), tuple(programs)),
+        _templates.setdefault(tuple(imaging), tuple(imaging)),
+        slots,
+        small_buffers,
+        image_buffers,
+        other_buffers,
+    )
 
 
 # A batch whose text (every buffer but image bytes) is at most this, and at most a quarter of its image
@@ -542,9 +592,10 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     spans: list[tuple[int, int]] = []
     last = None
     row = 0
-    # One row's image bytes of a page or less fault in as fast as they are asked for; the rows of a gather
-    # (a DataLoader batch) are all asked for, to be read at once.
-    least = _PAGE if result.num_rows == 1 else 0
+    # A row's image bytes on one page fault in as fast as they are asked for (and those on two pages are
+    # asked for: one request, not two faults one after the other); the rows of a gather (a DataLoader
+    # batch) are all asked for, to be read at once.
+    gathered = result.num_rows > 1
     for k in range(column.num_chunks):
         chunk = column.chunk(k)
         n = len(chunk)
@@ -559,7 +610,7 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
                 last = layout
             first, at = chunk.offset, layout.at
             for program in layout.template:
-                _run(program, at, first, first + n, spans, least)
+                _run(program, at, first, first + n, spans, gathered)
         row += n
     return _request(spans, probe)
 
@@ -575,11 +626,12 @@ def _batch_layout(result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[in
     known = _layouts.get(mapping[0])
     if known is None:
         known = _layouts[mapping[0]] = {}
-    view = (key, result.num_columns, result.schema[-1].name)
-    layout = known.get(view)
+    view = (result.num_columns, result.schema[-1].name)
+    layout = known.get((key, view))
     if layout is None:
-        layout, first = _layout(result, k, mapping)
-        known[view] = layout
+        plans = _plans.setdefault(mapping[0], {}).setdefault(view, {})
+        layout, first = _layout(result, k, mapping, plans)
+        known[(key, view)] = layout
         once.extend(first)
     return layout
 
@@ -812,44 +864,66 @@ def _views(batch: pa.RecordBatch, mapping: tuple[int, int]) -> tuple[memoryview,
     return whole, whole[: (end - start) // 4 * 4].cast("i"), whole[: (end - start) // 8 * 8].cast("q")
 
 
-def _row_layout(batch: pa.RecordBatch, j: int, views: dict) -> tuple | None:
+def _row_layout(batch: pa.RecordBatch, j: int, views: dict, plans: dict | None = None) -> tuple | None:
     """(template, addresses, first row, bytes, int32s, int64s) for reading rows of `batch` straight from its
     mapping: the program nodes of every column, their buffers' addresses relative to the mapping's start,
     and views of the mapping (shared by its batches, in `views`). Worked out from a one-row slice (row j):
     boxing the batch's own columns would keep ~6 KB of C++ arrays per batch alive in every worker (pyarrow
-    caches them on the batch). None for a batch whose rows cannot be read so."""
-    one = batch.slice(j, 1)
-    at, nodes, first, mapping = [0], [], None, None
+    caches them on the batch). `plans` keeps the template and which buffers fill the addresses, the same
+    for the batches of a table that have the same buffers present. None for a batch whose rows cannot be
+    read so."""
+    columns = batch.slice(j, 1).columns
+    first = columns[0].offset - j if columns else 0
+    if any(column.offset - j != first for column in columns):
+        return None
+    per_column = [column.buffers() for column in columns]
+    addresses = [b.address if b is not None and b.size else 0 for buffers in per_column for b in buffers]
+    present = [i for i, a in enumerate(addresses) if a]
+    if not present:
+        return None
+    mapping = _mapping_of(addresses[present[0]])
+    if mapping is None:
+        return None
+    sizes = [b.size if b is not None else 0 for buffers in per_column for b in buffers]
+    if not all(mapping[0] < addresses[i] <= addresses[i] + sizes[i] <= mapping[1] for i in present):
+        return None
+    key = tuple(bool(a) for a in addresses)
+    plan = plans.get(key, _MISSING) if plans is not None else _MISSING
+    if plan is _MISSING:
+        plan = _row_plan(columns, per_column, addresses)
+        if plans is not None:
+            plans[key] = plan
+    if plan is None:
+        return None
+    template, slots = plan
+    base = mapping[0]
+    # Relative to the mapping (a buffer never starts at its byte 0: the schema message does); offsets
+    # buffers are read as aligned integers (Arrow aligns every buffer to 8 bytes).
+    at = [0, *(addresses[i] - base for i in slots)]
+    if any(a % 8 for a in at):
+        return None
+    if base not in views:
+        views[base] = _views(batch, mapping)
+    return (template, array.array("q", at), first, *views[base])
+
+
+def _row_plan(columns: list, per_column: list[list], addresses: list[int]) -> tuple | None:
+    """(template, the positions in the batch's buffer list of the addresses that fill `at`) for reading rows
+    of a batch with these columns and buffers; None when this module has no layout for them."""
+    at, nodes = [0], []
+    where = {a: i for i, a in enumerate(addresses) if a}
+    if len(where) != sum(1 for a in addresses if a):  # two buffers at one address: positions are ambiguous
+        return None
     try:
-        for column in one.columns:
-            buffers = column.buffers()
-            if first is None:
-                first = column.offset - j
-            if column.offset - j != first:
-                return None
-            for b in buffers:
-                if b is not None and b.size:
-                    mapping = mapping or _mapping_of(b.address)
-                    if mapping is None or not mapping[0] < b.address <= b.address + b.size <= mapping[1]:
-                        return None
+        for column, buffers in zip(columns, per_column):
             node, used = _program(column.type, buffers, 0, at)
             if used != len(buffers):
                 return None
             nodes.append(node)
     except TypeError:
         return None
-    if mapping is None:
-        return None
-    base = mapping[0]
-    # Relative to the mapping (a buffer never starts at its byte 0: the schema message does); offsets
-    # buffers are read as aligned integers (Arrow aligns every buffer to 8 bytes).
-    at = [a - base if a else 0 for a in at]
-    if any(a % 8 for a in at):
-        return None
-    if base not in views:
-        views[base] = _views(batch, mapping)
     template = tuple(nodes)
-    return (_templates.setdefault(template, template), array.array("q", at), first or 0, *views[base])
+    return _templates.setdefault(template, template), [where[a] for a in at[1:]]
 
 
 def _row_reader(template: tuple, names: tuple) -> Callable | None:
@@ -922,7 +996,7 @@ _row_readers: dict[tuple, Callable | None] = {}
 class _RowIndex:
     """A table's record batches, where each starts, and each one's row layout, for rows by index."""
 
-    __slots__ = ("starts", "batches", "layouts", "advice", "views", "names")
+    __slots__ = ("starts", "batches", "layouts", "advice", "views", "plans", "names")
 
     def __init__(self, table) -> None:
         self.starts = table._offsets.tolist()
@@ -931,6 +1005,7 @@ class _RowIndex:
         self.layouts: list = [None] * len(self.batches)
         self.advice: list = [None] * len(self.batches)  # each batch's read advice layout, once known
         self.views: dict = {}  # mapping start -> its views, for the layouts
+        self.plans: dict = {}  # the row plans of the table's batches (_row_layout)
         self.names = tuple(table.column_names)
 
 
@@ -953,9 +1028,6 @@ def _row_index(table) -> _RowIndex | None:
             entry = _RowIndex(table)
     _row_indexes[key] = (weakref.ref(table, lambda _, key=key: _row_indexes.pop(key, None)), entry)
     return entry
-
-
-_MISSING = object()
 
 
 def _install_row_path(dataset_class) -> None:
@@ -1003,7 +1075,7 @@ def _install_row_path(dataset_class) -> None:
                 probed(advise_row(index, k, j, True))
         layout = index.layouts[k]
         if layout is None:
-            found = _row_layout(index.batches[k], j, index.views)
+            found = _row_layout(index.batches[k], j, index.views, index.plans)
             read = _row_reader(found[0], index.names) if found is not None else None
             layout = index.layouts[k] = (read, *found[1:]) if read is not None else ()
         if not layout:

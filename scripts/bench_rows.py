@@ -9,6 +9,13 @@ and `zipfile.read` of the same members; bytes-only images. Before that, four wor
 open, for each of the two `ds[i]` paths, read `--rows` / 2 random rows each and report their private
 dirty memory after a `gc.collect()`. Medians of the rounds, with their spread; ratios to `zipfile`
 measured in the same rounds.
+
+    python scripts/bench_rows.py --work DIR --faults             # one cold value: a fault against a request
+
+`--faults` reads `--rows` random members of the corpus's zip (2.6 KB JPEGs) from a cold page cache, in
+alternating rounds, three ways: touching them through a MADV_RANDOM mapping (page faults, one page at a
+time, as the reader's mapping does), asking for their pages with MADV_WILLNEED first and then touching
+them, and `os.pread`. It prints microseconds per read, and how many of the values lie on two pages.
 """
 
 from __future__ import annotations
@@ -49,11 +56,58 @@ def worker_memory(data, getitem, rows: int) -> list[float]:
     return out
 
 
+def faults(corpus: dict, rows: int, rounds: int) -> None:
+    import json
+    import mmap
+
+    from llava_hf.pagecache import evict
+
+    members = json.loads((Path(corpus["folder"]) / "members.json").read_text())
+    picks = random.Random(0).sample(range(len(members["offsets"])), rows)
+    spans = [(members["offsets"][k], members["lengths"][k]) for k in picks]
+    page = mmap.PAGESIZE
+    two = sum((o // page) != ((o + n - 1) // page) for o, n in spans)
+
+    def faulted(mapped, view, fd):
+        for o, n in spans:
+            bytes(view[o : o + n])
+
+    def asked(mapped, view, fd):
+        for o, n in spans:
+            start = o - o % page
+            mapped.madvise(mmap.MADV_WILLNEED, start, o + n - start)
+            bytes(view[o : o + n])
+
+    def read(mapped, view, fd):
+        for o, n in spans:
+            os.pread(fd, n, o)
+
+    ways = {"faulted": faulted, "asked for, then touched": asked, "os.pread": read}
+    times: dict = {who: [] for who in ways}
+    for _ in range(rounds):
+        for who, way in ways.items():
+            evict(corpus["zip"])  # nothing of it is mapped now: pages mapped in a process stay cached
+            with open(corpus["zip"], "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                mapped.madvise(mmap.MADV_RANDOM)
+                view = memoryview(mapped)
+                started = time.perf_counter()
+                way(mapped, view, f.fileno())
+                times[who].append((time.perf_counter() - started) / rows * 1e6)
+                view.release()
+                mapped.close()
+    print(f"{rows:,} random members of {corpus['zip']}, cold; {two:,} of them on two pages")
+    for who, samples in times.items():
+        s = bench.summary(samples)
+        print(f"  {who:24} {s['median']:6.1f} us/read ({s['min']:.1f}-{s['max']:.1f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llava_hf_bench"))
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--faults", action="store_true", help="one cold value: a page fault against a request")
     a = parser.parse_args()
     import datasets
 
@@ -62,6 +116,9 @@ def main() -> None:
     reader.install()  # the row path wraps Dataset.__getitem__ (load_dataset installs it too)
     bench.quiet_datasets()
     corpus = bench_scale.make_blip(Path(a.work), "2.6 KB")
+    if a.faults:
+        faults(corpus, a.rows, a.rounds)
+        return
     served = {"data_dir": corpus["data_dir"], "zip": corpus["zip"], "cache": str(Path(a.work) / "rows-cache")}
     ours, stock = datasets.Dataset.__getitem__, datasets.Dataset.__getitem__.__wrapped__
 

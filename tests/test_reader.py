@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -237,11 +238,9 @@ def test_row_advice_asks_for_exactly_the_rows_values(tmp_path, monkeypatch):
     gc.collect()
 
 
-@pytest.mark.parametrize("image_bytes", [6_000, 3_000])
-def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, monkeypatch, image_bytes):
-    """A record batch that is mostly image bytes, with its text in several columns over WHOLE_COLUMN, has
-    every buffer but its image bytes asked for on its first query; each later query of the batch asks for
-    its row's image bytes alone, and only when they pass a page (smaller ones fault in as fast)."""
+def _mostly_images(tmp_path, image_bytes: int) -> tuple[pa.Table, object]:
+    """A file of 2 record batches of 500 rows that are mostly image bytes, with their text in several
+    columns over WHOLE_COLUMN (TEXT_FIRST applies)."""
     n = 1_000
     table = pa.table(
         {
@@ -262,16 +261,37 @@ def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, mon
     path = tmp_path / "mostly_images.arrow"
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=500)  # 2 record batches
-    lazy = reader.open_lazy(str(path))
+    return table, path
+
+
+def _record_advice(monkeypatch) -> list[tuple[int, int]]:
     asked: list[tuple[int, int]] = []
     monkeypatch.setattr(reader, "_madvise", lambda address, length, advice: asked.append((address, length)) or 0)
+    return asked
 
-    def covered(address: int, length: int) -> bool:
-        reach = address  # requests come in pieces: the bytes are covered when the pieces reach past them
-        for a, size in sorted(asked):
-            if a <= reach < a + size:
-                reach = a + size
-        return reach >= address + length
+
+def _covered(asked: list[tuple[int, int]], address: int, length: int) -> bool:
+    reach = address  # requests come in pieces: the bytes are covered when the pieces reach past them
+    for a, size in sorted(asked):
+        if a <= reach < a + size:
+            reach = a + size
+    return reach >= address + length
+
+
+def _two_pages(start: int, length: int) -> bool:
+    return start // 4096 != (start + length - 1) // 4096
+
+
+@pytest.mark.parametrize("image_bytes", [6_000, 3_000])
+def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, monkeypatch, image_bytes):
+    """A record batch that is mostly image bytes, with its text in several columns over WHOLE_COLUMN, has
+    every buffer but its image bytes asked for on its first query; each later query of the batch asks for
+    its row's image bytes alone, and only when they lie on two pages or more (on one page, they fault in
+    as fast)."""
+    table, path = _mostly_images(tmp_path, image_bytes)
+    lazy = reader.open_lazy(str(path))
+    asked = _record_advice(monkeypatch)
+    covered = functools.partial(_covered, asked)
 
     for k in range(2):
         chunk = lazy.column("image").chunk(k)
@@ -281,14 +301,20 @@ def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, mon
         asked.clear()
         reader.advise_rows(lazy.slice(500 * k + 7, 1))  # the batch's first query
         assert all(covered(b.address, b.size) for b in others)  # all its text, whole
-        assert covered(images.address + 7 * image_bytes, image_bytes) is (image_bytes > 4096)
+        two_pages = functools.partial(lambda length, start: _two_pages(start, length), image_bytes)
+
+        assert covered(images.address + 7 * image_bytes, image_bytes) is two_pages(images.address + 7 * image_bytes)
         text = sum(b.size for b in others)
         assert sum(length for _, length in asked) < text + image_bytes + 3 * 4096 + 64 * 1024  # gaps, pages
-        for j in (123, 499):
+        # Rows on one page and on two, where there are both (6,000 bytes always lie on two pages).
+        on_one = next((j for j in range(100, 499) if not two_pages(images.address + j * image_bytes)), None)
+        on_two = next(j for j in range(100, 499) if two_pages(images.address + j * image_bytes))
+        assert (on_one is None) is (image_bytes > 4096)
+        for j in sorted({123, 499, on_two} | ({on_one} if on_one is not None else set())):
             asked.clear()
             reader.advise_rows(lazy.slice(500 * k + j, 1))
             start = images.address + j * image_bytes
-            if image_bytes > 4096:
+            if two_pages(start):
                 assert covered(start, image_bytes)
                 assert sum(length for _, length in asked) <= image_bytes + 2 * 4096
             else:
@@ -297,6 +323,72 @@ def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, mon
     rows = lazy.slice(490, 20).to_pylist()
     assert rows == table.slice(490, 20).to_pylist()
     del lazy
+    gc.collect()
+
+
+@pytest.mark.parametrize("image_bytes", [6_000, 3_000])
+def test_rows_by_index_ask_for_what_a_row_query_asks_for(tmp_path, monkeypatch, image_bytes):
+    """`ds[i]` on the row path gives the same advice as a row query: a batch's text on its first row, then
+    each row's image bytes alone, when they lie on two pages or more; and the same rows."""
+    table, path = _mostly_images(tmp_path, image_bytes)
+    reader.install()
+    reader.set_policy(str(tmp_path), True)
+    data = datasets.Dataset.from_file(str(path))
+    assert reader._row_index(data._data) is not None
+    asked = _record_advice(monkeypatch)
+    monkeypatch.setattr(reader, "want_advice", lambda: reader.ADVISE)
+    covered = functools.partial(_covered, asked)
+    lazy = data._data.table
+    for k in range(2):
+        chunk = lazy.column("image").chunk(k)
+        images = chunk.field("bytes").buffers()[2]
+        others = [b for column in lazy.columns for b in column.chunk(k).buffers() if b is not None and b.size]
+        others = [b for b in others if b.address != images.address]
+        asked.clear()
+        assert data[500 * k + 7] == table.slice(500 * k + 7, 1).to_pylist()[0]
+        assert all(covered(b.address, b.size) for b in others)  # the batch's text, whole
+        rows = [j for j in range(100, 499) if not _two_pages(images.address + j * image_bytes, image_bytes)][:3]
+        rows += [j for j in range(100, 499) if _two_pages(images.address + j * image_bytes, image_bytes)][:3]
+        assert len(rows) == (3 if image_bytes > 4096 else 6)
+        for j in rows:
+            asked.clear()
+            assert data[500 * k + j] == table.slice(500 * k + j, 1).to_pylist()[0]
+            start = images.address + j * image_bytes
+            if _two_pages(start, image_bytes):
+                assert covered(start, image_bytes)
+                assert sum(length for _, length in asked) <= image_bytes + 2 * 4096
+            else:
+                assert asked == []
+    reader.set_policy(str(tmp_path), None)
+    del data, lazy, chunk
+    gc.collect()
+
+
+def test_a_gather_asks_for_every_rows_image_bytes(tmp_path, monkeypatch):
+    """A gather of rows (a DataLoader batch) from batches of mostly image bytes asks for each row's image
+    bytes, those on one page too, so that they are read at once; and gives the same rows."""
+    image_bytes = 3_000
+    table, path = _mostly_images(tmp_path, image_bytes)
+    reader.install()
+    reader.set_policy(str(tmp_path), True)
+    data = datasets.Dataset.from_file(str(path))
+    asked = _record_advice(monkeypatch)
+    monkeypatch.setattr(reader, "want_advice", lambda: reader.ADVISE)
+    lazy = data._data.table
+    picks = [7, 507, 130, 731, 499, 999, 250]
+    data.__getitems__(picks[:2])  # each batch's first query: its text
+    asked.clear()
+    rows = data.__getitems__(picks)
+    assert rows == [table.slice(i, 1).to_pylist()[0] for i in picks]
+    spans = []
+    for i in picks:
+        images = lazy.column("image").chunk(i // 500).field("bytes").buffers()[2]
+        spans.append((images.address + i % 500 * image_bytes, image_bytes))
+    assert all(_covered(asked, *span) for span in spans)
+    assert sum(_two_pages(*span) for span in spans) < len(picks)  # some lie on one page, asked for as well
+    assert sum(length for _, length in asked) <= len(picks) * (image_bytes + 2 * 4096)
+    reader.set_policy(str(tmp_path), None)
+    del data, lazy, images
     gc.collect()
 
 
@@ -377,6 +469,49 @@ def test_batch_layouts_share_one_template_per_schema(tmp_path):
         chunk = lazy.column("text").chunk(k)
         assert program[2] == chunk.buffers()[1].address and program[4] == chunk.buffers()[2].address
     del lazy
+    gc.collect()
+
+
+def test_batches_sharing_a_plan_get_the_layouts_worked_out_alone(tmp_path):
+    """Layouts made from a file's shared plans (_plan, _row_plan) equal those worked out batch by batch,
+    over batches with and without validity bitmaps, an all-null batch of a column, small and big columns."""
+    n = 1_200
+    table = pa.table(
+        {
+            "id": pa.array([f"id{i:05d}" for i in range(n)]),
+            "image": pa.array(
+                [
+                    None if 300 <= i < 400 else {"bytes": bytes([i % 256]) * (900 + i % 7), "path": f"{i}.jpg"}
+                    for i in range(n)
+                ],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "caption": pa.array([None if i >= 900 else "c" * (40 + i % 30) for i in range(n)]),
+            "conversations": pa.array([[{"from": "human", "value": "q" * (i % 90)}] for i in range(n)]),
+        }
+    )
+    path = tmp_path / "plans.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=300)  # 4 batches: plain, nulls in image, plain, null captions
+    lazy = reader.open_lazy(str(path))
+    plans, row_plans, views = {}, {}, {}
+    for batch in lazy.to_batches():
+        for j in (0, 17, batch.num_rows - 1):
+            one = pa.Table.from_batches([batch.slice(j, 1)])
+            mapping = reader._mapping_of(one.column("id").chunk(0).buffers()[1].address)
+            shared, once = reader._layout(one, 0, mapping, plans)
+            alone, alone_once = reader._layout(one, 0, mapping)
+            assert shared is not reader._FALLBACK
+            assert (shared.template, list(shared.at), shared.pieces, once) == (
+                alone.template,
+                list(alone.at),
+                alone.pieces,
+                alone_once,
+            )
+            ours, theirs = reader._row_layout(batch, j, views, row_plans), reader._row_layout(batch, j, views)
+            assert ours[0] == theirs[0] and list(ours[1]) == list(theirs[1]) and ours[2:] == theirs[2:]
+    assert len(plans) == 3 and len(row_plans) == 3  # batches 0 and 2 share theirs
+    del lazy, batch, one, ours, theirs, views
     gc.collect()
 
 
