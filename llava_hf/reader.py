@@ -255,15 +255,26 @@ def value_spans(array: pa.Array, out: list[tuple[int, int]] | None = None) -> li
             first, last = int(offsets[0]), int(offsets[-1])
             out.append((buffers[2].address + first, last - first))
     elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        out.append((buffers[1].address + array.offset * 4, (n + 1) * 4))
+        width = 8 if pa.types.is_large_list(kind) else 4
+        out.append((buffers[1].address + array.offset * width, (n + 1) * width))
+        value_spans(array.flatten(), out)
+    elif pa.types.is_fixed_size_list(kind):
         value_spans(array.flatten(), out)
     elif pa.types.is_struct(kind):
         for child in array.flatten():
             value_spans(child, out)
-    elif kind.bit_width and len(buffers) > 1 and buffers[1] is not None:
+    elif len(buffers) > 1 and buffers[1] is not None and _fixed_width(kind):
         width = kind.bit_width
         out.append((buffers[1].address + array.offset * width // 8, (n * width + 7) // 8 + 1))
+    # Anything else (maps, views, unions...) is not asked for: its pages fault in as they are read.
     return out
+
+
+def _fixed_width(kind: pa.DataType) -> bool:
+    try:
+        return bool(kind.bit_width)
+    except ValueError:  # "Non-fixed width type"
+        return False
 
 
 # Buffers up to this size (a record batch's ids, captions, conversations...) are requested whole, which
@@ -341,10 +352,9 @@ class _Layout:
 # finding the row's values in it (and its validity, offsets and values sit side by side in the file).
 WHOLE_COLUMN = 16 << 10
 _FALLBACK = _Layout((), array.array("q", [0]), 1)  # a layout this module does not know: walk the row's buffers
-# mapping start -> (batch key, view) -> layout; a view is a set of columns (a select_columns view has its
-# own layouts)
+# mapping start -> (batch key, column names) -> layout (a select_columns view has its own layouts)
 _layouts: dict[int, dict[tuple, _Layout]] = {}
-_plans: dict[int, dict[tuple, dict]] = {}  # mapping start -> view -> the plans of its batches (_plan)
+_plans: dict[int, dict[tuple, dict]] = {}  # mapping start -> column types -> the plans of its batches (_plan)
 _MISSING = object()
 _templates: dict[tuple, tuple] = {}  # one copy of each template
 # Offsets are read in place (the queried row's slice keeps its mapping alive meanwhile).
@@ -396,7 +406,11 @@ def _program(kind: pa.DataType, buffers: list, pos: int, at: list[int]) -> tuple
         return (_NULL, 0), pos + 1
     if pa.types.is_boolean(kind):
         return (_BOOL, _slot(buffers[pos], at), _slot(buffers[pos + 1], at)), pos + 2
-    if kind.bit_width and kind.bit_width % 8 == 0 and not pa.types.is_dictionary(kind):
+    try:
+        bits = kind.bit_width
+    except ValueError:  # no fixed width (fixed-size lists, maps, views, extension types)
+        raise TypeError(f"no layout for {kind}") from None
+    if bits and bits % 8 == 0 and not pa.types.is_dictionary(kind):
         node = (_FIXED, _slot(buffers[pos], at), _slot(buffers[pos + 1], at), kind.bit_width // 8)
         return node, pos + 2
     raise TypeError(f"no layout for {kind}")
@@ -539,9 +553,6 @@ def _plan(chunks: list, per_column: list[list], small: list[bool], addresses: li
     None for a batch this module has no layout for."""
     programs, imaging, slots, small_buffers, image_buffers, other_buffers = [], [], [], [], [], []
     at = [0]
-    where = {a: i for i, a in enumerate(addresses) if a}
-    if len(where) != sum(1 for a in addresses if a):  # two buffers at one address: positions are ambiguous
-        return None
     i = 0
     try:
         for chunk, buffers, little in zip(chunks, per_column, small):
@@ -551,6 +562,7 @@ def _plan(chunks: list, per_column: list[list], small: list[bool], addresses: li
                 small_buffers += present
             else:
                 node, used = _program(chunk.type, buffers, 0, at)
+                slots += present  # _program takes a slot for each present buffer, in order
                 programs.append(node)
                 images = set(_binary_data(node, at, []))
                 for p in present:
@@ -562,7 +574,8 @@ def _plan(chunks: list, per_column: list[list], small: list[bool], addresses: li
             i += len(buffers)
     except TypeError:
         return None
-    slots = [where[a] for a in at[1:]]
+    if [addresses[p] for p in slots] != at[1:]:
+        return None
     return (
         _templates.setdefault(tuple(programs), tuple(programs)),
         _templates.setdefault(tuple(imaging), tuple(imaging)),
@@ -585,23 +598,27 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     """MADV_WILLNEED on the memory of the rows of `result` (a row query's slices of lazily mapped record
     batches): each batch's small columns whole, and the queried rows' values in its bigger ones. With
     `probe`, only the requests whose pages are not all in memory (mincore) are made. Returns whether every
-    page was in memory (False when not probing, or when nothing could be asked)."""
+    page was in memory (False when not probing, or when madvise is missing or no row is lazily mapped;
+    True for a probe with nothing to ask for)."""
     if _madvise is None or not result.num_columns or not _starts:
         return False
     column = result.column(0)
     spans: list[tuple[int, int]] = []
     last = None
     row = 0
+    view = tuple(result.column_names)
     # A row's image bytes on one page fault in as fast as they are asked for (and those on two pages are
     # asked for: one request, not two faults one after the other); the rows of a gather (a DataLoader
-    # batch) are all asked for, to be read at once.
-    gathered = result.num_rows > 1
+    # batch) are all asked for, to be read at once, and a probe looks at every row's pages.
+    gathered = probe or result.num_rows > 1
+    mapped = False
     for k in range(column.num_chunks):
         chunk = column.chunk(k)
         n = len(chunk)
         if n == 0:
             continue
-        layout = _batch_layout(result, k, chunk, spans)
+        layout = _batch_layout(result, k, chunk, spans, view)
+        mapped |= layout is not None
         if layout is _FALLBACK:
             spans.extend(row_spans(result.slice(row, n)))
         elif layout is not None:
@@ -612,13 +629,15 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
             for program in layout.template:
                 _run(program, at, first, first + n, spans, gathered)
         row += n
-    return _request(spans, probe)
+    return _request(spans, probe) if mapped else False
 
 
-def _batch_layout(result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[int, int]]) -> _Layout | None:
-    """The layout of record batch k of `result` (`chunk` its first column's), kept per mapping, batch and
-    set of columns (a select_columns view has its own); on the batch's first query, what is to be asked
-    for once is added to `once`. None when the batch is not lazily mapped."""
+def _batch_layout(
+    result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[int, int]], view: tuple[str, ...]
+) -> _Layout | None:
+    """The layout of record batch k of `result` (`chunk` its first column's, `view` its column names), kept
+    per mapping, batch and view; on the batch's first query, what is to be asked for once is added to
+    `once`. None when the batch is not lazily mapped (or its first column has no buffer to tell)."""
     key = next((b.address for b in chunk.buffers() if b is not None and b.size), None)
     mapping = _mapping_of(key) if key is not None else None
     if mapping is None:
@@ -626,10 +645,10 @@ def _batch_layout(result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[in
     known = _layouts.get(mapping[0])
     if known is None:
         known = _layouts[mapping[0]] = {}
-    view = (result.num_columns, result.schema[-1].name)
     layout = known.get((key, view))
     if layout is None:
-        plans = _plans.setdefault(mapping[0], {}).setdefault(view, {})
+        # Plans hold program nodes: shared by the batches of one file with the same column types only.
+        plans = _plans.setdefault(mapping[0], {}).setdefault(tuple(result.schema.types), {})
         layout, first = _layout(result, k, mapping, plans)
         known[(key, view)] = layout
         once.extend(first)
@@ -663,15 +682,20 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
     if known is None:
         one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
         chunk = one.column(0).chunk(0)
-        layout = _batch_layout(one, 0, chunk, spans)
-        if layout is None or layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
+        layout = _batch_layout(one, 0, chunk, spans, index.names)
+        if layout is None:  # not lazily mapped (a concatenation's other part): no advice, as datasets gives
+            index.advice[k] = ()
+            return False
+        if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
             return _request(row_spans(one), probe)
         known = index.advice[k] = (layout, chunk.offset - j)  # and where the batch's rows start
+    if not known:
+        return False
     layout, first = known
     at = layout.at
     spans.extend(layout.whole)
     for program in layout.template:
-        _run(program, at, first + j, first + j + 1, spans)
+        _run(program, at, first + j, first + j + 1, spans, probe)  # a probe looks at every page of the row
     return _request(spans, probe)
 
 
@@ -911,9 +935,6 @@ def _row_plan(columns: list, per_column: list[list], addresses: list[int]) -> tu
     """(template, the positions in the batch's buffer list of the addresses that fill `at`) for reading rows
     of a batch with these columns and buffers; None when this module has no layout for them."""
     at, nodes = [0], []
-    where = {a: i for i, a in enumerate(addresses) if a}
-    if len(where) != sum(1 for a in addresses if a):  # two buffers at one address: positions are ambiguous
-        return None
     try:
         for column, buffers in zip(columns, per_column):
             node, used = _program(column.type, buffers, 0, at)
@@ -922,8 +943,11 @@ def _row_plan(columns: list, per_column: list[list], addresses: list[int]) -> tu
             nodes.append(node)
     except TypeError:
         return None
+    slots = [i for i, a in enumerate(addresses) if a]  # _program takes a slot for each present buffer, in order
+    if [addresses[i] for i in slots] != at[1:]:
+        return None
     template = tuple(nodes)
-    return _templates.setdefault(template, template), [where[a] for a in at[1:]]
+    return _templates.setdefault(template, template), slots
 
 
 def _row_reader(template: tuple, names: tuple) -> Callable | None:

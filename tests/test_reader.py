@@ -515,6 +515,84 @@ def test_batches_sharing_a_plan_get_the_layouts_worked_out_alone(tmp_path):
     gc.collect()
 
 
+def test_views_of_one_file_with_other_column_types_get_their_own_layouts(tmp_path):
+    """Two select_columns views of a file with as many columns and the same last one, but other types (an
+    int32-offset string against an int64-offset one), never share a plan: each batch's layout is the one
+    worked out alone (each column ~30 KB a batch: row by row)."""
+    n = 900
+    table = pa.table(
+        {
+            "a": pa.array(["a" * (60 + i % 90) for i in range(n)], pa.string()),
+            "b": pa.array(["b" * (60 + i % 90) for i in range(n)], pa.large_string()),
+            "c": pa.array(["c" * (60 + i % 90) for i in range(n)], pa.string()),
+        }
+    )
+    path = tmp_path / "views.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=300)
+    lazy = reader.open_lazy(str(path))
+    for names in (["a", "c"], ["b", "c"]):
+        view = lazy.select(names)
+        for row in (5, 305, 605):
+            reader.advise_rows(view.slice(row, 1))
+            one = view.slice(row, 1)
+            mapping = reader._mapping_of(one.column("c").chunk(0).buffers()[1].address)
+            key = next(b.address for b in one.column(0).chunk(0).buffers() if b is not None and b.size)
+            kept = reader._layouts[mapping[0]][(key, tuple(names))]
+            alone, _ = reader._layout(one, 0, mapping)
+            assert (kept.template, list(kept.at)) == (alone.template, list(alone.at))
+    widths = {node[3] for plans in reader._plans[mapping[0]].values() for plan in plans.values() for node in plan[0]}
+    assert widths == {4, 8}
+    del lazy, view, one
+    gc.collect()
+
+
+def test_columns_without_a_layout_are_read_and_advised_without_errors(tmp_path):
+    """Fixed-size lists (datasets' `List(length=...)`), maps and large lists in a lazily opened file: row
+    queries are advised (a fixed-size list's values, a large list's 8-byte offsets) and read as pyarrow
+    reads them."""
+    n = 2_000
+    table = pa.table(
+        {
+            "v": pa.array([[float(i)] * 4 for i in range(n)], pa.list_(pa.float32(), 4)),
+            "m": pa.array([[("k", i)] for i in range(n)], pa.map_(pa.string(), pa.int64())),
+            "l": pa.array([[str(i)] * 3 for i in range(n)], pa.large_list(pa.string())),
+        }
+    )
+    path = tmp_path / "kinds.arrow"
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1_000)
+    lazy = reader.open_lazy(str(path))
+    values = lazy.column("v").chunk(1).flatten().buffers()[1]
+    assert reader.value_spans(lazy.column("v").chunk(1).slice(500, 2)) == [(values.address + 500 * 16, 2 * 16 + 1)]
+    offsets = lazy.column("l").chunk(1).buffers()[1]
+    assert reader.value_spans(lazy.column("l").chunk(1).slice(500, 2))[0] == (offsets.address + 500 * 8, 3 * 8)
+    assert reader.value_spans(lazy.column("m").chunk(1).slice(500, 2)) == []  # a map: left to page faults
+    assert reader.advise_rows(lazy.slice(1_500, 3)) is False
+    assert lazy.slice(1_500, 3).to_pylist() == table.slice(1_500, 3).to_pylist()
+    del lazy, values, offsets
+    gc.collect()
+
+
+def test_rows_of_a_concatenation_s_in_memory_part_are_not_advised(tmp_path, monkeypatch):
+    """`concatenate_datasets` of a lazily opened dataset and one in memory: the row path reads both, and
+    asks the kernel for nothing about the in-memory rows."""
+    table, path = _mostly_images(tmp_path, 3_000)
+    reader.install()
+    reader.set_policy(str(tmp_path), True)
+    both = datasets.concatenate_datasets([datasets.Dataset.from_file(str(path)), datasets.Dataset(table)])
+    assert reader._row_index(both._data) is not None
+    asked = _record_advice(monkeypatch)
+    monkeypatch.setattr(reader, "want_advice", lambda: reader.ADVISE)
+    for i in (1_007, 1_500, 1_999):
+        assert both[i] == table.slice(i - 1_000, 1).to_pylist()[0]
+    assert asked == []
+    assert both[7] == table.slice(7, 1).to_pylist()[0] and asked != []  # the lazy part is advised
+    reader.set_policy(str(tmp_path), None)
+    del both
+    gc.collect()
+
+
 def test_rows_by_index_are_datasets_rows(big):
     """`ds[i]` read from the record batch directly gives datasets' own dict: values, order, errors, views."""
     paths, files = big
