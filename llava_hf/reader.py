@@ -611,14 +611,19 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     # asked for: one request, not two faults one after the other); the rows of a gather (a DataLoader
     # batch) are all asked for, to be read at once, and a probe looks at every row's pages.
     gathered = probe or result.num_rows > 1
-    mapped = False
+    # First every batch's layout, and what its first query asks for once (its text), asked for at once:
+    # the rows' offsets read next lie in it, and are then read in parallel rather than faulted one by one.
+    once: list[tuple[int, int]] = []
+    layouts = []
     for k in range(column.num_chunks):
         chunk = column.chunk(k)
+        if len(chunk):
+            layouts.append((chunk, _batch_layout(result, k, chunk, once, view)))
+    if not any(layout is not None for _, layout in layouts):
+        return False
+    resident = _request(once, probe) if once else True
+    for chunk, layout in layouts:
         n = len(chunk)
-        if n == 0:
-            continue
-        layout = _batch_layout(result, k, chunk, spans, view)
-        mapped |= layout is not None
         if layout is _FALLBACK:
             spans.extend(row_spans(result.slice(row, n)))
         elif layout is not None:
@@ -629,7 +634,7 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
             for program in layout.template:
                 _run(program, at, first, first + n, spans, gathered)
         row += n
-    return _request(spans, probe) if mapped else False
+    return _request(spans, probe) and resident
 
 
 def _batch_layout(
@@ -679,6 +684,7 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
         return False
     known = index.advice[k]
     spans: list[tuple[int, int]] = []
+    resident = True
     if known is None:
         one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
         chunk = one.column(0).chunk(0)
@@ -689,6 +695,9 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
         if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
             return _request(row_spans(one), probe)
         known = index.advice[k] = (layout, chunk.offset - j)  # and where the batch's rows start
+        if spans:  # the batch's text, asked for before the row's offsets in it are read (see advise_rows)
+            resident = _request(spans, probe)
+            spans = []
     if not known:
         return False
     layout, first = known
@@ -696,7 +705,7 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
     spans.extend(layout.whole)
     for program in layout.template:
         _run(program, at, first + j, first + j + 1, spans, probe)  # a probe looks at every page of the row
-    return _request(spans, probe)
+    return _request(spans, probe) and resident
 
 
 def _in_memory(start: int, end: int) -> bool:
