@@ -278,6 +278,13 @@ def _covered(asked: list[tuple[int, int]], address: int, length: int) -> bool:
     return reach >= address + length
 
 
+def _image_bytes_and_text(lazy: pa.Table, k: int) -> tuple[pa.Buffer, list[pa.Buffer]]:
+    """Record batch k's image bytes buffer, and every other buffer of the batch (its text)."""
+    images = lazy.column("image").chunk(k).field("bytes").buffers()[2]
+    others = [b for column in lazy.columns for b in column.chunk(k).buffers() if b is not None and b.size]
+    return images, [b for b in others if b.address != images.address]
+
+
 def _two_pages(start: int, length: int) -> bool:
     return start // 4096 != (start + length - 1) // 4096
 
@@ -293,16 +300,14 @@ def test_a_batch_of_mostly_image_bytes_has_its_text_asked_for_once(tmp_path, mon
     asked = _record_advice(monkeypatch)
     covered = functools.partial(_covered, asked)
 
+    def two_pages(start: int) -> bool:
+        return _two_pages(start, image_bytes)
+
     for k in range(2):
-        chunk = lazy.column("image").chunk(k)
-        images = chunk.field("bytes").buffers()[2]
-        others = [b for column in lazy.columns for b in column.chunk(k).buffers() if b is not None and b.size]
-        others = [b for b in others if b.address != images.address]
+        images, others = _image_bytes_and_text(lazy, k)
         asked.clear()
         reader.advise_rows(lazy.slice(500 * k + 7, 1))  # the batch's first query
         assert all(covered(b.address, b.size) for b in others)  # all its text, whole
-        two_pages = functools.partial(lambda length, start: _two_pages(start, length), image_bytes)
-
         assert covered(images.address + 7 * image_bytes, image_bytes) is two_pages(images.address + 7 * image_bytes)
         text = sum(b.size for b in others)
         assert sum(length for _, length in asked) < text + image_bytes + 3 * 4096 + 64 * 1024  # gaps, pages
@@ -340,10 +345,7 @@ def test_rows_by_index_ask_for_what_a_row_query_asks_for(tmp_path, monkeypatch, 
     covered = functools.partial(_covered, asked)
     lazy = data._data.table
     for k in range(2):
-        chunk = lazy.column("image").chunk(k)
-        images = chunk.field("bytes").buffers()[2]
-        others = [b for column in lazy.columns for b in column.chunk(k).buffers() if b is not None and b.size]
-        others = [b for b in others if b.address != images.address]
+        images, others = _image_bytes_and_text(lazy, k)
         asked.clear()
         assert data[500 * k + 7] == table.slice(500 * k + 7, 1).to_pylist()[0]
         assert all(covered(b.address, b.size) for b in others)  # the batch's text, whole
@@ -360,7 +362,7 @@ def test_rows_by_index_ask_for_what_a_row_query_asks_for(tmp_path, monkeypatch, 
             else:
                 assert asked == []
     reader.set_policy(str(tmp_path), None)
-    del data, lazy, chunk
+    del data, lazy, images, others
     gc.collect()
 
 
