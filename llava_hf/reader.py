@@ -352,9 +352,9 @@ class _Layout:
 # finding the row's values in it (and its validity, offsets and values sit side by side in the file).
 WHOLE_COLUMN = 16 << 10
 _FALLBACK = _Layout((), array.array("q", [0]), 1)  # a layout this module does not know: walk the row's buffers
-# mapping start -> (batch key, column names) -> layout (a select_columns view has its own layouts)
+# mapping start -> (batch key, view) -> layout (see _view)
 _layouts: dict[int, dict[tuple, _Layout]] = {}
-_plans: dict[int, dict[tuple, dict]] = {}  # mapping start -> column types -> the plans of its batches (_plan)
+_plans: dict[int, dict[int, dict]] = {}  # mapping start -> view (_view) -> the plans of its batches (_plan)
 _MISSING = object()
 _templates: dict[tuple, tuple] = {}  # one copy of each template
 # Offsets are read in place (the queried row's slice keeps its mapping alive meanwhile).
@@ -367,7 +367,7 @@ _BIN, _STRUCT, _LIST, _FIXED, _BOOL, _NULL = range(6)
 # Image bytes of a batch whose text was asked for whole (TEXT_FIRST): (_BULK, 0, offsets, width, values);
 # only the values are asked for, and for one row only when they lie on two pages or more: a value on one
 # page faults in as fast, one on two pages in two reads one after the other (a 2.6 KB value at random in
-# a cold file: 57-64 us faulted, 37-44 asked for first; scripts/bench_rows.py --faults).
+# a cold file: 54.7-63.3 us faulted, 36.7-44.2 asked for first; scripts/bench_rows.py --faults).
 _BULK = 6
 
 
@@ -598,15 +598,15 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     """MADV_WILLNEED on the memory of the rows of `result` (a row query's slices of lazily mapped record
     batches): each batch's small columns whole, and the queried rows' values in its bigger ones. With
     `probe`, only the requests whose pages are not all in memory (mincore) are made. Returns whether every
-    page was in memory (False when not probing, or when madvise is missing or no row is lazily mapped;
-    True for a probe with nothing to ask for)."""
+    page was in memory (False when not probing or when madvise is missing; True for a probe with nothing
+    to ask for, no lazily mapped row included, so that a thread reading other files backs off too)."""
     if _madvise is None or not result.num_columns or not _starts:
         return False
     column = result.column(0)
     spans: list[tuple[int, int]] = []
     last = None
     row = 0
-    view = tuple(result.column_names)
+    view = _view(result)
     # A row's image bytes on one page fault in as fast as they are asked for (and those on two pages are
     # asked for: one request, not two faults one after the other); the rows of a gather (a DataLoader
     # batch) are all asked for, to be read at once, and a probe looks at every row's pages.
@@ -620,7 +620,7 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
         if len(chunk):
             layouts.append((chunk, _batch_layout(result, k, chunk, once, view)))
     if not any(layout is not None for _, layout in layouts):
-        return False
+        return _request([], probe)
     resident = _request(once, probe) if once else True
     for chunk, layout in layouts:
         n = len(chunk)
@@ -637,12 +637,21 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     return _request(spans, probe) and resident
 
 
-def _batch_layout(
-    result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[int, int]], view: tuple[str, ...]
-) -> _Layout | None:
-    """The layout of record batch k of `result` (`chunk` its first column's, `view` its column names), kept
-    per mapping, batch and view; on the batch's first query, what is to be asked for once is added to
-    `once`. None when the batch is not lazily mapped (or its first column has no buffer to tell)."""
+def _view(table) -> int:
+    """A small number for the column names and types of `table` (a pyarrow or datasets table), the same
+    for every table that has the same: layouts and plans are kept per view (a select_columns view, or a
+    cast of one column, has its own), and hashing the types once a query costs less than in every key."""
+    return _VIEWS.setdefault((tuple(table.column_names), tuple(table.schema.types)), next(_view_numbers))
+
+
+_VIEWS: dict[tuple, int] = {}
+_view_numbers = itertools.count()
+
+
+def _batch_layout(result: pa.Table, k: int, chunk: pa.Array, once: list[tuple[int, int]], view: int) -> _Layout | None:
+    """The layout of record batch k of `result` (`chunk` its first column's, `view` its _view), kept per
+    mapping, batch and view; on the batch's first query, what is to be asked for once is added to `once`.
+    None when the batch is not lazily mapped (or its first column has no buffer to tell)."""
     key = next((b.address for b in chunk.buffers() if b is not None and b.size), None)
     mapping = _mapping_of(key) if key is not None else None
     if mapping is None:
@@ -652,8 +661,7 @@ def _batch_layout(
         known = _layouts[mapping[0]] = {}
     layout = known.get((key, view))
     if layout is None:
-        # Plans hold program nodes: shared by the batches of one file with the same column types only.
-        plans = _plans.setdefault(mapping[0], {}).setdefault(tuple(result.schema.types), {})
+        plans = _plans.setdefault(mapping[0], {}).setdefault(view, {})  # program nodes: per column types
         layout, first = _layout(result, k, mapping, plans)
         known[(key, view)] = layout
         once.extend(first)
@@ -688,10 +696,10 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
     if known is None:
         one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
         chunk = one.column(0).chunk(0)
-        layout = _batch_layout(one, 0, chunk, spans, index.names)
+        layout = _batch_layout(one, 0, chunk, spans, index.view)
         if layout is None:  # not lazily mapped (a concatenation's other part): no advice, as datasets gives
             index.advice[k] = ()
-            return False
+            return _request([], probe)
         if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
             return _request(row_spans(one), probe)
         known = index.advice[k] = (layout, chunk.offset - j)  # and where the batch's rows start
@@ -699,7 +707,7 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
             resident = _request(spans, probe)
             spans = []
     if not known:
-        return False
+        return _request([], probe)
     layout, first = known
     at = layout.at
     spans.extend(layout.whole)
@@ -1029,7 +1037,7 @@ _row_readers: dict[tuple, Callable | None] = {}
 class _RowIndex:
     """A table's record batches, where each starts, and each one's row layout, for rows by index."""
 
-    __slots__ = ("starts", "batches", "layouts", "advice", "views", "plans", "names")
+    __slots__ = ("starts", "batches", "layouts", "advice", "views", "plans", "names", "view")
 
     def __init__(self, table) -> None:
         self.starts = table._offsets.tolist()
@@ -1040,6 +1048,7 @@ class _RowIndex:
         self.views: dict = {}  # mapping start -> its views, for the layouts
         self.plans: dict = {}  # the row plans of the table's batches (_row_layout)
         self.names = tuple(table.column_names)
+        self.view = _view(table)  # its column names and types, for the read advice's layouts
 
 
 _row_indexes: dict[int, tuple[weakref.ref, _RowIndex | None]] = {}
