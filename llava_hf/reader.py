@@ -411,7 +411,7 @@ def _program(kind: pa.DataType, buffers: list, pos: int, at: list[int]) -> tuple
     except ValueError:  # no fixed width (fixed-size lists, maps, views, extension types)
         raise TypeError(f"no layout for {kind}") from None
     if bits and bits % 8 == 0 and not pa.types.is_dictionary(kind):
-        node = (_FIXED, _slot(buffers[pos], at), _slot(buffers[pos + 1], at), kind.bit_width // 8)
+        node = (_FIXED, _slot(buffers[pos], at), _slot(buffers[pos + 1], at), bits // 8)
         return node, pos + 2
     raise TypeError(f"no layout for {kind}")
 
@@ -508,12 +508,11 @@ def _layout(
     for buffers in per_column:
         small.append(sum(sizes[i : i + len(buffers)]) <= WHOLE_COLUMN)
         i += len(buffers)
+    plans = {} if plans is None else plans
     key = (tuple(n > 0 for n in sizes), tuple(small))
-    plan = plans.get(key, _MISSING) if plans is not None else _MISSING
+    plan = plans.get(key, _MISSING)
     if plan is _MISSING:
-        plan = _plan(chunks, per_column, small, addresses)
-        if plans is not None:
-            plans[key] = plan
+        plan = plans[key] = _plan(chunks, per_column, small, addresses)
     if plan is None:
         return _FALLBACK, []
     programs, imaging, slots, small_buffers, image_buffers, other_buffers = plan
@@ -928,12 +927,11 @@ def _row_layout(batch: pa.RecordBatch, j: int, views: dict, plans: dict | None =
     sizes = [b.size if b is not None else 0 for buffers in per_column for b in buffers]
     if not all(mapping[0] < addresses[i] <= addresses[i] + sizes[i] <= mapping[1] for i in present):
         return None
+    plans = {} if plans is None else plans
     key = tuple(bool(a) for a in addresses)
-    plan = plans.get(key, _MISSING) if plans is not None else _MISSING
+    plan = plans.get(key, _MISSING)
     if plan is _MISSING:
-        plan = _row_plan(columns, per_column, addresses)
-        if plans is not None:
-            plans[key] = plan
+        plan = plans[key] = _row_plan(columns, per_column, addresses)
     if plan is None:
         return None
     template, slots = plan
