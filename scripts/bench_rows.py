@@ -16,12 +16,20 @@ measured in the same rounds.
 alternating rounds, three ways: touching them through a MADV_RANDOM mapping (page faults, one page at a
 time, as the reader's mapping does), asking for their pages with MADV_WILLNEED first and then touching
 them, and `os.pread`. It prints microseconds per read, and how many of the values lie on two pages.
+
+    python scripts/bench_rows.py --work DIR --cold-rows          # where a cold ds[i] row's time goes
+
+`--cold-rows` times each of `--rows` random bytes-only `ds[i]` rows on a fresh open of the evicted cache,
+split into the first query of each record batch (whose text is read then) and the later rows, with the
+time spent in the reader's read advice (`reader.advise_row`, which makes the batch's layout and asks for
+its pages) apart; then `zipfile.read` of the same members from the evicted zip. Alternating rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import multiprocessing
 import os
 import random
@@ -102,12 +110,105 @@ def faults(corpus: dict, rows: int, rounds: int) -> None:
         print(f"  {who:24} {s['median']:6.1f} us/read ({s['min']:.1f}-{s['max']:.1f})")
 
 
+def cold_rows(served: dict, corpus: dict, rows: int, rounds: int) -> None:
+    import bisect
+
+    import datasets
+
+    from llava_hf import reader
+    from llava_hf.pagecache import evict
+
+    def opened():
+        return bench_scale._open_blip(served).cast_column("image", datasets.Image(decode=False))
+
+    data = opened()
+    files = [c["filename"] for c in data.cache_files]
+    starts = list(itertools.accumulate((b.num_rows for b in data.data.table.to_batches()), initial=0))[:-1]
+    picks = random.Random(0).sample(range(len(data)), rows)
+    names = [image["path"] for image in data.select(picks)["image"]]
+    del data
+    archive = zipfile.ZipFile(corpus["zip"])  # its directory read before the clock, as bench_scale's
+    advising = [0.0]
+    advise_row = reader.advise_row
+
+    def timed_advice(*args):
+        started = time.perf_counter()
+        try:
+            return advise_row(*args)
+        finally:
+            advising[0] += time.perf_counter() - started
+
+    figures: dict = {key: [] for key in ("rate", "first", "later", "first_s", "later_s", "first_advice_s")}
+    figures.update(later_advice_s=[], zip_rate=[], zip_row=[], batches=[])
+    reader.advise_row = timed_advice
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            for path in files:
+                evict(path)
+            data = opened()
+            seen: set[int] = set()
+            first, later, first_advice, later_advice = [], [], 0.0, 0.0
+            began = time.perf_counter()
+            for i in picks:
+                batch = bisect.bisect_right(starts, i)
+                advising[0] = 0.0
+                started = time.perf_counter()
+                data[i]
+                took = time.perf_counter() - started
+                if batch in seen:
+                    later.append(took)
+                    later_advice += advising[0]
+                else:
+                    first.append(took)
+                    first_advice += advising[0]
+                    seen.add(batch)
+            figures["rate"].append(rows / (time.perf_counter() - began))
+            del data
+            gc.collect()
+            evict(corpus["zip"])
+            one = []
+            began = time.perf_counter()
+            for name in names:
+                started = time.perf_counter()
+                archive.read(name)
+                one.append(time.perf_counter() - started)
+            figures["zip_rate"].append(rows / (time.perf_counter() - began))
+            figures["zip_row"].append(statistics.median(one) * 1e6)
+            figures["batches"].append(len(first))
+            figures["first"].append(statistics.median(first) * 1e6)
+            figures["later"].append(statistics.median(later) * 1e6)
+            figures["first_s"].append(sum(first))
+            figures["later_s"].append(sum(later))
+            figures["first_advice_s"].append(first_advice)
+            figures["later_advice_s"].append(later_advice)
+    finally:
+        reader.advise_row = advise_row
+
+    def m(key, digits=0):
+        s = bench.summary(figures[key])
+        return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}-{s['max']:,.{digits}f})"
+
+    print(f"{rows:,} random bytes-only ds[i] rows of a fresh open of the evicted cache; median (min-max) of {rounds}")
+    print(f"  ds[i]: {m('rate')} rows/s; zipfile on the same members, evicted: {m('zip_rate')} rows/s")
+    print(
+        f"  first query of each of {m('batches')} record batches: {m('first')} us a row (median), "
+        f"{m('first_s', 3)} s in all, {m('first_advice_s', 3)} s of it in the read advice"
+    )
+    print(
+        f"  the {rows - statistics.median(figures['batches']):,.0f} later rows: {m('later')} us a row (median), "
+        f"{m('later_s', 3)} s in all, {m('later_advice_s', 3)} s of it in the read advice"
+    )
+    print(f"  zipfile: {m('zip_row')} us a row (median)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llava_hf_bench"))
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--faults", action="store_true", help="one cold value: a page fault against a request")
+    parser.add_argument("--cold-rows", action="store_true", help="where a cold ds[i] row's time goes")
     a = parser.parse_args()
     import datasets
 
@@ -120,6 +221,9 @@ def main() -> None:
         faults(corpus, a.rows, a.rounds)
         return
     served = {"data_dir": corpus["data_dir"], "zip": corpus["zip"], "cache": str(Path(a.work) / "rows-cache")}
+    if a.cold_rows:
+        cold_rows(served, corpus, a.rows, a.rounds)
+        return
     ours, stock = datasets.Dataset.__getitem__, datasets.Dataset.__getitem__.__wrapped__
 
     def opened():

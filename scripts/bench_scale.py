@@ -12,12 +12,14 @@ It builds, in `--work` (kept and reused between runs):
 and measures, side by side in one run, each figure against its comparison (median and spread of repeats):
 
 1. prepare / floor (read every member once in zip order, write once), cold, `num_proc=1`, at each image size;
+   and the same prepare warm (its inputs cached) against the cold floor: what is not waiting on storage;
 2. `num_proc=2` against `num_proc=1`, warm (blip_558k and mix665k);
 3. a zip directory's anonymous memory at 558K members: llava_hf's compact reader against `zipfile`;
 4. dirty memory of 4 forked workers reading random rows (after `gc.collect()`): the prepared dataset
    against a `json.load`ed list of the same records;
 5. anonymous memory the open of the 558K-row dataset costs, per row;
-6. random bytes-only `ds[i]` and batches of 32 against `zipfile` reading the same members, warm and cold.
+6. random bytes-only `ds[i]` and batches of 32 against `zipfile` reading the same members, warm and cold,
+   with the bytes each cold run reads from storage (`/proc/self/io`).
 """
 
 from __future__ import annotations
@@ -379,6 +381,19 @@ def child_worker_memory(a: dict) -> dict:
     return {"workers": reports}
 
 
+def storage_read_bytes() -> int | None:
+    """Bytes this process has had read from storage (/proc/self/io read_bytes: its reads, page faults and
+    read-ahead requests that missed the page cache); None where there is no such count."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("read_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def child_random(a: dict) -> dict:
     """Random bytes-only rows/s: ds[i], batches of 32, and zipfile reading the same members; warm and cold."""
     import datasets
@@ -418,6 +433,7 @@ def child_random(a: dict) -> dict:
     out: dict = {}
     for temperature in ("warm", "cold"):
         rates: dict = {who: [] for who in ways}
+        fetched: dict = {who: [] for who in ways}  # bytes read from storage by a run
         for repeat in range(a["repeats"]):
             for who, (fn, mapped) in ways.items():
                 if temperature == "cold":
@@ -430,10 +446,16 @@ def child_random(a: dict) -> dict:
                         reopen()
                 elif repeat == 0:
                     fn()
+                before = storage_read_bytes()
                 started = time.perf_counter()
                 fn()
                 rates[who].append(len(picks) / (time.perf_counter() - started))
+                after = storage_read_bytes()
+                if before is not None and after is not None:
+                    fetched[who].append(after - before)
         out[temperature] = {who: summary(r) for who, r in rates.items()}
+        if all(fetched.values()):
+            out[f"{temperature}_storage_bytes"] = {who: summary(b) for who, b in fetched.items()}
     # The same rows through datasets' own open (no llava_hf read advice), warm: what datasets' row query
     # and formatting cost by themselves.
     opened.clear()
@@ -517,12 +539,14 @@ def measure_prepares(blips: dict, mix: dict, run_dir: Path, repeats: int) -> tup
             np1_cold.append(first["seconds"])
             if keep:
                 kept[size] = first["cache"]
-            if size == "2.6 KB":  # inputs are cached now: warm runs
-                np1_warm.append(_prepare(corpus, BLIP, corpus["zip"], None, run_dir, cold=False)["seconds"])
+            # Inputs are cached now: a warm prepare, what the prepare costs with no wait on storage.
+            np1_warm.append(_prepare(corpus, BLIP, corpus["zip"], None, run_dir, cold=False)["seconds"])
+            if size == "2.6 KB":
                 np2_warm.append(_prepare(corpus, BLIP, corpus["zip"], 2, run_dir, cold=False)["seconds"])
         out[size] = {"floor": summary(floors), "np1_cold": summary(np1_cold), "cold": cold}
-        if np1_warm:
-            out[size].update(np1_warm=summary(np1_warm), np2_warm=summary(np2_warm))
+        out[size].update(np1_warm=summary(np1_warm))
+        if np2_warm:
+            out[size].update(np2_warm=summary(np2_warm))
     if mix is not None:
         mix_np1, mix_np2 = [], []
         for _ in range(repeats):
@@ -638,12 +662,14 @@ def report(results: dict) -> list[dict]:
                 spread(p["np1_cold"]),
                 fmt(corpus["n"] / np1, 0),
                 fmt(np1 / floor),
+                spread(p["np1_warm"]) if "np1_warm" in p else "n/a",
+                fmt(p["np1_warm"]["median"] / floor) if "np1_warm" in p else "n/a",
             ]
         )
     print_table(
         "[1] prepare, num_proc=1, cold (zip and JSON evicted) against the floor "
-        "(every member read once in zip order, written once)",
-        ["", "floor s", "prepare s", "rows/s", "x floor"],
+        "(every member read once in zip order, written once); warm: the same prepare with its inputs cached",
+        ["", "floor s", "prepare s", "rows/s", "x floor", "warm prepare s", "warm x floor"],
         rows,
     )
     blip, mixp = results["prepare"]["2.6 KB"], results["prepare"].get("mix665k")
@@ -719,6 +745,12 @@ def report(results: dict) -> list[dict]:
         ["", "ds[i]", f"batches of {bench.BATCH}", "zipfile", "ratio ds[i]", "ratio batches"],
         rows,
     )
+    storage = rnd.get("cold_storage_bytes")
+    if storage:
+        print(
+            "  cold, MB read from storage a run: "
+            + ", ".join(f"{who} {fmt(storage[who]['median'] / 1e6, 1)}" for who in storage)
+        )
     stock = rnd["stock_warm"]
     print(
         f"  ds[i] through datasets' own open (lazy=False, no read advice), warm: {spread(stock, 0)} rows/s, "
