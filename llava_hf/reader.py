@@ -715,6 +715,45 @@ def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
     return _request(spans, probe) and resident
 
 
+def advise_gather(index: _RowIndex, places: list[tuple[int, int]], probe: bool) -> bool:
+    """advise_rows for the rows (record batch k, row j) of a gather read by the row path: first what each
+    batch's first query asks for once (its text), at once, then every row's pages at once (a gather's image
+    bytes all: see advise_rows)."""
+    if _madvise is None:
+        return False
+    once: list[tuple[int, int]] = []
+    spans: list[tuple[int, int]] = []
+    known = []
+    for k, j in places:
+        advice = index.advice[k]
+        if advice is None:
+            one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
+            chunk = one.column(0).chunk(0)
+            layout = _batch_layout(one, 0, chunk, once, index.view)
+            if layout is None:  # not lazily mapped (a concatenation's other part)
+                index.advice[k] = ()
+                continue
+            if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
+                spans.extend(row_spans(one))
+                continue
+            advice = index.advice[k] = (layout, chunk.offset - j)
+        if advice:
+            known.append((advice, j))
+    if not known and not spans:
+        return _request([], probe)
+    resident = _request(once, probe) if once else True
+    gathered = probe or len(places) > 1
+    wholes = set()
+    for (layout, first), j in known:
+        if id(layout) not in wholes:
+            spans.extend(layout.whole)
+            wholes.add(id(layout))
+        at = layout.at
+        for program in layout.template:
+            _run(program, at, first + j, first + j + 1, spans, gathered)
+    return _request(spans, probe) and resident
+
+
 def _in_memory(start: int, end: int) -> bool:
     # For a file mincore does not show us it reports every page cached: such a probe never finds the rows
     # in memory, so the queries go on advising (the cost of the advice, not a page fault per page of a
@@ -1076,56 +1115,94 @@ def _install_row_path(dataset_class) -> None:
     from datasets.formatting.formatting import _check_valid_index_key
 
     stock_getitem = dataset_class.__getitem__
-
+    stock_getitems = dataset_class.__getitems__
     stock_get = dataset_class._getitem
 
-    def row(self, key: int):
+    def source(self):
+        """(row index, features, columns to decode, indices mapping, rows) where this module reads rows
+        itself; None where datasets' own path runs."""
         # Only where datasets' own path would run: no subclass's _getitem, no one else's query hook.
         if type(self)._getitem is not stock_get or datasets.arrow_dataset.query_table is not _query_hook:
-            return _MISSING
+            return None
         if self._format_type not in (None, "python") or self._format_kwargs:
-            return _MISSING
+            return None
         index = _row_index(self._data)
         if index is None:
-            return _MISSING
+            return None
         names, shown = index.names, self._format_columns
         # A format's column list that holds every column (concatenate_datasets sets one) changes nothing.
         if shown is not None and (len(shown) < len(names) or any(name not in shown for name in names)):
-            return _MISSING
+            return None
         features = self._info.features
         # Read on every call, as datasets does: features can be changed in place.
         requires = features._column_requires_decoding if features is not None else None
         if requires is None or tuple(requires) != names:
-            return _MISSING
+            return None
         indices = self._indices
         size = indices.num_rows if indices is not None else self._data.num_rows
+        return index, features, requires, indices, size
+
+    def located(index: _RowIndex, indices, key: int) -> tuple[int, int]:
+        """(record batch, row in it) of table row `key` (after the indices mapping)."""
+        if indices is not None:
+            key = indices.column(0)[key].as_py()
+        k = bisect.bisect_right(index.starts, key) - 1
+        return k, key - index.starts[k]
+
+    def read(index: _RowIndex, features, requires, k: int, j: int):
+        layout = index.layouts[k]
+        if layout is None:
+            found = _row_layout(index.batches[k], j, index.views, index.plans)
+            reader = _row_reader(found[0], index.names) if found is not None else None
+            layout = index.layouts[k] = (reader, *found[1:]) if reader is not None else ()
+        if not layout:
+            return _MISSING
+        reader, at, first, data, i32, i64 = layout
+        values = reader(at, first + j, data, i32, i64)
+        for name, decoded in requires.items():
+            if decoded:
+                values[name] = decode_nested_example(features[name], values[name])
+        return values
+
+    def row(self, key: int):
+        found = source(self)
+        if found is None:
+            return _MISSING
+        index, features, requires, indices, size = found
         if key >= size or key < -size:
             _check_valid_index_key(key, size)  # raises datasets' own IndexError
         if key < 0:
             key += size
-        if indices is not None:
-            key = indices.column(0)[key].as_py()
-        k = bisect.bisect_right(index.starts, key) - 1
-        j = key - index.starts[k]
+        k, j = located(index, indices, key)
         if _starts:
             how = want_advice()
             if how is ADVISE:
                 advise_row(index, k, j, False)
             elif how is PROBE:
                 probed(advise_row(index, k, j, True))
-        layout = index.layouts[k]
-        if layout is None:
-            found = _row_layout(index.batches[k], j, index.views, index.plans)
-            read = _row_reader(found[0], index.names) if found is not None else None
-            layout = index.layouts[k] = (read, *found[1:]) if read is not None else ()
-        if not layout:
+        return read(index, features, requires, k, j)
+
+    def rows(self, keys: list[int]):
+        found = source(self)
+        if found is None:
             return _MISSING
-        read, at, first, data, i32, i64 = layout
-        values = read(at, first + j, data, i32, i64)
-        for name, decoded in requires.items():
-            if decoded:
-                values[name] = decode_nested_example(features[name], values[name])
-        return values
+        index, features, requires, indices, size = found
+        if any(key >= size or key < -size for key in keys):
+            return _MISSING  # datasets' own path raises its own IndexError
+        places = [located(index, indices, key + size if key < 0 else key) for key in keys]
+        if _starts:
+            how = want_advice()
+            if how is ADVISE:
+                advise_gather(index, places, False)
+            elif how is PROBE:
+                probed(advise_gather(index, places, True))
+        out = []
+        for k, j in places:
+            values = read(index, features, requires, k, j)
+            if values is _MISSING:
+                return _MISSING
+            out.append(values)
+        return out
 
     def __getitem__(self, key):
         if type(key) is int:
@@ -1134,7 +1211,17 @@ def _install_row_path(dataset_class) -> None:
                 return values
         return stock_getitem(self, key)
 
+    def __getitems__(self, keys):
+        # A DataLoader batch: its rows read as ds[i] reads one (no gathered table, no formatting to
+        # columns and back to rows), its read advice asked for at once, as for datasets' gather.
+        if type(keys) is list and 0 < len(keys) <= COMBINE_ROWS and all(type(key) is int for key in keys):
+            values = rows(self, keys)
+            if values is not _MISSING:
+                return values
+        return stock_getitems(self, keys)
+
     dataset_class.__getitem__ = functools.wraps(stock_getitem)(__getitem__)
+    dataset_class.__getitems__ = functools.wraps(stock_getitems)(__getitems__)
 
 
 def _first_address(table: pa.Table) -> int | None:

@@ -434,7 +434,7 @@ def test_gathered_rows_are_combined_into_one_chunk_with_the_same_values(big, mon
     monkeypatch.setattr(reader, "_malloc_trim", lambda pad: trims.append(pad))
     monkeypatch.setattr(reader, "_combined", 0)
     for start in range(0, 2 * reader.TRIM_EVERY * 8, 8):
-        lazy.__getitems__(list(range(start, start + 8)))
+        lazy[list(range(start, start + 8))]  # (a DataLoader batch, __getitems__, takes the row path)
     assert trims == [0, 0]  # the heap's free pages given back every TRIM_EVERY gathers
     many = list(range(0, 2_400, 2))[: reader.COMBINE_ROWS + 1]  # over the bound: left as datasets gives it
     wide = lazy.with_format("arrow")[many]
@@ -651,6 +651,48 @@ def test_rows_by_index_are_datasets_rows(big):
     reader.set_policy(os.path.dirname(files[0]), None)
 
 
+def test_dataloader_batches_are_datasets_rows_read_by_the_row_path(big, monkeypatch):
+    """`__getitems__` (a DataLoader batch) reads its rows as `ds[i]` does, with no table query: the same
+    list of dicts as datasets' gather, through negative keys, repeats, an indices mapping and decoding;
+    out-of-range keys and bigger batches take datasets' path and its errors."""
+    import datasets.arrow_dataset
+
+    paths, _ = big
+    options = dict(data_dir=paths[0], image_dir=paths[1], cache_dir=paths[2])
+    plain = datasets.Image(decode=False)
+    lazy = llava_hf.load_dataset("detail_23k", **options).cast_column("image", plain)
+    stock = llava_hf.load_dataset("detail_23k", lazy=False, **options).cast_column("image", plain)
+    stock_getitems = datasets.Dataset.__getitems__.__wrapped__
+    queried = []
+    ours = datasets.arrow_dataset.query_table
+    monkeypatch.setattr(reader, "_query_hook", None)  # set below: the row path runs only under its own hook
+    monkeypatch.setattr(datasets.arrow_dataset, "query_table", lambda *a, **k: queried.append(a[1]) or ours(*a, **k))
+    monkeypatch.setattr(reader, "_query_hook", datasets.arrow_dataset.query_table)
+    keys = [5, 2_399, -1, 0, 5, 1_234, -2_400, 100, 99]
+    rows = lazy.__getitems__(keys)
+    assert queried == []  # no gathered table
+    assert rows == stock.__getitems__(keys) == stock_getitems(lazy, keys)
+    assert [row["id"] for row in rows] == [f"r{k % 2_400:05d}" for k in keys]
+    assert [len(row["image"]["bytes"]) for row in rows] == [4 + 120_000 + 500 * (k % 2_400 % 24) for k in keys]
+    shuffled, stock_shuffled = lazy.shuffle(seed=2), stock.shuffle(seed=2)
+    picks = random.Random(4).sample(range(2_400), 32)
+    expected = stock_shuffled.__getitems__(picks)
+    queried.clear()
+    assert shuffled.__getitems__(picks) == expected
+    assert queried == []
+    with pytest.raises(IndexError) as theirs:
+        stock.__getitems__([3, 2_400])
+    queried.clear()
+    with pytest.raises(IndexError) as mine:
+        lazy.__getitems__([3, 2_400])
+    assert str(mine.value) == str(theirs.value)
+    many = list(range(reader.COMBINE_ROWS + 1))  # over the bound: datasets' gather
+    assert [row["id"] for row in lazy.__getitems__(many)] == [f"r{i:05d}" for i in many]
+    assert queried == [[3, 2_400], many]  # the out-of-range batch and the big one: the table query
+    del lazy, stock, shuffled, stock_shuffled
+    gc.collect()
+
+
 def test_rows_by_index_decode_what_datasets_decodes(release, cache_dir):
     """Columns whose features need decoding (Image) go through datasets' decode_nested_example."""
     lazy = llava_hf.load_dataset("detail_23k", cache_dir=cache_dir, **release.options("detail_23k"))
@@ -659,6 +701,11 @@ def test_rows_by_index_decode_what_datasets_decodes(release, cache_dir):
     for i in range(len(lazy)):
         ours, theirs = lazy[i], stock[i]
         assert ours["image"].size == theirs["image"].size and ours["image"].tobytes() == theirs["image"].tobytes()
+        assert {k: v for k, v in ours.items() if k != "image"} == {k: v for k, v in theirs.items() if k != "image"}
+    # and a DataLoader batch of them (the gather row path), decoded the same
+    keys = list(range(len(lazy)))[::-1]
+    for ours, theirs in zip(lazy.__getitems__(keys), stock.__getitems__(keys)):
+        assert ours["image"].tobytes() == theirs["image"].tobytes()
         assert {k: v for k, v in ours.items() if k != "image"} == {k: v for k, v in theirs.items() if k != "image"}
     # an extension-typed column (a user's map) is left to datasets
     shaped = lazy.map(
