@@ -1189,7 +1189,11 @@ def _install_row_path(dataset_class) -> None:
         index, features, requires, indices, size = found
         if any(key >= size or key < -size for key in keys):
             return _MISSING  # datasets' own path raises its own IndexError
+        if indices is not None and any(key < 0 for key in keys):
+            return _MISSING  # datasets' gather through an indices mapping refuses negative keys: its error
         places = [located(index, indices, key + size if key < 0 else key) for key in keys]
+        if any(index.layouts[k] == () for k, _ in places):
+            return _MISSING  # a batch the row path cannot read: datasets' gather, advised once, by it
         if _starts:
             how = want_advice()
             if how is ADVISE:
@@ -1213,14 +1217,21 @@ def _install_row_path(dataset_class) -> None:
 
     def __getitems__(self, keys):
         # A DataLoader batch: its rows read as ds[i] reads one (no gathered table, no formatting to
-        # columns and back to rows), its read advice asked for at once, as for datasets' gather.
-        if type(keys) is list and 0 < len(keys) <= COMBINE_ROWS and all(type(key) is int for key in keys):
+        # columns and back to rows), its read advice asked for at once, as for datasets' gather. Only
+        # where datasets' own __getitems__ would reach this module's __getitem__ (not a subclass's own).
+        if (
+            type(self).__getitem__ is installed
+            and type(keys) is list
+            and 0 < len(keys) <= COMBINE_ROWS
+            and all(type(key) is int for key in keys)
+        ):
             values = rows(self, keys)
             if values is not _MISSING:
                 return values
         return stock_getitems(self, keys)
 
-    dataset_class.__getitem__ = functools.wraps(stock_getitem)(__getitem__)
+    installed = functools.wraps(stock_getitem)(__getitem__)
+    dataset_class.__getitem__ = installed
     dataset_class.__getitems__ = functools.wraps(stock_getitems)(__getitems__)
 
 

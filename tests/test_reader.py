@@ -689,7 +689,22 @@ def test_dataloader_batches_are_datasets_rows_read_by_the_row_path(big, monkeypa
     many = list(range(reader.COMBINE_ROWS + 1))  # over the bound: datasets' gather
     assert [row["id"] for row in lazy.__getitems__(many)] == [f"r{i:05d}" for i in many]
     assert queried == [[3, 2_400], many]  # the out-of-range batch and the big one: the table query
-    del lazy, stock, shuffled, stock_shuffled
+    # a negative key through an indices mapping: datasets' gather refuses it, and so does this one
+    with pytest.raises(IndexError) as theirs:
+        stock_shuffled.__getitems__([4, -1])
+    queried.clear()
+    with pytest.raises(IndexError) as mine:
+        shuffled.__getitems__([4, -1])
+    assert str(mine.value) == str(theirs.value) and queried == [[4, -1]]
+
+    class Tagged(datasets.Dataset):  # a subclass's own __getitem__ sees every batch, as with datasets
+        def __getitem__(self, key):
+            out = super().__getitem__(key)
+            return {**out, "tag": [1] * len(out["id"])} if isinstance(key, list) else out
+
+    tagged = Tagged(lazy._data, info=lazy.info.copy())
+    assert tagged.__getitems__([2, 7]) == [{**row, "tag": 1} for row in stock.__getitems__([2, 7])]
+    del lazy, stock, shuffled, stock_shuffled, tagged
     gc.collect()
 
 
