@@ -683,35 +683,40 @@ def _request(spans: list[tuple[int, int]], probe: bool) -> bool:
     return resident
 
 
+def _kept_advice(index: _RowIndex, k: int, j: int, once: list, spans: list) -> tuple:
+    """The read advice kept for record batch k of a row index's table: (layout, where the batch's rows
+    start), or () for none (not lazily mapped: a concatenation's other part, as datasets gives). On the
+    batch's first query it is worked out from a one-row table of row j, and what that query asks for once
+    (its text) is added to `once`; a batch whose layout is not kept adds row j's spans to `spans`."""
+    advice = index.advice[k]
+    if advice is None:
+        one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
+        chunk = one.column(0).chunk(0)
+        layout = _batch_layout(one, 0, chunk, once, index.view)
+        if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
+            spans.extend(row_spans(one))
+            return ()
+        advice = index.advice[k] = () if layout is None else (layout, chunk.offset - j)
+    return advice
+
+
 def advise_row(index: _RowIndex, k: int, j: int, probe: bool) -> bool:
     """advise_rows for row j of record batch k of a row index's table, from the batch's layout once it is
     known: no one-row table is made, and the layout is not looked up again (warm rows with the advice on
     took ~53 us each so, ~19-29 us this way)."""
     if _madvise is None:
         return False
-    known = index.advice[k]
+    once: list[tuple[int, int]] = []
     spans: list[tuple[int, int]] = []
-    resident = True
-    if known is None:
-        one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
-        chunk = one.column(0).chunk(0)
-        layout = _batch_layout(one, 0, chunk, spans, index.view)
-        if layout is None:  # not lazily mapped (a concatenation's other part): no advice, as datasets gives
-            index.advice[k] = ()
-            return _request([], probe)
-        if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
-            return _request(row_spans(one), probe)
-        known = index.advice[k] = (layout, chunk.offset - j)  # and where the batch's rows start
-        if spans:  # the batch's text, asked for before the row's offsets in it are read (see advise_rows)
-            resident = _request(spans, probe)
-            spans = []
-    if not known:
-        return _request([], probe)
-    layout, first = known
-    at = layout.at
-    spans.extend(layout.whole)
-    for program in layout.template:
-        _run(program, at, first + j, first + j + 1, spans, probe)  # a probe looks at every page of the row
+    advice = _kept_advice(index, k, j, once, spans)
+    # The batch's text, asked for before the row's offsets in it are read (see advise_rows).
+    resident = _request(once, probe) if once else True
+    if advice:
+        layout, first = advice
+        at = layout.at
+        spans.extend(layout.whole)
+        for program in layout.template:
+            _run(program, at, first + j, first + j + 1, spans, probe)  # a probe looks at every page of the row
     return _request(spans, probe) and resident
 
 
@@ -723,24 +728,7 @@ def advise_gather(index: _RowIndex, places: list[tuple[int, int]], probe: bool) 
         return False
     once: list[tuple[int, int]] = []
     spans: list[tuple[int, int]] = []
-    known = []
-    for k, j in places:
-        advice = index.advice[k]
-        if advice is None:
-            one = pa.Table.from_batches([index.batches[k].slice(j, 1)])
-            chunk = one.column(0).chunk(0)
-            layout = _batch_layout(one, 0, chunk, once, index.view)
-            if layout is None:  # not lazily mapped (a concatenation's other part)
-                index.advice[k] = ()
-                continue
-            if layout is _FALLBACK:  # not kept: such a batch makes its one-row table each time
-                spans.extend(row_spans(one))
-                continue
-            advice = index.advice[k] = (layout, chunk.offset - j)
-        if advice:
-            known.append((advice, j))
-    if not known and not spans:
-        return _request([], probe)
+    known = [(advice, j) for k, j in places if (advice := _kept_advice(index, k, j, once, spans))]
     resident = _request(once, probe) if once else True
     gathered = probe or len(places) > 1
     wholes = set()
@@ -820,8 +808,9 @@ def probed(resident: bool) -> None:
 
 _installed = False
 _query_hook = None  # the row query hook installed (the row path runs only while it is datasets')
-# DataLoader batches. A bigger gather stays zero-copy slices: a copy costs memory as well, and formatting
-# to Python copies the values again (256 rows of 1 MB images: 256 MB more while the batch is formatted).
+# Gathers of at most this many rows are combined (DataLoader batches of this size are read by the row
+# path instead: __getitems__). A bigger gather stays zero-copy slices: a copy costs memory as well, and
+# formatting to Python copies the values again (256 rows of 1 MB images: 256 MB more while formatted).
 COMBINE_ROWS = 256
 # The combined copies come from the system allocator, not pyarrow's default pool: mimalloc kept ~2.4 MiB
 # more dirty pages in every forked DataLoader worker (5,000 random rows of 558K in batches of 32). glibc
