@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -198,9 +199,23 @@ def _has_image_list(record: Any) -> bool:
 
 
 def _sniff(path: str) -> str:
+    """The first character after a UTF-8 byte order mark and blank space ("" for a blank file)."""
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 byte order mark, then blank space
+        head = b""
+        while not head:  # blank so far: read on (any number of blank lines before the data)
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            head = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
     return head[:1].decode("latin-1")
+
+
+def _line_record(text: bytes) -> Any:
+    # UTF-8, as json.loads(bytes) decodes UTF-8 (surrogatepass), but never guessed: json.loads would take a
+    # line that starts with a NUL byte for UTF-16 or UTF-32, where a JSON array's scan refuses the same bytes.
+    if text.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark, on any line, as json.loads(bytes) takes it
+        text = text[3:]
+    return json.loads(text.decode("utf-8", "surrogatepass"))
 
 
 def index_jsonl(path: str, label: str) -> FileIndex:
@@ -234,11 +249,13 @@ def index_jsonl(path: str, label: str) -> FileIndex:
                     text = text[3:].lstrip()
                 if text:  # blank lines (a trailing newline, spacing) are no records
                     try:
-                        record = json.loads(text)
+                        record = _line_record(text)
                     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                         raise SourceError(
                             label, f"line {line_number}: not one JSON record per line: {e}", count
                         ) from None
+                    except ValueError as e:
+                        raise SourceError(label, f"line {line_number}: cannot be decoded: {e}", count) from None
                     if count % BATCH_ROWS == 0:
                         starts.append(offset + pos)
                         lines.append(line_number)
@@ -286,7 +303,7 @@ def decompressed(path: str, work_dir: str) -> str:
     try:
         with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise SourceError(os.path.basename(path), f"cannot be decompressed: {e}") from None
@@ -403,10 +420,14 @@ class FileReader:
             if not text:
                 continue  # blank lines are no records (the scan skipped them too)
             try:
-                records.append(json.loads(text))
+                records.append(_line_record(text))
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 raise SourceError(
                     self.json_label, f"line {number}: not one JSON record per line: {e}", first + len(records)
+                ) from None
+            except ValueError as e:  # an integer too long to convert
+                raise SourceError(
+                    self.json_label, f"line {number}: cannot be decoded: {e}", first + len(records)
                 ) from None
             self._lines[first + len(records) - 1] = number
         if len(records) != expected:

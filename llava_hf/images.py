@@ -586,7 +586,7 @@ class ZipRoot(ImageRoot):
                 if self._directory is None:
                     try:
                         directory = self._parsed() or ZipDirectory.from_transport(self.transport, self.location)
-                    except (OSError, ValueError) as e:
+                    except (OSError, ValueError, MemoryError) as e:
                         self._unopenable = f"image archive {self.location} cannot be opened: {e}"
                         raise BadImage("unreadable", self._unopenable) from None
                     self._prefix = directory.top_folder()
@@ -736,6 +736,23 @@ class ZipRoot(ImageRoot):
         bytes disagree with the directory, goes through `_member` (one entry, read once more on its own)."""
         directory = self._directory
         headers, ends = directory.spans(indexes)
+        size = self.transport.size
+        outside = headers + _LOCAL_HEADER.size > size
+        if outside.any():  # a directory entry placing its member past the archive's end: named, not read
+            for k, header in zip(wave[outside].tolist(), headers[outside].tolist()):
+                yield (
+                    k,
+                    BadImage(
+                        "unreadable",
+                        f"{self.describe(keys[k])} cannot be read: the zip directory places it at byte {header:,}, "
+                        f"past the end of the archive ({size:,} bytes)",
+                    ),
+                )
+            inside = ~outside
+            wave, indexes, headers, ends = wave[inside], indexes[inside], headers[inside], ends[inside]
+            if not len(wave):
+                return
+        ends = np.minimum(ends, size)  # a neighbour's bad offset never stretches a read past the end
         sizes = directory.compress_sizes[indexes].astype(np.int64)
         plain = (
             (directory.methods[indexes] == 0)
@@ -748,8 +765,20 @@ class ZipRoot(ImageRoot):
         try:
             buffers = list(self.transport.read_spans([(start, end - start) for start, end, _ in spans]))
         except OSError as e:
-            for k in wave.tolist():
-                yield k, BadImage("unreadable", f"{self.describe(keys[k])} cannot be read: {e}")
+            if not isinstance(self.transport, LocalFile):  # remote: its retries are spent, the wave fails at once
+                for k in wave.tolist():
+                    yield k, BadImage("unreadable", f"{self.describe(keys[k])} cannot be read: {e}")
+                return
+            # A local read failed: each member on its own, so that only the members that fail are named.
+            for k, index in zip(wave.tolist(), indexes.tolist()):
+                entry = directory.entry(index)
+                start, end = entry.span
+                try:
+                    buffer = self.transport.read_at(start, min(end, size) - start)
+                except OSError as alone:
+                    yield k, BadImage("unreadable", f"{self.describe(keys[k])} cannot be read: {alone}")
+                    continue
+                yield k, self._member(entry, buffer, start, self.describe(keys[k]))
             return
         wave_list, headers_list, sizes_list = wave.tolist(), headers.tolist(), sizes.tolist()
         crcs, plain_list = directory.crcs[indexes].tolist(), plain.tolist()

@@ -491,6 +491,11 @@ def _decode_one(scan: _Scanner, decoder: json.JSONDecoder, index: int, previous_
             raise SourceError(
                 scan.label, f"malformed JSON at byte {scan.base + e.pos}{after}: {e.msg}", index
             ) from None
+        except ValueError as e:  # well-formed, but not a Python value: an integer past sys.get_int_max_str_digits()
+            after = f" (the record after id={previous_id!r})" if previous_id is not None else ""
+            raise SourceError(
+                scan.label, f"record at byte {scan.offset()}{after} cannot be decoded: {e}", index
+            ) from None
         if end < len(scan.text) or not scan.more():
             return record, end
 
@@ -538,7 +543,7 @@ def read_batches(path: str, offsets: tuple[int, ...], start: int, stop: int, lab
             data = f.read(end - begin).rstrip(b" \t\r\n,")
             try:
                 records = json.loads(b"[" + data + b"]")
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            except (ValueError, RecursionError) as e:  # bad JSON, bytes not UTF-8, an integer too long to convert
                 raise _undecodable(data, begin, first, label) or SourceError(
                     label, f"records {first} to {last} cannot be decoded: {e}"
                 ) from None
@@ -561,13 +566,15 @@ def _undecodable(data: bytes, begin: int, first: int, label: str) -> SourceError
             record, end = decoder.raw_decode(text, pos)
         except (json.JSONDecodeError, RecursionError):
             return None
+        except ValueError as e:  # an integer too long to convert: this record
+            return SourceError(label, f"cannot be decoded at byte {begin + pos}: {e}", first + k)
         rid = _latin1_fix(record.get("id")) if isinstance(record, dict) else None
         try:
             json.loads(data[pos:end])
         except UnicodeDecodeError as e:
             at = begin + pos + e.start
             return SourceError(label, f"byte {at} is not UTF-8 ({data[pos + e.start : pos + e.end]!r})", first + k, rid)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:
             return SourceError(label, f"cannot be decoded at byte {begin + pos}: {e}", first + k, rid)
         pos = end
 

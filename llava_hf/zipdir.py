@@ -174,6 +174,11 @@ class ZipDirectory:
         if shift < 0:
             raise ZipFormatError(f"{label}: the zip directory does not fit before its end record (truncated?)")
         directory_offset += shift
+        if entries * _CENTRAL.size > directory_size:  # each entry is at least 46 bytes: no arrays sized by a lie
+            raise ZipFormatError(
+                f"{label}: the end record says {entries:,} members, but its {directory_size:,}-byte directory "
+                f"holds at most {directory_size // _CENTRAL.size:,}"
+            )
         spans = [
             (start, min(_CHUNK, directory_offset + directory_size - start))
             for start in range(directory_offset, directory_offset + directory_size, _CHUNK)
@@ -249,23 +254,26 @@ class ZipDirectory:
         return self._names[int(self._name_ends[i - 1]) if i else 0 : int(self._name_ends[i])]
 
     def name(self, i: int) -> str:
-        return self._name_bytes(i).decode("utf-8")
+        # surrogateescape, as names are looked up (`find`): a name flagged UTF-8 that is not comes back as it is
+        return self._name_bytes(i).decode("utf-8", "surrogateescape")
 
     def names(self) -> Iterator[str]:
         """Every member's name, in directory order."""
         start = 0
         for end in self._name_ends.tolist():
-            yield self._names[start:end].decode("utf-8")
+            yield self._names[start:end].decode("utf-8", "surrogateescape")
             start = end
 
     def _lookup(self, key: bytes, digest: int, at: int) -> int:
+        # The last member of that name, as zipfile (and so a `zip://` path) takes it when a name is repeated.
         hashes, order = self._hashes, self._order
+        found = -1
         while at < len(hashes) and hashes[at] == digest:
             index = int(order[at])
             if self._name_bytes(index) == key:
-                return index
+                found = index
             at += 1
-        return -1
+        return found
 
     def find(self, name: str) -> int:
         """The index of the member called `name` (a file, not a folder entry), or -1."""
@@ -277,14 +285,15 @@ class ZipDirectory:
 
     def find_many(self, names: list[str]) -> np.ndarray:
         """`find` of each name at once, -1 where absent: one vectorised search, then each name compared
-        with the member its hash points at; only a name whose hash is shared or absent takes `_lookup`."""
+        with the member its hash points at (the last of that hash: names repeated in an archive resolve to
+        their last member, as in `find`); only a name whose hash is shared or absent takes `_lookup`."""
         keys = [name.encode("utf-8", "surrogateescape") for name in names]
         found = np.full(len(keys), -1, dtype=np.int64)
         if not keys or not len(self._hashes):
             return found
         digests = np.fromiter((crc32(k) for k in keys), dtype=np.uint32, count=len(keys))
         positions = np.searchsorted(self._hashes, digests)
-        inside = np.minimum(positions, len(self._hashes) - 1)
+        inside = np.maximum(np.searchsorted(self._hashes, digests, side="right") - 1, 0)
         candidates = self._order[inside].astype(np.int64)
         ends = self._name_ends[candidates]
         starts = np.where(candidates > 0, self._name_ends[np.maximum(candidates - 1, 0)], 0)
@@ -350,7 +359,7 @@ class ZipDirectory:
             return ""
         if not ((ends - starts) > len(prefix)).any():
             return ""  # only the folder entry itself
-        return prefix.decode("utf-8")
+        return prefix.decode("utf-8", "surrogateescape")
 
 
 def _release_freed_memory() -> None:
@@ -520,10 +529,12 @@ def read_member(entry: ZipEntry, buffer: bytes | memoryview, buffer_offset: int,
     try:
         if entry.method == STORED:
             data = bytes(raw)
+        # At most the stated size, and one byte when it says 0 (zlib's 0 is "no limit"): a member that
+        # inflates past it is corrupt, found by the size check below, never inflated whole.
         elif entry.method == DEFLATED:
-            data = zlib.decompressobj(-15).decompress(raw, entry.file_size)
+            data = zlib.decompressobj(-15).decompress(raw, max(entry.file_size, 1))
         else:
-            data = bz2.BZ2Decompressor().decompress(raw, max_length=entry.file_size)
+            data = bz2.BZ2Decompressor().decompress(raw, max_length=max(entry.file_size, 1))
     except (zlib.error, OSError, ValueError) as e:
         raise ZipMemberError("unreadable", f"{where} does not decompress: {e}") from None
     if len(data) != entry.file_size or crc32(data) != entry.crc:

@@ -521,3 +521,65 @@ def test_cli_takes_data_files_wherever_it_takes_a_config(tmp_path, images, cache
         main(["prepare", "my_data.txt"])
     assert info.value.code == 2
     assert "invalid choice: 'my_data.txt'" in capsys.readouterr().err
+
+
+# --- inputs a review found: each named by file and line, none taken silently ------------------------------
+
+
+def test_jsonl_lines_are_utf8_and_integers_too_long_are_named(tmp_path, images, cache_dir):
+    records = single_records(3)
+    lines = [json.dumps(r).encode() for r in records]
+    utf16 = tmp_path / "utf16.jsonl"  # json.loads(bytes) would guess UTF-16 for this line and take it
+    utf16.write_bytes(lines[0] + b"\n" + json.dumps(records[1]).encode("utf-16-le") + b"\n" + lines[2] + b"\n")
+    with pytest.raises(SourceError, match=r"^utf16.jsonl: record 1: line 2: not one JSON record per line: "):
+        load_dataset(str(utf16), image_dir=str(images), cache_dir=cache_dir)
+    long = tmp_path / "long.jsonl"
+    long.write_bytes(lines[0] + b"\n" + lines[1][:-1] + b', "score": ' + b"9" * 4301 + b"}\n" + lines[2] + b"\n")
+    with pytest.raises(SourceError) as caught:
+        load_dataset(str(long), image_dir=str(images), cache_dir=cache_dir)
+    assert str(caught.value) == (
+        "long.jsonl: record 1: line 2: cannot be decoded: Exceeds the limit (4300 digits) for integer string "
+        "conversion: value has 4301 digits; use sys.set_int_max_str_digits() to increase the limit"
+    )
+    assert not list(Path(cache_dir).rglob("*.arrow"))
+    # A UTF-8 byte order mark on a later line is still taken, as json.loads(bytes) took it.
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(b"\n" + b"\xef\xbb\xbf" + lines[0] + b"\n" + b"\xef\xbb\xbf" + lines[1] + b"\n")
+    assert load_dataset(str(marked), image_dir=str(images), cache_dir=cache_dir)["id"] == ["0", "1"]
+
+
+def test_blank_space_before_the_data_is_not_an_empty_file(tmp_path, images, cache_dir):
+    records = single_records(3)
+    for name, body in (
+        ("spaced.jsonl", "\n".join(json.dumps(r) for r in records)),
+        ("spaced.json", json.dumps(records)),
+    ):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + b" \n" * 5000 + body.encode() + b"\n")
+        assert load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)["id"] == ["0", "1", "2"]
+
+
+def test_a_damaged_gz_is_named_and_leaves_no_partial_copy(tmp_path, cache_dir):
+    import random
+    import zlib
+
+    rng = random.Random(0)
+    data = "\n".join(json.dumps({"id": i, "conversations": turns(str(rng.random()), "x")}) for i in range(200))
+    whole = gzip.compress(data.encode(), 6)
+    for at in range(len(whole) // 2, len(whole)):  # damage in the deflate stream that zlib itself refuses
+        damaged = bytearray(whole)
+        for k in range(at, at + 40):
+            damaged[k] ^= 0xA5
+        try:
+            gzip.decompress(bytes(damaged))
+        except zlib.error:
+            break
+        except (OSError, EOFError):
+            continue  # gzip's own errors (a CRC, the end of the stream), caught before
+    else:
+        pytest.fail("no damage zlib refuses")
+    path = tmp_path / "bad.jsonl.gz"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(SourceError, match=r"^bad.jsonl.gz: cannot be decompressed: Error -3 while decompressing data"):
+        load_dataset(str(path), cache_dir=cache_dir)
+    assert os.listdir(os.path.join(cache_dir, "llava_hf_files")) == []

@@ -627,3 +627,26 @@ def test_read_only_cache_dir_names_it_and_the_remedy(fake, tmp_path):
         f"[Errno 30] Read-only file system (the file system is read-only: pass a writable cache_dir): "
         f"'{mount / 'cache'}'"
     )
+
+
+# --- inputs a review found: named by file and record, never a bare ValueError ------------------------------
+
+
+def test_an_integer_too_long_for_python_names_its_record(fake):
+    import llava_hf
+    from llava_hf import SourceError
+
+    path = Path(fake["data_dir"]) / "detail_23k.json"
+    records = json.loads(path.read_text(encoding="utf-8"))
+    records[4]["score"] = 0  # a placeholder, then the literal: more digits than int() converts (4,300)
+    path.write_text(json.dumps(records).replace('"score": 0', '"score": ' + "9" * 4301), encoding="utf-8")
+    at = path.read_bytes().index(b'{"id": "r04"')
+    with pytest.raises(SourceError) as caught:
+        llava_hf.load_dataset("detail_23k", **fake)
+    assert str(caught.value) == (
+        f"detail_23k.json: record 4: record at byte {at} (the record after id='r03') cannot be decoded: "
+        "Exceeds the limit (4300 digits) for integer string conversion: value has 4301 digits; use "
+        "sys.set_int_max_str_digits() to increase the limit"
+    )
+    assert (caught.value.index, caught.value.reason) == (4, None)
+    assert not list(Path(fake["cache_dir"]).rglob("*.arrow"))

@@ -213,3 +213,121 @@ def test_entries_found_at_once_or_walked_give_the_same_directory(monkeypatch, ch
     broken[at : at + 4] = b"XXXX"
     with pytest.raises(ZipFormatError, match=r"damaged zip directory \(no member header at its byte \d+\)"):
         ZipDirectory.from_transport(Bytes(bytes(broken)), "broken.zip")
+
+
+# --- archives a review found hostile: each named, bounded, or read as zipfile reads it ---------------------
+
+
+def _central(data: bytes, name: bytes) -> int:
+    """Where the central directory header of member `name` starts in `data`."""
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        if data[at + 46 : at + 46 + int.from_bytes(data[at + 28 : at + 30], "little")] == name:
+            return at
+        at = data.find(b"PK\x01\x02", at + 4)
+    raise KeyError(name)
+
+
+def _patched(data: bytes, at: int, value: int, width: int = 4) -> bytes:
+    return data[:at] + value.to_bytes(width, "little") + data[at + width :]
+
+
+def test_a_member_that_says_it_inflates_to_nothing_is_never_inflated_whole(tmp_path):
+    import tracemalloc
+
+    from llava_hf.images import ZipRoot
+
+    data = build(
+        [("a.jpg", b"\xff\xd8\xff" + b"a" * 50), ("bomb.jpg", bytes(64 << 20))], compression=zipfile.ZIP_DEFLATED
+    )
+    central = _central(data, b"bomb.jpg")
+    local = int.from_bytes(data[central + 42 : central + 46], "little")
+    data = _patched(_patched(data, central + 24, 0), local + 22, 0)  # uncompressed size 0, in both headers
+    assert len(data) < 1 << 20
+    directory = ZipDirectory.from_transport(Bytes(data), "bomb.zip")
+    entry = directory.entry(directory.find("bomb.jpg"))
+    assert entry.file_size == 0
+    tracemalloc.start()
+    with pytest.raises(ZipMemberError, match=r"^bomb.jpg is corrupt \(size or CRC differs from the zip directory\)$"):
+        read_member(entry, data, 0, "bomb.jpg")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20  # not the 64 MiB it inflates to
+    path = tmp_path / "bomb.zip"
+    path.write_bytes(data)
+    good, bad = ZipRoot(str(path)).read_many(["a.jpg", "bomb.jpg"])
+    assert good == ("a.jpg", b"\xff\xd8\xff" + b"a" * 50)
+    assert (bad.reason, str(bad)) == (
+        "unreadable",
+        f"bomb.jpg in {path} is corrupt (size or CRC differs from the zip directory)",
+    )
+
+
+def test_a_member_placed_past_the_end_is_named_and_its_neighbours_are_read(tmp_path):
+    from llava_hf.errors import BadImage
+    from llava_hf.images import ZipRoot
+
+    members = [(f"{k}.jpg", b"\xff\xd8\xff" + bytes([k]) * 1000) for k in range(4)]
+    data = build(members)
+    data = _patched(data, _central(data, b"2.jpg") + 42, len(data) + 1000)  # its local header offset
+    path = tmp_path / "t.zip"
+    path.write_bytes(data)
+    results = list(ZipRoot(str(path)).read_many([name for name, _ in members]))
+    assert [r for k, r in enumerate(results) if k != 2] == [m for k, m in enumerate(members) if k != 2]
+    assert isinstance(results[2], BadImage) and results[2].reason == "unreadable"
+    assert str(results[2]) == (
+        f"2.jpg in {path} cannot be read: the zip directory places it at byte {len(data) + 1000:,}, "
+        f"past the end of the archive ({len(data):,} bytes)"
+    )
+
+
+def test_an_end_record_that_claims_more_members_than_its_directory_holds():
+    data = build([("a.jpg", b"1"), ("b.jpg", b"2")])
+    end = data.rindex(b"PK\x05\x06")
+    size = int.from_bytes(data[end + 12 : end + 16], "little")
+    lying = _patched(_patched(data, end + 8, 0xFFFE, 2), end + 10, 0xFFFE, 2)  # entries on this disk, in all
+    with pytest.raises(
+        ZipFormatError,
+        match=rf"^t.zip: the end record says 65,534 members, but its {size}-byte directory holds at most {size // 46}$",
+    ):
+        ZipDirectory.from_transport(Bytes(lying), "t.zip")
+
+
+def test_names_flagged_utf8_that_are_not_are_kept_as_bytes(tmp_path):
+    from llava_hf.images import ZipRoot
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("Z/a.jpg", b"\xff\xd8\xffa")
+        zf.writestr("Z/b.jpg", b"\xff\xd8\xffb")
+    data = out.getvalue().replace(b"Z/", b"\xff/")
+    for name in (b"\xff/a.jpg", b"\xff/b.jpg"):  # flagged "UTF-8", which b"\xff" is not
+        at = _central(data, name) + 8
+        data = _patched(data, at, int.from_bytes(data[at : at + 2], "little") | 0x800, 2)
+    directory = ZipDirectory.from_transport(Bytes(data), "t.zip")
+    assert directory.top_folder() == "\udcff/"
+    assert list(directory.names()) == ["\udcff/a.jpg", "\udcff/b.jpg"]
+    path = tmp_path / "t.zip"
+    path.write_bytes(data)
+    assert list(ZipRoot(str(path)).read_many(["b.jpg", "a.jpg"])) == [
+        ("b.jpg", b"\xff\xd8\xffb"),
+        ("a.jpg", b"\xff\xd8\xffa"),
+    ]
+
+
+def test_a_name_repeated_in_an_archive_is_its_last_member_as_in_zipfile(tmp_path):
+    from llava_hf.images import ZipRoot
+
+    out = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("x.jpg", b"\xff\xd8\xff first")
+        zf.writestr("y.jpg", b"\xff\xd8\xff y")
+        zf.writestr("x.jpg", b"\xff\xd8\xff last")
+    data = out.getvalue()
+    directory = ZipDirectory.from_transport(Bytes(data), "t.zip")
+    assert directory.find("x.jpg") == 2
+    assert directory.find_many(["y.jpg", "x.jpg"]).tolist() == [1, 2]
+    path = tmp_path / "t.zip"
+    path.write_bytes(data)
+    assert list(ZipRoot(str(path)).read_many(["x.jpg"])) == [("x.jpg", b"\xff\xd8\xff last")]
+    assert zipfile.ZipFile(path).read("x.jpg") == b"\xff\xd8\xff last"
