@@ -29,9 +29,11 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import httpcore  # httpx's own transport (a dependency of httpx): its sockets get the request deadline
 import httpx  # a declared dependency: huggingface_hub 1.x uses it, 0.x (LLaMA-Factory's) and 2.x do not ship it
 
 from .errors import BadImage
@@ -53,6 +55,92 @@ _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _GONE_STATUSES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 410: "Gone"}
 _CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 _CLIENT_LOCK = threading.Lock()  # reading threads start together: one of them makes the client
+# Answers refused for what they are, not retried: a retry gets the same answer.
+_FINAL_ERRORS = (httpx.TooManyRedirects, httpx.UnsupportedProtocol, httpx.DecodingError)
+
+# -- a deadline for each request as a whole ---------------------------------------------------------------
+#
+# httpx's timeouts are per read: a server that sends a header line (or an "HTTP/1.1 102 Processing") every
+# few seconds never times one out. The client's sockets are wrapped so that every read and write of the
+# thread's current request is also bounded by that request's deadline (`_until`): past it, a read raises
+# httpcore's ReadTimeout, which httpx reports as its own.
+
+_DEADLINE = threading.local()
+# Seconds an attempt started before its span's deadline may still take: it is not cut at its first byte.
+_ATTEMPT_FLOOR = 1.0
+
+
+@contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    """Bound every socket operation of this thread's requests, inside the block, by `deadline` (monotonic)."""
+    _DEADLINE.at = deadline
+    try:
+        yield
+    finally:
+        _DEADLINE.at = None
+
+
+def _remaining(timeout: float | None) -> float | None:
+    deadline = getattr(_DEADLINE, "at", None)
+    _DEADLINE.cut = False
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    _DEADLINE.cut = timeout is None or left <= timeout  # this operation's timeout is the deadline's
+    if left <= 0:
+        raise httpcore.ReadTimeout("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+def _deadline_hit() -> bool:
+    """Whether the thread's last socket operation was cut by the request's deadline (not its own timeout)."""
+    return getattr(_DEADLINE, "cut", False)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _remaining(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _remaining(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, _remaining(timeout)))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, backend):
+        self._backend = backend
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        stream = self._backend.connect_tcp(host, port, _remaining(timeout), local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self._backend.connect_unix_socket(path, _remaining(timeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _http_client(concurrency: int, timeout: float) -> httpx.Client:
+    """A pooled client whose requests are bounded as a whole inside `_until` (see above)."""
+    transport = httpx.HTTPTransport(
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    )
+    pool = getattr(transport, "_pool", None)  # httpx's own pool (httpx 0.20-0.28): its sockets are wrapped
+    if pool is not None and hasattr(pool, "_network_backend"):
+        pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return httpx.Client(timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=True)
 
 
 class RemoteError(OSError):
@@ -170,6 +258,7 @@ class HttpFile:
         self._executor: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._given_up: str | None = None  # why the server is no longer asked (it used up a span's retries)
 
     # -- the transport interface ------------------------------------------------------------------------
 
@@ -259,11 +348,7 @@ class HttpFile:
         return self._client
 
     def _new_session(self) -> None:
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-            follow_redirects=True,
-        )
+        self._client = _http_client(self.concurrency, self.timeout)
         self._executor = None
         self._pid = os.getpid()
 
@@ -287,33 +372,58 @@ class HttpFile:
         return bytes(span.received)
 
     def _request(self, span: _Span) -> None:
-        """Fill `span.received`, retrying and resuming until it holds the whole range."""
+        """Fill `span.received`, retrying and resuming until it holds the whole range.
+
+        Every attempt, waits included, ends by the span's deadline (`retry.total`), however the server
+        trickles its answer. An answer that brought bytes but not all of them (a server capping its
+        ranges) is followed at once by the next range; one that brought nothing is retried after a wait.
+        Once a span has used up its retries on a server that does not answer (timeouts, refused
+        connections, 5xx), the spans after it fail at once, naming that failure: a dead server costs one
+        span's retries, not every batch's."""
+        if self._given_up is not None:
+            raise RemoteError(f"{self.describe()}: {span.label()}: not asked, {self._given_up}")
         started = time.monotonic()
+        deadline = started + self.retry.total
         attempt = 0
         while True:
+            before = len(span.received)
+            server_down = False
             try:
-                self._attempt(span, started + self.retry.total)
+                with _until(max(deadline, time.monotonic() + _ATTEMPT_FLOOR)):
+                    again = self._attempt(span, deadline)
+                if again and time.monotonic() < deadline:
+                    continue  # the answer said what to ask for instead
                 if span.offset is not None and len(span.received) >= span.length:
-                    del span.received[span.length :]  # a server sending more than asked
+                    del span.received[span.length :]  # never more than asked (the reading stops there too)
                     return
+                if len(span.received) > before and time.monotonic() < deadline:
+                    continue  # a shorter answer than asked, but an answer: the rest is asked for at once
                 problem = f"the body ended after {len(span.received):,} of {span.length:,} bytes"
+            except _FINAL_ERRORS as e:  # a redirect loop, a redirect to ftp://: the same again on every try
+                raise RemoteError(f"{self.describe()}: {span.label()}: {type(e).__name__}: {e}") from None
             except httpx.TransportError as e:  # timeouts, resets, bodies cut short, refused connections
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if isinstance(e, httpx.TimeoutException) and _deadline_hit():
+                    problem = f"no whole answer within {self.retry.total:g} s ({problem})"
+                server_down = not isinstance(e, httpx.RemoteProtocolError)
             except _RetryableStatus as e:
                 problem = str(e)
+                server_down = e.status is not None
             attempt += 1
             elapsed = time.monotonic() - started
             wait = self.retry.wait(-1 if span.offset is None else span.offset, attempt)
             if attempt >= self.retry.attempts or elapsed + wait > self.retry.total:
-                raise RemoteError(
-                    f"{self.describe()}: {span.label()}: gave up after {attempt} attempts in {elapsed:.1f} s; "
-                    f"last: {problem}"
-                )
+                message = f"gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}"
+                if server_down:
+                    self._given_up = f"since {span.label()} {message}"
+                raise RemoteError(f"{self.describe()}: {span.label()}: {message}")
             time.sleep(wait)
 
-    def _attempt(self, span: _Span, deadline: float) -> None:
-        """One GET for what `span` still lacks, appending the body to `span.received`. Raises httpx errors
-        and _RetryableStatus for what a retry may cure, RemoteError for what it cannot."""
+    def _attempt(self, span: _Span, deadline: float) -> bool:
+        """One GET for what `span` still lacks, appending the body to `span.received`; True when the
+        answer is not read but asked again at once (a suffix range answered with other bytes: by offset
+        now). Raises httpx errors and _RetryableStatus for what a retry may cure, RemoteError for what it
+        cannot."""
         if span.offset is None:
             begin, wanted = None, f"bytes=-{span.length}"
         else:
@@ -330,7 +440,7 @@ class HttpFile:
         with self._session().stream("GET", url, headers=headers) as response:
             status = response.status_code
             if status in _RETRY_STATUSES:
-                raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}")
+                raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}", status)
             if url != self.url and status in _GONE_STATUSES:
                 # A signed CDN URL expires: ask the original URL again for a fresh one.
                 self._target = None
@@ -349,15 +459,21 @@ class HttpFile:
                 )
             if status != 206:
                 raise RemoteError(f"{self.describe()}: HTTP {status} {response.reason_phrase} for {wanted!r}")
+            _check_identity(response, f"{self.describe()}: {wanted!r}")
             match = _CONTENT_RANGE.match(response.headers.get("Content-Range", "").strip())
             if match is None or match.group(3) == "*":
                 raise RemoteError(
                     f"{self.describe()}: HTTP 206 without a usable Content-Range "
                     f"({response.headers.get('Content-Range')!r}) for {wanted!r}"
                 )
-            start, total = int(match.group(1)), int(match.group(3))
+            start, end, total = int(match.group(1)), int(match.group(2)), int(match.group(3))
             if begin is not None and start != begin:
                 raise RemoteError(f"{self.describe()}: asked {wanted!r}, the server sent bytes from {start}")
+            if begin is None and (end != total - 1 or end - start + 1 != min(span.length, total)):
+                # Not the file's last bytes (a prefix, or more): never read on; ask for them by offset instead.
+                span.offset = total - min(span.length, total)
+                span.length, span.total = total - span.offset, total
+                return True
             self._check_validators(response)
             if self._size is not None and total != self._size:
                 raise RemoteChanged(
@@ -370,13 +486,21 @@ class HttpFile:
                 self._target = str(response.url)
             if span.offset is None:  # the suffix range: now we know where it starts
                 span.offset, span.length, span.total = start, total - start, total
-            for chunk in response.iter_raw():
-                span.received += chunk
-                if time.monotonic() > deadline:  # a server trickling bytes never times out a read
-                    raise RemoteError(
-                        f"{self.describe()}: {span.label()}: not complete after {self.retry.total:g} s "
-                        f"({len(span.received):,} of {span.length:,} bytes)"
-                    )
+            try:
+                for chunk in response.iter_raw():
+                    span.received += chunk
+                    if len(span.received) >= span.length:
+                        break  # all that was asked for: a server sending on past the range is not read to its end
+                    if time.monotonic() > deadline:  # a server trickling bytes never times out a read
+                        raise _Late()
+            except (_Late, httpx.TimeoutException) as e:
+                if isinstance(e, httpx.TimeoutException) and not _deadline_hit():
+                    raise
+                raise RemoteError(
+                    f"{self.describe()}: {span.label()}: not complete after {self.retry.total:g} s "
+                    f"({len(span.received):,} of {span.length:,} bytes)"
+                ) from None
+        return False
 
     def _check_validators(self, response) -> None:
         etag = response.headers.get("ETag")
@@ -399,8 +523,36 @@ def _check_bounds(where: str, offset: int, length: int, size: int) -> None:
         raise RemoteError(f"{where}: bytes {offset}-{offset + length - 1} asked of a file of {size:,} bytes")
 
 
-class _RetryableStatus(Exception):
+class _Late(Exception):
     pass
+
+
+class _RetryableStatus(Exception):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the server answered one (5xx, 429): None otherwise
+
+
+def _check_identity(response, where: str) -> None:
+    """A RemoteError when the server encoded its answer although identity was asked (Accept-Encoding): the
+    bytes of a gzip answer are not the file's, and a range of them is nothing."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RemoteError(
+            f"{where}: the server sent {encoding}-encoded bytes though identity (the file's own) was asked"
+        )
+
+
+# A body that ends with the connection (no Content-Length, not chunked) cannot tell a cut from its end: an
+# image's own end says it (JPEG's EOI marker, PNG's IEND chunk, GIF's trailer), looked for near the end.
+_ENDINGS = ((b"\xff\xd8\xff", b"\xff\xd9"), (b"\x89PNG", b"IEND\xaeB`\x82"), (b"GIF8", b";"))
+
+
+def _looks_cut(body: bytes) -> bool:
+    for head, tail in _ENDINGS:
+        if body.startswith(head):
+            return tail not in body[-64:]
+    return False  # another format: nothing to tell by
 
 
 class _Span:
@@ -673,11 +825,7 @@ class RemoteFolderRoot(ImageRoot):
             from huggingface_hub.utils import build_hf_headers
 
             self._headers = build_hf_headers(token=self.token)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(DEFAULT_TIMEOUT),
-            limits=httpx.Limits(max_connections=DEFAULT_CONCURRENCY, max_keepalive_connections=DEFAULT_CONCURRENCY),
-            follow_redirects=True,
-        )
+        self._client = _http_client(DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT)
         self._client_pid = os.getpid()
 
     def _get_http(self, name: str) -> bytes | None:
@@ -686,9 +834,12 @@ class RemoteFolderRoot(ImageRoot):
         started, attempt = time.monotonic(), 0
         while True:
             try:
-                with self._session().stream(
-                    "GET", url, headers={**self._headers, "Accept-Encoding": "identity"}
-                ) as response:
+                with (
+                    _until(max(started + self.retry.total, time.monotonic() + _ATTEMPT_FLOOR)),
+                    self._session().stream(
+                        "GET", url, headers={**self._headers, "Accept-Encoding": "identity"}
+                    ) as response,
+                ):
                     status = response.status_code
                     if status in (404, 410):
                         return None
@@ -696,6 +847,7 @@ class RemoteFolderRoot(ImageRoot):
                         raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}")
                     if status != 200:
                         raise RemoteError(f"{where}: HTTP {status} {response.reason_phrase}")
+                    _check_identity(response, where)
                     declared = response.headers.get("Content-Length")
                     if declared is not None and declared.isdigit():
                         _check_size(int(declared), where)  # refused before a byte of the body is read
@@ -703,9 +855,19 @@ class RemoteFolderRoot(ImageRoot):
                     for chunk in response.iter_raw():
                         body += chunk
                         _check_size(len(body), where)
-                    if declared is None or len(body) == int(declared):
-                        return bytes(body)
-                    problem = f"the body ended after {len(body):,} of {int(declared):,} bytes"
+                    if declared is not None and declared.isdigit():
+                        if len(body) == int(declared):
+                            return bytes(body)
+                        problem = f"the body ended after {len(body):,} of {int(declared):,} bytes"
+                    elif "chunked" in response.headers.get("Transfer-Encoding", "").lower() or not _looks_cut(body):
+                        return bytes(body)  # chunked: h11 refuses a cut one; else the image ends as images end
+                    else:
+                        problem = (
+                            f"the body ended with the connection after {len(body):,} bytes, before the image's "
+                            "end (no Content-Length to check it by)"
+                        )
+            except _FINAL_ERRORS as e:
+                raise RemoteError(f"{where}: {type(e).__name__}: {e}") from None
             except httpx.TransportError as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             except _RetryableStatus as e:
