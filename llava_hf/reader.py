@@ -129,38 +129,56 @@ def _restore_policy(folder: str, lazy: bool) -> _Policy:
 
 # --- lazily mapped files ---------------------------------------------------------------------------------
 
-_starts: list[int] = []  # sorted start addresses of lazy mappings
-_ends: dict[int, int] = {}
+# The lazy mappings: (sorted start addresses, start -> (end, registration)). Replaced whole under the lock,
+# never changed in place, so a reader takes one consistent snapshot without it. A registration number, not
+# the address, says whose entry it is: CPython unmaps a file before its finalizer runs, so another thread
+# can map a new file at the same address in between, and the old finalizer must not remove the new entry.
+_mappings: tuple[list[int], dict[int, tuple[int, int]]] = ([], {})
+_registrations = itertools.count(1)
 _blind: set[int] = set()  # mappings of files whose page cache mincore does not show us (pagecache.mincore_tells)
 _mappings_lock = threading.Lock()
 
 
-def _register(start: int, size: int, blind: bool = False) -> None:
+def _register(start: int, size: int, blind: bool = False) -> int:
+    """Note the mapping [start, start + size); returns its registration, which `_unregister` takes."""
+    global _mappings
     with _mappings_lock:
-        bisect.insort(_starts, start)
-        _ends[start] = start + size
+        starts, ends = _mappings
+        registration = next(_registrations)
+        if start not in ends:
+            starts = sorted([*starts, start])
+        _mappings = (starts, {**ends, start: (start + size, registration)})
         if blind:
             _blind.add(start)
-
-
-def _unregister(start: int) -> None:
-    with _mappings_lock:
-        i = bisect.bisect_left(_starts, start)
-        if i < len(_starts) and _starts[i] == start:
-            del _starts[i]
-            del _ends[start]
+        else:
             _blind.discard(start)
+        # Layouts held under this address were a mapping's that is gone (its finalizer may not have run yet).
+        _layouts.pop(start, None)
+        _plans.pop(start, None)
+    return registration
+
+
+def _unregister(start: int, registration: int) -> None:
+    global _mappings
+    with _mappings_lock:
+        starts, ends = _mappings
+        if ends.get(start, (0, 0))[1] != registration:
+            return  # the address is a newer mapping's now
+        _mappings = ([s for s in starts if s != start], {k: v for k, v in ends.items() if k != start})
+        _blind.discard(start)
         # The batch layouts of a mapping are addresses in it: a later mapping may reuse them.
         _layouts.pop(start, None)
         _plans.pop(start, None)
 
 
 def _mapping_of(address: int) -> tuple[int, int] | None:
-    i = bisect.bisect_right(_starts, address) - 1
+    starts, ends = _mappings
+    i = bisect.bisect_right(starts, address) - 1
     if i >= 0:
-        start = _starts[i]
-        if address < _ends[start]:
-            return start, _ends[start]
+        start = starts[i]
+        end = ends[start][0]
+        if address < end:
+            return start, end
     return None
 
 
@@ -175,10 +193,10 @@ def open_lazy(path: str) -> pa.Table:
     if hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_RANDOM)
     buffer = pa.py_buffer(mapped)  # keeps `mapped` alive as long as any slice of the table lives
-    _register(buffer.address, size, blind)
+    registration = _register(buffer.address, size, blind)
     global _opens
     _opens += 1  # a freshly opened file is likely cold: every thread advises again until it sees it warm
-    weakref.finalize(mapped, _unregister, buffer.address)
+    weakref.finalize(mapped, _unregister, buffer.address, registration)
     try:
         table = pa.ipc.open_stream(buffer).read_all()
     except (pa.ArrowInvalid, OSError) as e:
@@ -218,7 +236,7 @@ def _merged(spans: list[tuple[int, int]], gap: int = 64 << 10) -> list[tuple[int
 
 def _advise(spans: list[tuple[int, int]]) -> None:
     """MADV_WILLNEED on the pages of `spans` (address, length) that lie in lazy mappings."""
-    if _madvise is None or not _starts:
+    if _madvise is None or not _mappings[0]:
         return
     for address, length in _merged(spans):
         mapping = _mapping_of(address)
@@ -599,7 +617,7 @@ def advise_rows(result: pa.Table, probe: bool = False) -> bool:
     `probe`, only the requests whose pages are not all in memory (mincore) are made. Returns whether every
     page was in memory (False when not probing or when madvise is missing; True for a probe with nothing
     to ask for, no lazily mapped row included, so that a thread reading other files backs off too)."""
-    if _madvise is None or not result.num_columns or not _starts:
+    if _madvise is None or not result.num_columns or not _mappings[0]:
         return False
     column = result.column(0)
     spans: list[tuple[int, int]] = []
@@ -865,7 +883,7 @@ def install() -> bool:
 
     def query_table(table, key, indices=None):
         result = stock_query(table, key, indices=indices)
-        if _starts and not isinstance(key, str):
+        if _mappings[0] and not isinstance(key, str):
             how = want_advice()
             if how is ADVISE:
                 advise_rows(result)
@@ -880,7 +898,7 @@ def install() -> bool:
 
     def table_iter(table, batch_size, drop_last_batch=False) -> Iterator[pa.Table]:
         chunks = stock_table_iter(table, batch_size, drop_last_batch=drop_last_batch)
-        if not _starts:
+        if not _mappings[0]:
             yield from chunks
             return
         yield from _read_ahead(chunks)
@@ -1094,7 +1112,8 @@ def _row_index(table) -> _RowIndex | None:
         address = _first_address(pa.Table.from_batches([first])) if first is not None else None
         if address is not None and _mapping_of(address) is not None:
             entry = _RowIndex(table)
-    _row_indexes[key] = (weakref.ref(table, lambda _, key=key: _row_indexes.pop(key, None)), entry)
+    # The dict bound to the callback: at interpreter exit it may run after this module's globals are gone.
+    _row_indexes[key] = (weakref.ref(table, lambda _, key=key, known=_row_indexes: known.pop(key, None)), entry)
     return entry
 
 
@@ -1163,7 +1182,7 @@ def _install_row_path(dataset_class) -> None:
         if key < 0:
             key += size
         k, j = located(index, indices, key)
-        if _starts:
+        if _mappings[0]:
             how = want_advice()
             if how is ADVISE:
                 advise_row(index, k, j, False)
@@ -1183,7 +1202,7 @@ def _install_row_path(dataset_class) -> None:
         places = [located(index, indices, key + size if key < 0 else key) for key in keys]
         if any(index.layouts[k] == () for k, _ in places):
             return _MISSING  # a batch the row path cannot read: datasets' gather, advised once, by it
-        if _starts:
+        if _mappings[0]:
             how = want_advice()
             if how is ADVISE:
                 advise_gather(index, places, False)

@@ -843,3 +843,51 @@ def test_binary_array_takes_any_bytes_like_value():
 
     values = [b"ab", None, memoryview(b"xyz").cast("c"), pa.py_buffer(b"pq"), np.frombuffer(b"\x01\x02", np.int8)]
     assert binary_array(values).to_pylist() == [b"ab", None, b"xyz", b"pq", b"\x01\x02"]
+
+
+def test_a_mapping_at_an_address_reused_before_the_old_finalizer_keeps_its_entry():
+    # CPython unmaps a file before its finalizer runs: another thread can map a new file at the same address
+    # in between. The old finalizer must leave the new entry (and its lookups) alone.
+    start = 1 << 46  # far from any real mapping of this process
+    old = reader._register(start, 4096)
+    new = reader._register(start, 8192)  # the new file at the same address, the old finalizer not yet run
+    try:
+        assert reader._mapping_of(start + 5000) == (start, start + 8192)
+        reader._unregister(start, old)  # the old finalizer, late
+        assert reader._mapping_of(start + 5000) == (start, start + 8192)
+        assert reader._mappings[0].count(start) == 1
+    finally:
+        reader._unregister(start, new)
+    assert reader._mapping_of(start + 5000) is None
+    assert start not in reader._mappings[0] and start not in reader._mappings[1]
+
+
+def test_files_opened_and_dropped_in_two_threads_at_once(tmp_path):
+    import threading
+    import time
+
+    paths = [
+        llava_hf.load_dataset(config, sample=True, cache_dir=str(tmp_path)).cache_files[0]["filename"]
+        for config in ("detail_23k", "blip_558k")
+    ]
+    errors, rows = [], [0, 0]
+    until = time.monotonic() + 3
+
+    def churn(k: int) -> None:
+        while time.monotonic() < until:
+            try:
+                ds = datasets.Dataset.from_file(paths[k])
+                assert ds[0]["id"] == ds[[0, 1]]["id"][0]
+                rows[k] += 1
+                del ds
+            except Exception as e:  # noqa: BLE001 (any error in a thread is the finding)
+                errors.append(repr(e))
+                return
+
+    threads = [threading.Thread(target=churn, args=(k,)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert min(rows) > 10
