@@ -387,7 +387,7 @@ class HttpFile:
         attempt = 0
         while True:
             before = len(span.received)
-            server_down = False
+            server_down, status_error = False, None
             try:
                 with _until(max(deadline, time.monotonic() + _ATTEMPT_FLOOR)):
                     again = self._attempt(span, deadline)
@@ -409,11 +409,12 @@ class HttpFile:
             except _RetryableStatus as e:
                 problem = str(e)
                 server_down = e.status is not None
+                status_error = e
             attempt += 1
             elapsed = time.monotonic() - started
-            wait = self.retry.wait(-1 if span.offset is None else span.offset, attempt)
+            wait, asked = _next_wait(self.retry, -1 if span.offset is None else span.offset, attempt, status_error)
             if attempt >= self.retry.attempts or elapsed + wait > self.retry.total:
-                message = f"gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}"
+                message = f"gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}{asked}"
                 if server_down:
                     self._given_up = f"since {span.label()} {message}"
                 raise RemoteError(f"{self.describe()}: {span.label()}: {message}")
@@ -440,7 +441,7 @@ class HttpFile:
         with self._session().stream("GET", url, headers=headers) as response:
             status = response.status_code
             if status in _RETRY_STATUSES:
-                raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}", status)
+                raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}", status, _retry_after(response))
             if url != self.url and status in _GONE_STATUSES:
                 # A signed CDN URL expires: ask the original URL again for a fresh one.
                 self._target = None
@@ -528,9 +529,31 @@ class _Late(Exception):
 
 
 class _RetryableStatus(Exception):
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after: float = 0.0):
         super().__init__(message)
         self.status = status  # the HTTP status, when the server answered one (5xx, 429): None otherwise
+        self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), 0 if it did not
+
+
+def _retry_after(response) -> float:
+    """The seconds a 429 or 503 asks to wait (Retry-After: seconds, or an HTTP date), 0 when it does not."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return 0.0
+    if value.isdigit():
+        return float(value)
+    when = _date(value)
+    return max(0.0, when.timestamp() - time.time()) if hasattr(when, "timestamp") else 0.0
+
+
+def _next_wait(retry: Retry, key: int, attempt: int, error: Exception | None) -> tuple[float, str]:
+    """(seconds before the next attempt, what to add to a message): the backoff, or longer when the
+    server asked for longer (Retry-After), which the span's deadline then bounds."""
+    wait = retry.wait(key, attempt)
+    asked = getattr(error, "retry_after", 0.0)
+    if asked > wait:
+        return asked, f" (the server asked to wait {asked:g} s)"
+    return wait, ""
 
 
 def _check_identity(response, where: str) -> None:
@@ -833,6 +856,7 @@ class RemoteFolderRoot(ImageRoot):
         where = self.describe(name)
         started, attempt = time.monotonic(), 0
         while True:
+            status_error = None
             try:
                 with (
                     _until(max(started + self.retry.total, time.monotonic() + _ATTEMPT_FLOOR)),
@@ -844,7 +868,9 @@ class RemoteFolderRoot(ImageRoot):
                     if status in (404, 410):
                         return None
                     if status in _RETRY_STATUSES:
-                        raise _RetryableStatus(f"HTTP {status} {response.reason_phrase}")
+                        raise _RetryableStatus(
+                            f"HTTP {status} {response.reason_phrase}", status, _retry_after(response)
+                        )
                     if status != 200:
                         raise RemoteError(f"{where}: HTTP {status} {response.reason_phrase}")
                     _check_identity(response, where)
@@ -872,11 +898,14 @@ class RemoteFolderRoot(ImageRoot):
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             except _RetryableStatus as e:
                 problem = str(e)
+                status_error = e
             attempt += 1
             elapsed = time.monotonic() - started
-            wait = self.retry.wait(zlib.crc32(name.encode()), attempt)
+            wait, asked = _next_wait(self.retry, zlib.crc32(name.encode()), attempt, status_error)
             if attempt >= self.retry.attempts or elapsed + wait > self.retry.total:
-                raise RemoteError(f"{where}: gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}")
+                raise RemoteError(
+                    f"{where}: gave up after {attempt} attempts in {elapsed:.1f} s; last: {problem}{asked}"
+                )
             time.sleep(wait)
 
     def _get_fsspec(self, name: str) -> bytes | None:

@@ -609,6 +609,6 @@ def first_mismatch(chat: JsonIndex, metadata: JsonIndex, chat_label: str, metada
         chat_label,
         f"has {chat.num_records:,} records but {metadata_label} has {metadata.num_records:,}; the first "
         f"{n:,} rows match, record {n} is the first without a partner",
-        n,
+        n if chat.num_records > n else None,  # a record of the chat file, when it is the longer one
         reason="not_parallel",
     )

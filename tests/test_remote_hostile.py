@@ -290,3 +290,28 @@ def test_the_deadline_leaves_ordinary_timeouts_alone(serve):
     with pytest.raises(RemoteError, match=r"gave up after 2 attempts in [\d.]+ s; last: ReadTimeout: timed out$"):
         _ = f.size
     assert server.requests == 2
+
+
+def test_retry_after_is_waited_for_within_the_deadline(serve):
+    answers = iter(["429"])
+
+    def behaviour(handler, method, path, headers):
+        if next(answers, None) == "429":
+            return handler.send("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+        return ranged(handler, headers)
+
+    server = serve(behaviour)
+    f = HttpFile(server.url("a.zip"), retry=Retry(attempts=3, base=0.001, cap=0.01, total=10))
+    started = time.monotonic()
+    assert f.size == len(BODY)
+    assert 1.0 <= time.monotonic() - started < 3  # the second ask came after the second it asked for
+    long = serve(
+        lambda h, m, p, headers: h.send("HTTP/1.1 503 Busy\r\nRetry-After: 86400\r\nContent-Length: 0\r\n\r\n")
+    )
+    started = time.monotonic()
+    with pytest.raises(RemoteError) as e:
+        _ = HttpFile(long.url("a.zip"), retry=Retry(attempts=8, base=0.001, total=60)).size
+    assert str(e.value).endswith(
+        "the last 65,577 bytes: gave up after 1 attempts in 0.0 s; last: HTTP 503 Busy (the server asked to wait 86400 s)"
+    )
+    assert time.monotonic() - started < 2 and long.requests == 1  # no wait it cannot finish within its deadline

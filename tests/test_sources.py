@@ -139,3 +139,16 @@ def test_first_mismatch_when_only_the_tail_differs(tmp_path):
         "chat.json: record 2: has 3 records but metadata.json has 2; the first 2 rows match, record 2 is the "
         "first without a partner"
     )
+
+
+def test_first_mismatch_when_the_metadata_is_longer_names_no_chat_record(tmp_path):
+    chat = tmp_path / "chat.json"
+    meta = tmp_path / "metadata.json"
+    chat.write_text(json.dumps([{"id": f"r{i}"} for i in range(2)]))
+    meta.write_text(json.dumps([{"id": f"r{i}"} for i in range(3)]))
+    error = first_mismatch(index_json_array(str(chat)), index_json_array(str(meta)), "chat.json", "metadata.json")
+    assert (str(error), error.index) == (
+        "chat.json: has 2 records but metadata.json has 3; the first 2 rows match, record 2 is the first without "
+        "a partner",
+        None,
+    )
