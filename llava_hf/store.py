@@ -278,6 +278,7 @@ class StoreRoot(_StoreFolder):
             if folder not in self._made:
                 os.makedirs(folder, exist_ok=True)
                 self._made.add(folder)
+                _sweep_parts(folder)
             with open(tmp, "wb") as f:
                 f.write(data)
             # Atomic: a reader (or the next run, after a kill) sees the whole image or none of it.
@@ -296,6 +297,30 @@ class StoreRoot(_StoreFolder):
         if self._remote is not None and hasattr(self._remote, "close"):
             self._remote.close()
         self._remote = None
+
+
+# A `.part` older than this was left by a writer that was killed (an image is written in one call).
+STALE_PART_SECONDS = 24 * 3600
+
+
+def _sweep_parts(folder: str) -> None:
+    """Remove the `.part` files a killed writer left in `folder` (hidden, so never read, but never freed
+    either); once per folder and process, on its first write. Recent ones may be another host's, writing."""
+    cutoff = time.time() - STALE_PART_SECONDS
+    try:
+        with os.scandir(folder) as entries:
+            stale = [
+                e.path
+                for e in entries
+                if e.name.startswith(".")
+                and e.name.endswith(".part")
+                and e.stat(follow_symlinks=False).st_mtime < cutoff
+            ]
+    except OSError:
+        return
+    for path in stale:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 # In the store's top folder: per collection, the archives that filled its folder, oldest first.

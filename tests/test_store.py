@@ -367,6 +367,18 @@ def test_a_broken_copy_in_the_store_is_fetched_again(release, store, coco_zip, u
     assert sorted(p.name for p in folder.iterdir()) == ["000000319154.jpg", "000000398214.jpg"]  # no temp files
 
 
+def test_parts_a_killed_writer_left_are_swept_on_the_folders_first_write(release, store, coco_zip):
+    folder = store / "coco" / "train2017"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".000000319154.jpg.0a1b.part", folder / ".000000398214.jpg.2c3d.part"
+    old.write_bytes(b"half an image")
+    fresh.write_bytes(b"another host, writing now")
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    root = StoreRoot(str(folder), collection="coco/train2017", upstream=str(coco_zip))
+    assert [r[0] for r in root.read_many(["000000319154.jpg"])] == ["000000319154.jpg"]
+    assert sorted(p.name for p in folder.iterdir()) == [fresh.name, "000000319154.jpg"]
+
+
 def test_no_image_dir_and_no_source_names_the_collection(release, store, tmp_path):
     absent = json.loads(Path(os.environ["LLAVA_HF_IMAGE_SOURCES"]).read_text())["coco/train2017"]
     with pytest.raises(FileNotFoundError) as info:
