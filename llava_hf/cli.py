@@ -312,7 +312,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         print(f"found {', '.join(figures)} in {args.out_dir}: {files} Parquet files, {size / 1e6:,.1f} MB")
         branch = f" (branch {args.revision})" if args.revision else ""
         private = ", private if new" if args.private else ""
-        print(f"pushing to https://huggingface.co/datasets/{args.repo_id}{branch}{private}")
+        print(f"pushing to {_hub_endpoint()}/datasets/{args.repo_id}{branch}{private}")
     try:
         info = push(
             args.out_dir,
@@ -324,8 +324,28 @@ def cmd_push(args: argparse.Namespace) -> int:
     except OSError as e:  # huggingface_hub's HTTP, login and offline errors; the token is never in them
         print(f"llava-hf push: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not _is_transport_error(e):
+            raise
+        # Not an OSError in huggingface_hub 1.x and 2.x (httpx's, httpx2's): the Hub was not reached at all.
+        print(f"llava-hf push: cannot reach {_hub_endpoint()} ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     print(f"done: {info.commit_url}")
     return 0
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    """Whether `error` is an HTTP client's failure to reach a server (connect, DNS, timeout, protocol), as
+    huggingface_hub's clients raise them: httpx (1.x), httpx2 (2.x), requests and urllib3 (0.x)."""
+    clients = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+    names = ("TransportError", "RequestError", "ConnectionError", "TimeoutException", "HTTPError")
+    return any(kind.__module__.split(".")[0] in clients and kind.__name__ in names for kind in type(error).__mro__)
 
 
 def _dir_default(values: list[str] | None) -> str | dict[str, str] | None:

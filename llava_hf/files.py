@@ -113,12 +113,23 @@ def data_file_paths(data_files: Any) -> tuple[str, ...]:
     return tuple(paths)
 
 
+# Characters a config name cannot hold: globs in the card's data_files and the push's deletions, or refused
+# by datasets and the Hub.
+_UNSAFE_NAME = re.compile(r"[\[\]*?{}<>:\\|]")
+
+
 def file_config_name(name: str | None, paths: tuple[str, ...]) -> str:
     """The config name of a file config: `name`, or the stem of its first file. A catalog name is refused,
     because it would share the cache and the meaning of a catalog config."""
-    name = name if name is not None else file_stem(paths[0])
+    if name is None:  # the file's stem, made safe: glob characters would break the Hub card's paths
+        name = _UNSAFE_NAME.sub("_", file_stem(paths[0])).lstrip(".") or "data"
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    if _UNSAFE_NAME.search(name) or name.startswith("."):
+        raise ValueError(
+            f"name {name!r} cannot name a config: the characters [ ] * ? {{ }} < > : \\ | are globs or refused on "
+            "the Hub, and a name starting with '.' is a hidden folder there; pass another name="
+        )
     if name in CONFIG_NAMES:
         raise ValueError(
             f"{name!r} is a catalog config; a config built from data_files needs another name (pass name=...)"

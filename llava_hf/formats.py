@@ -204,10 +204,12 @@ def _messages_batch(batch: dict[str, list], *, roles: Mapping[str, str]) -> dict
     return {"messages": messages, "images": images}
 
 
-def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAULT_ROLES) -> None:
+def check_rows(
+    ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAULT_ROLES, turns_needed: bool = True
+) -> None:
     """Raise ValueError listing the rows (index and id) that cannot become TRL messages or LLaMA-Factory
-    records: more than one `<image>`, `<image>` in a text-only row, or (unless `roles` is None) a speaker
-    not in `roles`.
+    records: more than one `<image>`, `<image>` in a text-only row, images and no turns (unless
+    `turns_needed` is False), or (unless `roles` is None) a speaker not in `roles`.
 
     Reads the text columns and the image column's null mask only, never image bytes.
     """
@@ -228,7 +230,10 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
         # One token per image (a single-image row: at most one, and none without an image); a multi-image
         # row may have none at all (images first).
         bad_tokens = (tokens > 0) & (tokens != present) if multi else (tokens > 1) | ((tokens > 0) & ~present)
-        rows = np.flatnonzero(bad_tokens | unknown_rows)
+        # An image needs a turn to go in: a row with images and no turns has no messages to give.
+        lengths = pc.fill_null(pc.list_value_length(turns), 0).to_numpy()
+        no_turns = (lengths == 0) & (present > 0) & turns_needed
+        rows = np.flatnonzero(bad_tokens | unknown_rows | no_turns)
         total += len(rows)
         if rows.size and len(bad) < LISTED_ROWS:
             for i in rows[: LISTED_ROWS - len(bad)]:
@@ -238,6 +243,11 @@ def check_rows(ds: datasets.Dataset, *, roles: Mapping[str, str] | None = DEFAUL
                     [t["value"] for t in turns_i], bool(present[i]), int(present[i]) if multi else None
                 )
                 problem = problem or _role_problem(turns_i, roles or {})
+                if not problem:
+                    many = multi and int(present[i]) > 1
+                    problem = (
+                        "has images but no turns to put them in" if many else "has an image but no turns to put it in"
+                    )
                 bad.append(f"row {offset + int(i)} (id={row['id']!r}): {problem}")
         offset += batch.num_rows
     if total:
@@ -274,7 +284,10 @@ def to_trl(
     as they are (no decode, no re-encode); memory stays at one batch of rows.
 
     Returns {"files": [...], "rows": n, "images": n}. Raises ValueError like `check_rows`, or when `out_dir`
-    already holds `train-*.parquet` files (they would mix with the new ones).
+    already holds `train-*.parquet` files (they would mix with the new ones). The files are written under
+    hidden temporary names and take their names only when every row is written: a failed export leaves
+    nothing that loads as a (partial) dataset. A dataset of no rows is a ValueError (datasets loads no
+    Parquet split of no rows).
     """
     os.makedirs(out_dir, exist_ok=True)
     stale = sorted(f for f in os.listdir(out_dir) if f.startswith("train-") and f.endswith(".parquet"))
@@ -284,8 +297,10 @@ def to_trl(
         check_rows(ds)
     schema = TRL_FEATURES.arrow_schema
     files: list[str] = []
+    temporary: list[str] = []  # files[k] is written as temporary[k], renamed when all are written
     writer: pq.ParquetWriter | None = None
     written = rows = images = 0
+    done = False
     try:
         multi = "images" in (ds.features or {})
         columns = ["id", "images" if multi else "image", "conversations"]
@@ -323,7 +338,8 @@ def to_trl(
             )
             if writer is None:
                 files.append(os.path.join(out_dir, f"train-{len(files):05d}.parquet"))
-                writer = pq.ParquetWriter(files[-1], schema)
+                temporary.append(os.path.join(out_dir, f".{os.path.basename(files[-1])}.{os.getpid()}.tmp"))
+                writer = pq.ParquetWriter(temporary[-1], schema)
             writer.write_table(table)
             written += table.nbytes
             rows += table.num_rows
@@ -331,9 +347,21 @@ def to_trl(
             if written >= MAX_PARQUET_BYTES:
                 writer.close()
                 writer, written = None, 0
+        if writer is not None:
+            writer.close()
+            writer = None
+        if not files:  # datasets loads no Parquet split of no rows: say so, rather than leave a folder it refuses
+            raise ValueError(f"no rows to export to {out_dir}: the dataset is empty")
+        for tmp, path in zip(temporary, files, strict=True):
+            os.replace(tmp, path)
+        done = True
     finally:
         if writer is not None:
             writer.close()
+        if not done:
+            for tmp in temporary:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
     return {"files": files, "rows": rows, "images": images}
 
 
@@ -648,9 +676,25 @@ def to_llamafactory(
     out = os.fspath(out_dir)
     path = os.path.join(out, f"{name}.jsonl")
     if isinstance(ds, datasets.Dataset):
-        check_rows(ds, roles=None)  # speakers LLaMA-Factory does not know are counted below, not refused
+        # Speakers LLaMA-Factory does not know are counted below, not refused; a row with an image and no
+        # turn is refused by the writer itself, naming the row.
+        check_rows(ds, roles=None, turns_needed=False)
     _check_targets(out, [f"{name}.jsonl", "dataset_info.json"], overwrite=True)
     _check_targets(out, [f"{name}.jsonl"], overwrite)
+    # The existing dataset_info.json read (and refused when it is no object) before anything is written.
+    info_path = os.path.join(out, "dataset_info.json")
+    info: dict[str, Any] = {}
+    if os.path.exists(info_path):
+        try:
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{info_path} is not JSON ({e}); fix or remove it, then export again") from None
+        if not isinstance(info, dict):
+            raise ValueError(
+                f"{info_path} holds a JSON {type(info).__name__}, not the object of datasets LLaMA-Factory "
+                "reads; fix or remove it, then export again"
+            )
     folder = ImageFolder(os.path.join(out, image_folder), within=out)
     rows = added = skipped = 0
     skips: list[str] = []
@@ -666,11 +710,6 @@ def to_llamafactory(
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             rows += 1
     stanza = llamafactory_stanza(name, os.path.basename(path))
-    info_path = os.path.join(out, "dataset_info.json")
-    info: dict[str, Any] = {}
-    if os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            info = json.load(f)
     with _replaced_on_success(info_path) as f:
         json.dump({**info, **stanza}, f, indent=2, ensure_ascii=False)
         f.write("\n")

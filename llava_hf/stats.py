@@ -15,6 +15,7 @@ Conventions, so that every figure is exact and reproducible:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -229,7 +230,12 @@ def _image_header(data: pa.Buffer | None, path: str) -> tuple[tuple[int, int], s
     """
     try:
         if data is not None:
-            return _header(pa.BufferReader(data))
+            try:
+                return _header(pa.BufferReader(data))
+            except Exception:  # noqa: BLE001
+                # Some of PIL's format probes (TIFF, small WEBP) call what a BufferReader lacks (readline, a
+                # seek past the end): those images alone are read again from a copy.
+                return _header(io.BytesIO(memoryview(data)))
         import fsspec
 
         with fsspec.open(path, "rb") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 import datasets
@@ -583,3 +584,14 @@ def test_a_damaged_gz_is_named_and_leaves_no_partial_copy(tmp_path, cache_dir):
     with pytest.raises(SourceError, match=r"^bad.jsonl.gz: cannot be decompressed: Error -3 while decompressing data"):
         load_dataset(str(path), cache_dir=cache_dir)
     assert os.listdir(os.path.join(cache_dir, "llava_hf_files")) == []
+
+
+def test_config_names_that_would_be_globs_or_hidden_on_the_hub(tmp_path):
+    from llava_hf.files import file_config_name
+
+    assert file_config_name(None, (str(tmp_path / "mine[v2].jsonl"),)) == "mine_v2_"
+    assert file_config_name(None, (str(tmp_path / ".hidden.json.gz"),)) == "hidden"
+    assert file_config_name("my-set_2.0", (str(tmp_path / "a.json"),)) == "my-set_2.0"
+    for name in ("[d]etail_23k", "a*b", ".x", "a?b", "c:d"):
+        with pytest.raises(ValueError, match=rf"^name {re.escape(repr(name))} cannot name a config: the characters"):
+            file_config_name(name, (str(tmp_path / "a.json"),))

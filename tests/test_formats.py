@@ -447,3 +447,60 @@ def test_cli_export_for_trainers(release, cache_dir, tmp_path, capsys):
     assert code == 2
     assert capsys.readouterr().err == "llava-hf export: --default only apply with --format hub\n"
     assert not (tmp_path / "t").exists()
+
+
+# --- exports a review found unsafe: refused before writing, or leaving nothing that looks complete ---------
+
+
+def _rows(*conversations) -> datasets.Dataset:
+    image = {"bytes": b"\xff\xd8\xff", "path": "x.jpg"}
+    extra = {"source": "t", "caption": None, "blip_caption": None, "url": None, "extra": None}
+    return datasets.Dataset.from_list(
+        [{"id": f"r{i}", "image": image, "conversations": c, **extra} for i, c in enumerate(conversations)],
+        features=FEATURES,
+    )
+
+
+def test_an_image_with_no_turns_is_listed_before_any_trl_file(tmp_path):
+    good = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    ds = _rows(good, [], good)
+    message = (
+        "1 rows cannot be exported: row 1 (id='r1'): has an image but no turns to put it in. Filter them out "
+        "first (ds.filter) or map unknown speakers with roles={...}."
+    )
+    with pytest.raises(ValueError) as caught:
+        to_messages(ds)
+    assert str(caught.value) == message
+    with pytest.raises(ValueError) as caught:
+        formats.to_trl(ds, tmp_path / "trl", progress=False)
+    assert str(caught.value) == message
+    assert os.listdir(tmp_path / "trl") == []
+
+
+def test_a_failed_trl_export_leaves_no_parquet_and_the_retry_writes(tmp_path, monkeypatch):
+    good = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    bad = [{"from": "human", "value": "<image>\nq"}, {"from": "bot", "value": "a"}]
+    ds = _rows(*([good] * 150 + [bad] + [good] * 49))
+    monkeypatch.setattr(formats, "MAX_PARQUET_BYTES", 1)  # a file a batch: the failure comes after some
+    stream = ds.to_iterable_dataset()  # a stream is not checked first: the bad row is found while writing
+    with pytest.raises(ValueError, match=r"^row 150 \(id='r150'\): speaker 'bot' has no chat role"):
+        formats.to_trl(stream, tmp_path / "trl", progress=False)
+    assert os.listdir(tmp_path / "trl") == []
+    written = formats.to_trl(ds.select(range(150)), tmp_path / "trl", progress=False)
+    assert written["rows"] == 150 and sorted(os.listdir(tmp_path / "trl")) == [
+        os.path.basename(f) for f in written["files"]
+    ]
+    with pytest.raises(ValueError, match=r"^no rows to export to .*: the dataset is empty$"):
+        formats.to_trl(ds.select([]), tmp_path / "empty", progress=False)
+    assert os.listdir(tmp_path / "empty") == []
+
+
+@pytest.mark.parametrize(("content", "kind"), [("[]", "holds a JSON list"), ("{not json", "is not JSON")])
+def test_llamafactory_refuses_a_dataset_info_it_cannot_merge_before_writing(tmp_path, content, kind):
+    ds = _rows([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}])
+    (tmp_path / "dataset_info.json").write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"dataset_info.json {kind}"):
+        to_llamafactory(ds, tmp_path, name="x", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset_info.json"]
+    (tmp_path / "dataset_info.json").write_text("{}", encoding="utf-8")
+    assert to_llamafactory(ds, tmp_path, name="x", progress=False)["rows"] == 1  # fixed: the retry writes

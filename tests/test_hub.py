@@ -556,3 +556,26 @@ def test_cli_push_reports_hub_errors_without_a_traceback(sample_export, monkeypa
     capsys.readouterr()
     assert main(["push", str(out), "--repo-id", "org/llava"]) == 1
     assert capsys.readouterr().err == "llava-hf push: Token is required (`token=True`), but no token found.\n"
+
+
+def test_cli_push_names_an_unreachable_hub_without_a_traceback(sample_export, monkeypatch, tmp_path, capsys):
+    import httpx
+
+    class Unreachable:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(hub, "HfApi", Unreachable)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    out = tmp_path / "out"
+    llava_hf.export("detail_23k", out, sample=True, cache_dir=sample_export[1])
+    capsys.readouterr()
+    assert main(["push", str(out), "--repo-id", "org/llava"]) == 1
+    printed = capsys.readouterr()
+    assert "pushing to http://127.0.0.1:9/datasets/org/llava" in printed.out
+    assert (
+        printed.err == "llava-hf push: cannot reach http://127.0.0.1:9 (ConnectError: [Errno 111] Connection refused)\n"
+    )

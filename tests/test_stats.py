@@ -295,3 +295,15 @@ def test_stats_of_many_rows_stays_fast(tmp_path):
     ]
     stats = compute_stats(table_of(rows))
     assert stats["turns"]["count"] == 200_000 and stats["words_per_turn"]["all"]["count"] == 400_000
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "WEBP"])
+def test_image_headers_of_formats_whose_probes_need_a_real_file(kind):
+    import pyarrow as pa
+    from PIL import Image
+
+    from llava_hf.stats import _image_header
+
+    out = io.BytesIO()
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(out, kind)
+    assert _image_header(pa.py_buffer(out.getvalue()), "x") == ((30, 20), kind)
