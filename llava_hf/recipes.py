@@ -29,8 +29,10 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 from typing import Any, Literal, get_args
 
 import datasets
@@ -50,6 +52,10 @@ logger = logging.getLogger("llava_hf")
 StoppingStrategy = Literal["first_exhausted", "all_exhausted", "all_exhausted_without_replacement", "concatenate"]
 STOPPING_STRATEGIES: tuple[str, ...] = get_args(StoppingStrategy)
 KNOBS = ("proportion", "repeat", "choose", "sampling_strategy")
+# Bounds past any mix (665K rows x 1,000 epochs is 665M rows): a larger value is a typo, not a plan, and
+# would only fail later, in an allocation, naming nothing.
+MAX_REPEAT = 1_000
+MAX_CHOOSE = 10**10
 REPORT_FILENAME = "mix_report.json"
 
 BUILTIN_RECIPES: dict[str, dict[str, Any]] = {
@@ -205,8 +211,12 @@ class MixSource:
             raise ValueError(f"proportion must be a number greater than 0 (a sampling weight), got {self.proportion!r}")
         if self.repeat is not None and not (_is_number(self.repeat) and self.repeat > 0):
             raise ValueError(f"repeat must be a number of epochs greater than 0, got {self.repeat!r}")
+        if self.repeat is not None and self.repeat > MAX_REPEAT:
+            raise ValueError(f"repeat must be at most {MAX_REPEAT:,} epochs, got {self.repeat!r}")
         if self.choose is not None and not (_is_whole(self.choose) and self.choose >= 1):
             raise ValueError(f"choose must be a whole number of rows, at least 1, got {self.choose!r}")
+        if self.choose is not None and self.choose > MAX_CHOOSE:
+            raise ValueError(f"choose must be at most {MAX_CHOOSE:,} rows, got {self.choose!r}")
         if self.sampling_strategy is not None:
             SamplingStrategy.parse(self.sampling_strategy)
         for name in ("data_dir", "image_dir", "cache_dir"):
@@ -276,6 +286,8 @@ class Recipe:
     streaming: bool = False
     name: str | None = None
     description: str | None = None
+    # Where the recipe was read from (its file, or a built-in's name): what messages name, before `name`.
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         try:
@@ -285,7 +297,7 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        return self.name or "recipe"
+        return self.origin or self.name or "recipe"
 
     def _check(self) -> None:
         object.__setattr__(self, "sources", tuple(self.sources))
@@ -327,8 +339,9 @@ class Recipe:
         """The normalised proportions, or None when the sources are not sampled by weight."""
         if self.sources[0].proportion is None:
             return None
-        total = math.fsum(s.proportion for s in self.sources)
-        return tuple(s.proportion / total for s in self.sources)
+        top = max(s.proportion for s in self.sources)  # scaled first: 1e308 and 1e308 overflow a sum
+        total = math.fsum(s.proportion / top for s in self.sources)
+        return tuple(s.proportion / top / total for s in self.sources)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe in the native format (a `load_recipe` input that gives the same recipe)."""
@@ -397,6 +410,7 @@ def _recipe_from_native(data: Mapping[str, Any], label: str, seed: int | None) -
         streaming=data.get("streaming", False),
         name=data.get("name", label if label != "recipe" else None),
         description=data.get("description"),
+        origin=label if label != "recipe" else None,
     )
 
 
@@ -456,7 +470,39 @@ def _recipe_from_llava_next(data: Mapping[str, Any], label: str, seed: int | Non
             f"{', '.join(unknown)}; llava_hf knows: {known}"
         )
     # LLaVA-NeXT appends its files one after another; a recipe file has no seed, so random:N uses seed 0.
-    return Recipe(sources=tuple(sources), seed=0 if seed is None else seed, stopping_strategy="concatenate", name=label)
+    return Recipe(
+        sources=tuple(sources),
+        seed=0 if seed is None else seed,
+        stopping_strategy="concatenate",
+        name=label,
+        origin=label if label != "recipe" else None,
+    )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently: a
+    recipe with `choose: 2` and then `choose: 2000` would run as the second)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor`: its keys are defaults, which the mapping's own keys override
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: construct_mapping refuses it, naming it
+            break
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark
+            )
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def load_recipe(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, *, seed: int | None = None) -> Recipe:
@@ -477,7 +523,7 @@ def load_recipe(recipe: str | os.PathLike | Mapping[str, Any] | Recipe, *, seed:
             label = text
             with open(text, encoding="utf-8") as f:
                 try:
-                    data = yaml.safe_load(f)
+                    data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
                 except yaml.YAMLError as e:
                     raise RecipeError(f"{label}: not valid YAML: {e}") from None
         else:
@@ -545,7 +591,8 @@ def _view(source: MixSource, rows: int, seed: int, label: str) -> np.ndarray:
         return np.arange(rows, dtype=np.int64)
     if source.repeat is not None:
         # Rounded up like LLaVA-NeXT's percentages, so repeat 0.1 and random:10% select as many rows.
-        size = math.ceil(source.repeat * rows)
+        # In decimal (as written): 0.07 x 100 is 7.000000000000001 in binary, which would round up to 8.
+        size = math.ceil(Fraction(str(source.repeat)) * rows)
     elif source.choose is not None:
         size = source.choose
     else:
@@ -1113,11 +1160,23 @@ def write_mix(
     """Mix by `recipe` and write the result to `out_dir`: the dataset (`save_to_disk` layout, reload with
     `datasets.load_from_disk`) and `mix_report.json` beside it. Options as in `mix`; the mix is always
     built map-style (a recipe's streaming: true gives the same rows). Raises FileExistsError when
-    `out_dir` exists and is not empty, and what `mix` raises.
+    `out_dir` exists and is not empty (or is a file, or lies under one), before anything is prepared, and
+    what `mix` raises.
+
+    The mix is written into a hidden folder beside `out_dir` (`.<name>.incomplete-<random>`) and renamed to
+    `out_dir` when the dataset and its report are both written: an interrupted write leaves no folder that
+    loads as a mix.
     """
     out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} is a file, not a folder; choose a new folder for the mix")
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new folder for the mix")
+    above = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise FileExistsError(f"{above} is a file, so {out_dir} cannot be made; choose a new folder for the mix")
     applied = _applied(
         recipe,
         seed,
@@ -1132,9 +1191,24 @@ def write_mix(
     )
     dataset, report = _map_style_mix(applied, token, num_proc, flatten=False)
     logger.info("mix %s: %s rows", applied.label, f"{report.total:,}")
-    # save_to_disk writes the selected rows itself, so the index mapping is never flattened twice.
-    dataset.save_to_disk(out_dir, num_proc=num_proc)
-    report.save(os.path.join(out_dir, REPORT_FILENAME))
+    target = os.path.abspath(out_dir)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.incomplete-{os.urandom(4).hex()}")
+    try:
+        # save_to_disk writes the selected rows itself, so the index mapping is never flattened twice.
+        dataset.save_to_disk(partial, num_proc=num_proc)
+        report.save(os.path.join(partial, REPORT_FILENAME))
+        if os.path.isdir(target):
+            try:
+                os.rmdir(target)  # empty (checked above); another run's rows there make this fail
+            except OSError:
+                raise FileExistsError(
+                    f"{out_dir} was filled by someone else while this mix was written; choose a new folder"
+                ) from None
+        os.rename(partial, target)
+    finally:
+        if os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
     return report
 
 

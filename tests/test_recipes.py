@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import datasets
@@ -635,6 +636,69 @@ def test_write_mix_saves_the_dataset_and_its_report(parts, tmp_path):
     assert json.loads((out / "mix_report.json").read_text()) == report.to_dict()
     with pytest.raises(FileExistsError, match="exists and is not empty; choose a new folder for the mix$"):
         write_mix(case, out, **parts.options())
+
+
+def test_write_mix_is_renamed_into_place_only_when_whole(parts, tmp_path, monkeypatch):
+    case = recipe("first_exhausted", {"proportion": 5}, {"proportion": 3}, {"proportion": 2})
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile, "is a file, not a folder"), (afile / "sub", "is a file, so .* cannot be made")):
+        with pytest.raises(FileExistsError, match=message):
+            write_mix(case, out, **{**parts.options(), "cache_dir": str(tmp_path / "never")})
+    assert not (tmp_path / "never").exists()  # refused before anything was prepared
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipes.MixReport, "save", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        write_mix(case, out, **parts.options())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no mix, no hidden partial folder
+    monkeypatch.undo()
+    out.mkdir()  # an empty folder is taken
+    report = write_mix(case, out, **parts.options())
+    assert "mix_report.json" in os.listdir(out)
+    assert list(datasets.load_from_disk(str(out))["id"]) == WEIGHTED["first_exhausted"][0].split()
+    assert report.total == len(WEIGHTED["first_exhausted"][0].split())
+
+
+def test_recipe_files_are_named_by_their_file_and_read_strictly(tmp_path):
+    named = tmp_path / "my_mix.yaml"
+    named.write_text("name: captions\nseed: -3\nstopping_strategy: concatenate\nsources:\n  - config: detail_23k\n")
+    with pytest.raises(RecipeError, match=rf"^{named}: seed must be a whole number >= 0, got -3$"):
+        load_recipe(str(named))
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(
+        "seed: 1\nstopping_strategy: concatenate\nsources:\n  - config: detail_23k\n    choose: 2\n    choose: 2000\n"
+    )
+    with pytest.raises(RecipeError, match=rf"(?s)^{twice}: not valid YAML: .*the key 'choose' is given twice"):
+        load_recipe(str(twice))
+    anchored = tmp_path / "anchored.yaml"  # a merge key's values are defaults, not duplicates
+    anchored.write_text(
+        "base: &b {config: detail_23k, choose: 2}\nseed: 1\nstopping_strategy: concatenate\n"
+        "sources:\n  - <<: *b\n    choose: 3\n"
+    )
+    with pytest.raises(RecipeError, match="unknown recipe key 'base'"):
+        load_recipe(str(anchored))  # read (no duplicate), then refused for its extra top-level key
+
+
+def test_repeat_is_rounded_up_in_decimal_and_huge_values_are_refused():
+    source = recipes.MixSource(config="detail_23k", repeat=0.07)
+    assert len(recipes._view(source, 100, 0, "recipe")) == 7  # 0.07 x 100 is 7.000000000000001 in binary
+    assert len(recipes._view(recipes.MixSource(config="detail_23k", repeat=1.1), 23_240, 0, "recipe")) == 25_564
+    with pytest.raises(RecipeError, match=r"repeat must be at most 1,000 epochs, got 1e\+308$"):
+        load_recipe(
+            {"seed": 0, "stopping_strategy": "concatenate", "sources": [{"config": "detail_23k", "repeat": 1e308}]}
+        )
+    weights = load_recipe(
+        {
+            "seed": 0,
+            "stopping_strategy": "first_exhausted",
+            "sources": [{"config": "detail_23k", "proportion": 1e308}, {"config": "blip_558k", "proportion": 1e308}],
+        }
+    )
+    assert weights.probabilities == (0.5, 0.5)
 
 
 # --- the command ----------------------------------------------------------------------------------------
