@@ -132,6 +132,8 @@ class LlavaConfig(datasets.BuilderConfig):
             # A file config: its files by content, whoever passed them (a list, a glob, datasets' DataFilesDict).
             paths = data_file_paths(self.data_files)
             identity = file_identity(paths, image_dir=self.image_dir, embed_images=self.embed_images)
+            # Kept to compare with what the scan reads: a file rewritten in between must not fill this key.
+            object.__setattr__(self, "_keyed_files", tuple(identity["files"]))
         else:
             identity = input_identity(
                 get_source(self.name),
@@ -243,6 +245,14 @@ class LlavaBuilder(datasets.ArrowBasedBuilder):
                 embed_images=config.embed_images,
                 on_bad_image=config.on_bad_image,
             )
+            keyed = getattr(config, "_keyed_files", None)
+            for index, sha in zip(plan.indexes, keyed or (), strict=False):
+                if index.sha256 != sha:  # the scan read other bytes than the cache key names
+                    raise SourceError(
+                        index.label,
+                        "changed while it was being prepared (its content is not what the cache key was made "
+                        "from); run again once it is no longer being written",
+                    )
             if plan.spec.multi_image:  # decided by the scan, before anything is written
                 self.info.features = MULTI_IMAGE_FEATURES
         else:

@@ -306,7 +306,7 @@ def decompressed(path: str, work_dir: str) -> str:
     and named by the compressed file's sha256; a copy being written by another process is never read."""
     digest = content_hash(path)
     target = os.path.join(work_dir, DECOMPRESSED_DIR, f"{digest[:32]}-{os.path.basename(path)[:-3]}")
-    if os.path.exists(target):
+    if os.path.exists(target) and _whole_copy(path, target):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     # Host and pid: two machines sharing the cache may decompress the same file at once; the last rename wins.
@@ -320,6 +320,19 @@ def decompressed(path: str, work_dir: str) -> str:
         raise SourceError(os.path.basename(path), f"cannot be decompressed: {e}") from None
     os.replace(tmp, target)
     return target
+
+
+def _whole_copy(path: str, target: str) -> bool:
+    """Whether `target` has the size the `.gz` at `path` states (its trailer: the size modulo 2**32 of its
+    last member). A copy damaged since (truncated) is decompressed again, never read as the data; a file of
+    several gzip members, whose trailer tells its last member only, is decompressed again too."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            stated = int.from_bytes(f.read(4), "little")
+        return os.path.getsize(target) % 2**32 == stated
+    except OSError:
+        return False
 
 
 def index_file(path: str, work_dir: str) -> FileIndex:

@@ -58,6 +58,30 @@ class LeaseLock(SoftFileLease):
         path = FileLock.hash_filename_if_too_long(os.fspath(lock_file) + ".lease")
         super().__init__(path, lease_duration=LEASE_SECONDS, on_compromise=_lease_lost, **kwargs)
 
+    def _try_break_pinned_lock(self, pinned) -> None:
+        if not self._take_over_empty_marker():
+            super()._try_break_pinned_lock(pinned)
+
+    def _take_over_empty_marker(self) -> bool:
+        """Take over a lease file that is empty and has not changed for a whole lease: its creator died
+        between creating it and writing its record (a SIGKILL there, a node that crashed before its write
+        reached the server). filelock waits on an empty marker forever (holders older than its records
+        leave theirs empty); every llava_hf process writes its record, so an empty one this old is dead."""
+        unchanged, take_over = getattr(self, "_marker_unchanged_for", None), getattr(self, "_take_over", None)
+        if unchanged is None or take_over is None:  # another filelock: its own rules, unchanged
+            return False
+        try:
+            marker = os.lstat(self._lock_path)
+        except OSError:
+            return False
+        if marker.st_size or unchanged(marker) < self.lease_duration:
+            return False
+        logging.getLogger("llava_hf").warning(
+            "%s: empty for %.0f s, its creator gone: taken over", self.lock_file, self.lease_duration
+        )
+        take_over(marker, None)
+        return True
+
 
 def _lease_lost(compromise) -> None:
     # A holder stalled past its lease (a paused process, a hung mount) has been replaced by another

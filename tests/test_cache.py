@@ -225,6 +225,23 @@ def test_a_holder_that_lost_its_lease_stops(tmp_path):
     assert "lost the cache lease" in holder.stderr.read()
 
 
+def test_an_empty_lease_left_by_a_killed_creator_is_taken_over_after_a_lease(tmp_path):
+    # The lease file is created first and its record written after: a kill in between leaves it empty.
+    lock_path = str(tmp_path / "entry_builder.lock")
+    Path(lock_path + ".lease").write_bytes(b"")
+    env = {**os.environ, "LLAVA_HF_LEASE_SECONDS": "1"}
+    take_over = (
+        "import sys, time; from llava_hf.locking import LeaseLock; t = time.monotonic(); "
+        "LeaseLock(sys.argv[1]).acquire(timeout=20); print('taken', time.monotonic() - t)"
+    )
+    taker = subprocess.run(
+        [sys.executable, "-c", take_over, lock_path], capture_output=True, text=True, env=env, timeout=60
+    )
+    word, waited = taker.stdout.split()
+    assert word == "taken", taker.stderr
+    assert 1.0 <= float(waited) < 10  # a whole lease unchanged, not at once and not never
+
+
 FORKSERVER_PREPARE = """
 import sys, multiprocess, llava_hf
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import datasets
@@ -595,3 +596,26 @@ def test_config_names_that_would_be_globs_or_hidden_on_the_hub(tmp_path):
     for name in ("[d]etail_23k", "a*b", ".x", "a?b", "c:d"):
         with pytest.raises(ValueError, match=rf"^name {re.escape(repr(name))} cannot name a config: the characters"):
             file_config_name(name, (str(tmp_path / "a.json"),))
+
+
+def test_a_file_rewritten_after_the_key_was_made_is_not_prepared_under_it(tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "mine.jsonl", single_records(5))
+    builder = llava_hf.load_builder(str(path), image_dir=str(images), cache_dir=cache_dir)  # keyed by this content
+    write_jsonl(path, single_records(6))  # rewritten before the prepare reads it
+    with pytest.raises(SourceError, match=r"^mine.jsonl: changed while it was being prepared"):
+        builder.download_and_prepare()
+    assert not list(Path(cache_dir).rglob("*.arrow"))
+    assert len(load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)) == 6  # its own key now
+
+
+def test_a_damaged_decompressed_copy_is_made_again(tmp_path, images, cache_dir):
+    path = write_jsonl(tmp_path / "mine.jsonl.gz", single_records(N))
+    assert len(load_dataset(str(path), image_dir=str(images), cache_dir=cache_dir)) == N
+    (copy,) = Path(cache_dir, "llava_hf_files").iterdir()
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[: whole.index(b"\n", len(whole) // 2) + 1])  # cut at a line: still valid JSON Lines
+    elsewhere = tmp_path / "same-images"
+    shutil.copytree(images, elsewhere)  # another image folder: another cache entry, the same work folder
+    again = load_dataset(str(path), image_dir=str(elsewhere), cache_dir=cache_dir)
+    assert len(again) == N  # the new entry read a copy decompressed again, not the cut one
+    assert copy.read_bytes() == whole
