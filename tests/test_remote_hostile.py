@@ -4,6 +4,7 @@ the right bytes, and never reads (or keeps) more than it asked for."""
 
 from __future__ import annotations
 
+import re
 import socketserver
 import threading
 import time
@@ -139,7 +140,7 @@ def test_a_suffix_range_answered_from_the_start_is_asked_again_by_offset(serve):
     assert f.size == len(BODY)
     assert f.read_at(len(BODY) - 100, 100) == BODY[-100:]
     assert server.log == ["bytes=-65577", f"bytes={len(BODY) - 65577}-{len(BODY) - 1}"]
-    assert server.sent == 2 * 65_577
+    assert server.sent <= 2 * 65_577  # the two answers at most (the first may be cut when it is dropped)
 
 
 def trickle_headers(handler, method, path, headers):
@@ -166,7 +167,7 @@ def test_an_answer_that_never_completes_its_head_is_bounded(serve, behaviour):
     started = time.monotonic()
     with pytest.raises(
         RemoteError,
-        match=r": the last 65,577 bytes: gave up after 1 attempts in 1\.\d s; last: no whole answer within 1\.5 s \(ReadTimeout",
+        match=r": the last 65,577 bytes: gave up after 1 attempts in [12]\.\d s; last: no whole answer within 1\.5 s \(ReadTimeout",
     ):
         _ = f.size
     assert time.monotonic() - started < 4
@@ -187,7 +188,7 @@ def test_a_folder_image_trickled_forever_is_bounded(serve):
     started = time.monotonic()
     (bad,) = root.read_many(["a.jpg"])
     assert isinstance(bad, BadImage) and bad.reason == "unreadable"
-    assert str(bad).startswith(f"{server.url('coco/a.jpg')}: gave up after 1 attempts in 1.")
+    assert re.match(re.escape(server.url("coco/a.jpg")) + r": gave up after 1 attempts in [12]\.\d s; ", str(bad))
     assert time.monotonic() - started < 4
 
 
@@ -311,7 +312,10 @@ def test_retry_after_is_waited_for_within_the_deadline(serve):
     started = time.monotonic()
     with pytest.raises(RemoteError) as e:
         _ = HttpFile(long.url("a.zip"), retry=Retry(attempts=8, base=0.001, total=60)).size
-    assert str(e.value).endswith(
-        "the last 65,577 bytes: gave up after 1 attempts in 0.0 s; last: HTTP 503 Busy (the server asked to wait 86400 s)"
+    assert re.fullmatch(
+        re.escape(long.url("a.zip"))
+        + r": the last 65,577 bytes: gave up after 1 attempts in 0\.\d s; last: HTTP 503 Busy \(the server asked "
+        r"to wait 86400 s\)",
+        str(e.value),
     )
     assert time.monotonic() - started < 2 and long.requests == 1  # no wait it cannot finish within its deadline
