@@ -694,6 +694,52 @@ def _statistics_section(figures: Mapping[str, Mapping[str, Any]], names: Sequenc
     return "\n".join(sections) + "\n" + STATS_CONVENTIONS
 
 
+_COLUMN_ROWS = {
+    "id": "| `id` | string | the record's id; int ids (some mix665k rows) become strings |",
+    "image": (
+        "| `image` | `Image()` | the image file's bytes as the source ships them, and its name there; null for "
+        "text-only rows |"
+    ),
+    "images": (
+        "| `images` | list of `Image()` | every image of the record, in order, each the file's bytes as the source "
+        "ships them and its name there; null or empty for text-only rows |"
+    ),
+    "rest": (
+        "| `conversations` | list of `{from, value}` | the turns, text exactly as the file has it |\n"
+        "| `source` | string | the config name; for mix665k the image collection (`coco`, `gqa`, `ocr_vqa`, "
+        "`textvqa`, `vg`) or `text_only` |\n"
+        "| `caption` | string | pretrain metadata: CC3M's original alt-text; null elsewhere |\n"
+        "| `blip_caption` | string | pretrain metadata: the BLIP caption |\n"
+        "| `url` | string | pretrain metadata: the image URL |\n"
+        "| `extra` | string | JSON of whatever the record had beyond these columns; null when nothing |"
+    ),
+}
+
+
+def _usage_line(figures: Mapping[str, Any]) -> str:
+    if figures.get("multi_image"):
+        return 'ds[0]["images"]  # a list of PIL images; None or [] for text-only rows'
+    return 'ds[0]["image"]  # a PIL image; None for text-only rows'
+
+
+def _schema_section(figures: Mapping[str, Mapping[str, Any]], names: list[str]) -> str:
+    """The card's Schema: the columns the configs have (a multi-image config's `images` in place of `image`)."""
+    multi = [name for name in names if figures[name].get("multi_image")]
+    if multi and len(multi) < len(names):
+        intro = (
+            f"The configs have the same columns, except that {', '.join(f'`{n}`' for n in multi)} "
+            f"{'holds' if len(multi) == 1 else 'hold'} `images` (a list of images a row) in place of `image`: "
+            "configs of one kind concatenate or interleave without casts (`llava_hf.as_multi_image` turns a "
+            "single-image config into the other kind):"
+        )
+        kinds = ["image", "images"]
+    else:
+        intro = "Every config has the same columns, so any two concatenate or interleave without casts:"
+        kinds = ["images"] if multi else ["image"]
+    rows = [_COLUMN_ROWS["id"], *(_COLUMN_ROWS[kind] for kind in kinds), _COLUMN_ROWS["rest"]]
+    return "\n".join([intro, "", "| column | type | |", "|---|---|---|", *rows])
+
+
 def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id: str | None = None) -> str:
     """The dataset card (README.md text) for the configs in `figures`, one dict of figures per config.
 
@@ -717,6 +763,8 @@ def render_card(figures: Mapping[str, Mapping[str, Any]], default: str, repo_id:
         default_config=default,
         llava_hf_version=__version__,
         config_table=_config_table(figures, names, default),
+        usage_line=_usage_line(figures[default]),
+        schema_section=_schema_section(figures, names),
         source_table=_md_table(
             ["config", "built from", "source files"], [[f"`{n}`", *_source_cell(figures[n]["source"])] for n in names]
         ),

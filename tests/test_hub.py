@@ -579,3 +579,23 @@ def test_cli_push_names_an_unreachable_hub_without_a_traceback(sample_export, mo
     assert (
         printed.err == "llava-hf push: cannot reach http://127.0.0.1:9 (ConnectError: [Errno 111] Connection refused)\n"
     )
+
+
+def test_the_card_of_a_multi_image_config_describes_its_images_column(sample_export, tmp_path):
+    images = tmp_path / "pictures"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg(1))
+    (images / "b.jpg").write_bytes(jpeg(2))
+    turns = [{"from": "human", "value": "<image>\n<image>\nq"}, {"from": "gpt", "value": "a"}]
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"id": "m0", "image": ["a.jpg", "b.jpg"], "conversations": turns}) + "\n")
+    out = tmp_path / "out"
+    llava_hf.export("mine", out, data_files=str(path), image_dir=str(images), cache_dir=sample_export[1])
+    card = hub.render_card(hub.read_exports(out), "mine")
+    assert 'ds[0]["images"]  # a list of PIL images; None or [] for text-only rows' in card
+    assert "| `images` | list of `Image()` |" in card and "| `image` | `Image()` |" not in card
+    figures = {**hub.read_exports(sample_export[0]), **hub.read_exports(out)}
+    mixed = hub.render_card(figures, "detail_23k")
+    assert 'ds[0]["image"]  # a PIL image; None for text-only rows' in mixed
+    assert "except that `mine` holds `images` (a list of images a row) in place of `image`" in mixed
+    assert "| `images` | list of `Image()` |" in mixed and "| `image` | `Image()` |" in mixed
