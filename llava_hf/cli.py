@@ -348,14 +348,16 @@ def _is_transport_error(error: BaseException) -> bool:
     return any(kind.__module__.split(".")[0] in clients and kind.__name__ in names for kind in type(error).__mro__)
 
 
-def _dir_default(values: list[str] | None) -> str | dict[str, str] | None:
-    # "--image-dir DIR" is the default of every source; "--image-dir CONFIG=DIR" that of one config.
+def _dir_default(values: list[str] | None, known=CATALOG) -> str | dict[str, str] | None:
+    # "--image-dir DIR" is the default of every source; "--image-dir NAME=DIR" that of one config, NAME a
+    # catalog config or (for a recipe) the name of one of its sources, its own files included.
     if not values:
         return None
     mapping = {}
     for value in values:
         config, sep, path = value.partition("=")
-        mapping[config if sep and config in CATALOG else "*"] = path if sep and config in CATALOG else value
+        named = bool(sep) and config in known
+        mapping[config if named else "*"] = path if named else value
     return mapping["*"] if list(mapping) == ["*"] else mapping
 
 
@@ -381,9 +383,10 @@ def cmd_mix(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, seed=args.seed)
     takes = ", ".join(f"{s.config} ({s.take})" for s in recipe.sources)
     print(f"{recipe.label}: {recipe.stopping_strategy}, seed {recipe.seed}, {len(recipe.sources)} sources: {takes}")
+    named = {*CATALOG, *(source.config for source in recipe.sources)}  # a file source by its name too
     options = dict(
-        data_dir=_dir_default(args.data_dir),
-        image_dir=_dir_default(args.image_dir),
+        data_dir=_dir_default(args.data_dir, named),
+        image_dir=_dir_default(args.image_dir, named),
         cache_dir=args.cache_dir,
         embed_images=False if args.no_embed_images else None,
         on_bad_image=args.on_bad_image,

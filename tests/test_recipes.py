@@ -755,3 +755,35 @@ def test_uniform_draws_do_not_depend_on_numpy_generator_methods():
         recipes._generator(0, 0).random_raw(2).tolist()
         == np.random.PCG64(np.random.SeedSequence(0, spawn_key=(0,))).random_raw(2).tolist()
     )
+
+
+def test_cli_image_dir_by_the_name_of_a_file_source(tmp_path, capsys):
+    from conftest import jpeg
+
+    images = tmp_path / "pictures"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg(7))
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    data = tmp_path / "small.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"s{i}", "image": "a.jpg", "conversations": turns}) + "\n" for i in range(3))
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"seed": 0, "stopping_strategy": "concatenate", "sources": [{"data_files": str(data), "name": "mine"}]}
+        )
+    )
+    out = tmp_path / "out"
+    argv = [
+        "mix",
+        str(path),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--image-dir",
+        f"mine={images}",
+    ]
+    assert main(argv) == 0
+    assert list(datasets.load_from_disk(str(out))["id"]) == ["s0", "s1", "s2"]
