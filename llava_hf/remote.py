@@ -493,15 +493,18 @@ class HttpFile:
                     if len(span.received) >= span.length:
                         break  # all that was asked for: a server sending on past the range is not read to its end
                     if time.monotonic() > deadline:  # a server trickling bytes never times out a read
-                        raise _Late()
-            except (_Late, httpx.TimeoutException) as e:
-                if isinstance(e, httpx.TimeoutException) and not _deadline_hit():
-                    raise
-                raise RemoteError(
-                    f"{self.describe()}: {span.label()}: not complete after {self.retry.total:g} s "
-                    f"({len(span.received):,} of {span.length:,} bytes)"
-                ) from None
+                        raise self._late(span)
+            except httpx.TimeoutException:
+                if not _deadline_hit():
+                    raise  # the read's own timeout: retried
+                raise self._late(span) from None  # the span's deadline, met inside a read
         return False
+
+    def _late(self, span: _Span) -> RemoteError:
+        return RemoteError(
+            f"{self.describe()}: {span.label()}: not complete after {self.retry.total:g} s "
+            f"({len(span.received):,} of {span.length:,} bytes)"
+        )
 
     def _check_validators(self, response) -> None:
         etag = response.headers.get("ETag")
@@ -522,10 +525,6 @@ class HttpFile:
 def _check_bounds(where: str, offset: int, length: int, size: int) -> None:
     if offset < 0 or length < 0 or offset + length > size:
         raise RemoteError(f"{where}: bytes {offset}-{offset + length - 1} asked of a file of {size:,} bytes")
-
-
-class _Late(Exception):
-    pass
 
 
 class _RetryableStatus(Exception):
